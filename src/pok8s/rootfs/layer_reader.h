@@ -1,0 +1,71 @@
+// Reading one layer blob as a stream of tar entries: decompressed in-process (gzip, zstd or
+// none, detected from the bytes), the uncompressed stream hashed for its diffID, and every
+// header checked against limits before anything is allocated or written.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "pok8s/oci/digest.h"
+#include "pok8s/util/file.h"
+
+namespace pok8s::rootfs {
+
+struct Limits {
+  std::uint64_t max_layer_bytes = 64ull << 30;  // expanded bytes of one layer
+  std::uint64_t max_entries = 4'000'000;        // entries in one layer
+  std::size_t max_path = 4096;                  // bytes of a path or link target
+  std::size_t max_xattr_bytes = 64u << 10;      // bytes of one entry's xattrs together
+};
+
+enum class EntryType { kFile, kDirectory, kSymlink, kHardlink, kCharDevice, kBlockDevice, kFifo };
+
+struct TarEntry {
+  std::string path;         // as in the archive (not yet normalised)
+  EntryType type = EntryType::kFile;
+  std::uint32_t mode = 0;   // permission bits incl. setuid/setgid/sticky
+  std::uint32_t uid = 0;
+  std::uint32_t gid = 0;
+  std::int64_t mtime_sec = 0;
+  std::int64_t mtime_nsec = 0;
+  std::uint64_t size = 0;   // bytes of data (regular files only)
+  std::string link_target;  // symlink target (verbatim) or hardlink target (archive path)
+  std::uint32_t dev_major = 0;
+  std::uint32_t dev_minor = 0;
+  std::vector<std::pair<std::string, std::string>> xattrs;
+};
+
+class LayerReader {
+ public:
+  // `what` names the layer in every error ("layer 2/5 (sha256:…) of docker://…").
+  LayerReader(const util::Path& blob, std::string what, const Limits& limits = {});
+  ~LayerReader();
+  LayerReader(const LayerReader&) = delete;
+  LayerReader& operator=(const LayerReader&) = delete;
+
+  // The next entry, or false at the end of the archive. Throws kFormat / kInvalidInput with
+  // the layer and entry named.
+  bool next(TarEntry& entry);
+  // Reads the current entry's data; returns 0 at its end. A header that declares more data
+  // than follows is an error.
+  std::size_t read(std::span<std::byte> buffer);
+  // Writes the current entry's data to `fd`; returns the bytes written.
+  std::uint64_t copy_to(int fd, const std::string& entry_name);
+  // Drains the stream to its end and returns the digest of the uncompressed bytes.
+  oci::Digest finish();
+
+  const std::string& what() const { return what_; }
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::string what_;
+};
+
+}  // namespace pok8s::rootfs

@@ -1,0 +1,33 @@
+// Streaming SHA-256 through OpenSSL, the hash behind every digest pok8s checks.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace pok8s::util {
+
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  Sha256(Sha256&&) noexcept;
+  Sha256& operator=(Sha256&&) noexcept;
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+
+  void update(std::span<const std::byte> data);
+  void update(std::string_view data) { update(std::as_bytes(std::span(data.data(), data.size()))); }
+  // The lowercase hex digest; the object cannot be updated afterwards.
+  std::string hex_digest();
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+std::string sha256_hex(std::string_view data);
+
+}  // namespace pok8s::util
