@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what pok8s needs from Debian's archive: `build` for building, `test` adds the real
+# tools the tests drive (a registry, skopeo, umoci, mmdebstrap, clang for the fuzzers).
+set -euo pipefail
+what=${1:-build}
+
+build_pkgs=(build-essential cmake ninja-build pkg-config git ca-certificates
+  libarchive-dev libcurl4-openssl-dev libssl-dev nlohmann-json3-dev libcli11-dev libfmt-dev
+  libzstd-dev libgtest-dev libgmock-dev)
+demo_pkgs=(mmdebstrap)
+test_pkgs=(mmdebstrap docker-registry apache2-utils skopeo umoci clang libclang-rt-14-dev
+  python3 python3-cryptography libbenchmark-dev time bc)
+
+pkgs=("${build_pkgs[@]}")
+case "$what" in
+  build) ;;
+  demo) pkgs+=("${demo_pkgs[@]}") ;;
+  test) pkgs+=("${test_pkgs[@]}") ;;
+  *) echo "usage: $0 build|demo|test" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "pok8s: all ${#pkgs[@]} packages for '$what' are installed"
+  exit 0
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "pok8s: installing ${missing[*]}"
+$sudo apt-get update -q
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Every test, from a fresh Debian 12 machine: install what is missing, build (release with
+# -Werror, ASan+UBSan, libFuzzer), run the unit tier under the sanitizers, short fuzz runs,
+# then the whole suite (unit + integration against a real registry, skopeo and umoci).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-deps.sh test || exit 1
+jobs=$(nproc)
+status=0
+step() { echo; echo "== $*"; }
+
+step "Building the ASan+UBSan preset"
+if cmake --preset asan >/dev/null && cmake --build --preset asan -j "$jobs"; then
+  step "Unit tests under ASan+UBSan"
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --preset asan -j "$jobs" || status=1
+else
+  status=1
+fi
+
+step "Building the fuzz targets (clang, libFuzzer)"
+if cmake --preset fuzz >/dev/null && cmake --build --preset fuzz -j "$jobs"; then
+  step "Short fuzz runs (${POK8S_FUZZ_SECONDS:-20} s each)"
+  for f in build/fuzz/tests/fuzz/fuzz_*; do
+    [ -x "$f" ] || continue
+    name=$(basename "$f")
+    corpus=tests/fuzz/corpus/${name#fuzz_}
+    work=$(mktemp -d)
+    [ -d "$corpus" ] && cp -r "$corpus"/. "$work"/
+    if "$f" -max_total_time="${POK8S_FUZZ_SECONDS:-20}" -rss_limit_mb=2048 -timeout=10 "$work" \
+        >"build/fuzz/$name.log" 2>&1; then
+      echo "$name: $(grep -Eo '#[0-9]+ *DONE.*' "build/fuzz/$name.log" | tail -1)"
+    else
+      echo "$name: FAILED"; tail -40 "build/fuzz/$name.log"; status=1
+    fi
+    rm -rf "$work"
+  done
+else
+  status=1
+fi
+
+step "Building the release preset (-Werror)"
+if cmake --preset release >/dev/null && cmake --build --preset release -j "$jobs"; then
+  step "The whole suite: unit and integration"
+  ctest --preset release -j "$jobs" || status=1
+else
+  status=1
+fi
+exit $status
