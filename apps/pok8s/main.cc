@@ -2,15 +2,39 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <cstdio>
+#include <functional>
+
+#include "global_options.h"
+#include "image_commands.h"
 #include "pok8s/util/error.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"pok8s: a factory for immutable, Kubernetes-ready OS images"};
+  using namespace pok8s;
+  CLI::App app{"pok8s: a factory for immutable, Kubernetes-ready OS images built from any Linux base image"};
+  app.set_version_flag("--version", std::string("pok8s ") + POK8S_VERSION);
   app.require_subcommand(1);
+  cli::GlobalOptions global;
+  app.add_option("--cache", global.cache_dir, "Blob cache directory (default: $XDG_CACHE_HOME/pok8s)")
+      ->envname("POK8S_CACHE");
+  app.add_flag("--json", global.json, "Print the result as JSON on stdout (progress as JSON lines on stderr)");
+  app.add_flag("-q,--quiet", global.quiet, "Print no progress");
+
+  std::function<int()> run;
+  cli::add_image_commands(app, global, run);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  return 0;
+  try {
+    return run ? run() : 0;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "pok8s: %s\n", e.what());
+    return exit_code(e.kind());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "pok8s: internal error: %s\n", e.what());
+    return exit_code(ErrorKind::kInternal);
+  }
 }

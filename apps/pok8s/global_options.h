@@ -1,0 +1,19 @@
+// Options every pok8s command shares.
+#pragma once
+
+#include <string>
+
+#include "output.h"
+
+namespace pok8s::cli {
+
+struct GlobalOptions {
+  std::string cache_dir;  // empty: the XDG cache directory
+  bool json = false;
+  bool quiet = false;
+  OutputMode output_mode() const {
+    return json ? OutputMode::kJson : quiet ? OutputMode::kQuiet : OutputMode::kHuman;
+  }
+};
+
+}  // namespace pok8s::cli

@@ -1,0 +1,32 @@
+// How the CLI shows long operations: a live progress line on a terminal, JSON lines with
+// --json, nothing with --quiet; and the one-line error report.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "pok8s/oci/image.h"
+
+namespace pok8s::cli {
+
+enum class OutputMode { kHuman, kJson, kQuiet };
+
+class Output {
+ public:
+  explicit Output(OutputMode mode);
+  OutputMode mode() const { return mode_; }
+  // A progress callback for the library's transfer events.
+  oci::ProgressFn progress();
+  // A step of a command ("Unpacking layer 1/3 …"); a JSON event with --json.
+  void step(const std::string& text);
+  // The final result: the human text, or the JSON object with --json.
+  void result(const std::string& human, const nlohmann::json& machine);
+
+ private:
+  void clear_line();
+  OutputMode mode_;
+  bool tty_;
+  bool line_open_ = false;
+};
+
+}  // namespace pok8s::cli

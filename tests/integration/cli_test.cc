@@ -1,0 +1,159 @@
+// The pok8s command line on a real Debian base (mmdebstrap fixture): import, inspect, unpack,
+// and interoperability both ways with skopeo and umoci.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "pok8s/util/file.h"
+#include "pok8s/util/sha256.h"
+#include "tree_compare.h"
+
+namespace fs = std::filesystem;
+using namespace pok8s;
+
+namespace {
+
+struct Run {
+  int status = -1;
+  std::string out;
+};
+
+// Runs a shell command, capturing stdout (stderr goes to the test log).
+Run sh(const std::string& cmd) {
+  Run r;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  std::size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  int st = ::pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+  return r;
+}
+
+std::string pok8s_bin() {
+  const char* b = std::getenv("POK8S_BIN");
+  return b ? b : "pok8s";
+}
+
+// The Debian fixture and a layout imported from it, made once per test process.
+class DebianImage : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const char* src = std::getenv("POK8S_SOURCE_DIR");
+    ASSERT_TRUE(src) << "POK8S_SOURCE_DIR is not set";
+    Run fixture = sh(std::string(src) + "/tests/fixtures/debian-base.sh");
+    ASSERT_EQ(fixture.status, 0) << "could not build the Debian fixture (mmdebstrap; run scripts/install-deps.sh test)";
+    base_ = fixture.out.substr(0, fixture.out.find('\n'));
+    work_ = new util::TempDir(util::TempDir::scratch("/var/tmp"));
+    cache_ = work_->path() / "cache";
+    Run imp = sh(cmd("image import " + base_ + " oci:" + (work_->path() / "layout").string() + ":bookworm"));
+    ASSERT_EQ(imp.status, 0);
+  }
+  static void TearDownTestSuite() {
+    delete work_;
+    work_ = nullptr;
+  }
+  static std::string cmd(const std::string& args) {
+    return pok8s_bin() + " -q --cache " + cache_.string() + " " + args;
+  }
+  static fs::path dir() { return work_->path(); }
+  static std::string layout() { return "oci:" + (work_->path() / "layout").string() + ":bookworm"; }
+
+  static inline std::string base_;
+  static inline util::TempDir* work_ = nullptr;
+  static inline fs::path cache_;
+};
+
+}  // namespace
+
+TEST_F(DebianImage, InspectShowsLayersAndOsRelease) {
+  Run r = sh(cmd("--json image inspect " + layout()));
+  ASSERT_EQ(r.status, 0);
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["platform"], "linux/amd64");
+  EXPECT_EQ(j["layers"].size(), 1u);
+  EXPECT_EQ(j["osRelease"]["ID"], "debian");
+  EXPECT_EQ(j["osRelease"]["VERSION_ID"], "12");
+}
+
+TEST_F(DebianImage, UnpackGivesTheSameTreeAsTar) {
+  fs::path ours = dir() / "unpack-ours", ref = dir() / "unpack-tar";
+  ASSERT_EQ(sh(cmd("image unpack " + layout() + " " + ours.string())).status, 0);
+  fs::create_directories(ref);
+  ASSERT_EQ(sh("tar --numeric-owner --xattrs -xpf " + base_ + " -C " + ref.string()).status, 0);
+  EXPECT_EQ(test::compare_trees(ref, ours), "");
+  util::remove_tree(ours);
+  util::remove_tree(ref);
+}
+
+TEST_F(DebianImage, UnpackRefusesAnExistingNonEmptyDestination) {
+  fs::path dest = dir() / "occupied";
+  fs::create_directories(dest);
+  util::write_file_atomic(dest / "keep", "mine");
+  Run r = sh(cmd("image unpack " + layout() + " " + dest.string() + " 2>/dev/null"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_EQ(util::read_file(dest / "keep"), "mine");
+}
+
+TEST_F(DebianImage, SkopeoAndUmociReadWhatPok8sWrote) {
+  Run insp = sh("skopeo inspect " + layout());
+  ASSERT_EQ(insp.status, 0);
+  auto j = nlohmann::json::parse(insp.out);
+  EXPECT_EQ(j["Layers"].size(), 1u);
+  fs::path bundle = dir() / "umoci-bundle", ours = dir() / "unpack-ours2";
+  std::string layout_dir = (dir() / "layout").string();
+  ASSERT_EQ(sh("umoci unpack --image " + layout_dir + ":bookworm " + bundle.string() + " >/dev/null").status, 0);
+  ASSERT_EQ(sh(cmd("image unpack " + layout() + " " + ours.string())).status, 0);
+  EXPECT_EQ(test::compare_trees(bundle / "rootfs", ours), "");
+  util::remove_tree(bundle);
+  util::remove_tree(ours);
+}
+
+TEST_F(DebianImage, Pok8sUnpacksWhatSkopeoWroteLikeUmoci) {
+  // skopeo writes its own layout (and a docker-archive); pok8s and umoci unpack it alike.
+  std::string theirs = (dir() / "skopeo-layout").string();
+  ASSERT_EQ(sh("skopeo copy -q " + layout() + " oci:" + theirs + ":copied").status, 0);
+  fs::path bundle = dir() / "umoci-bundle2", ours = dir() / "unpack-ours3";
+  ASSERT_EQ(sh("umoci unpack --image " + theirs + ":copied " + bundle.string() + " >/dev/null").status, 0);
+  ASSERT_EQ(sh(cmd("image unpack oci:" + theirs + ":copied " + ours.string())).status, 0);
+  EXPECT_EQ(test::compare_trees(bundle / "rootfs", ours), "");
+  util::remove_tree(ours);
+  std::string archive = (dir() / "skopeo-docker.tar").string();
+  ASSERT_EQ(sh("skopeo copy -q " + layout() + " docker-archive:" + archive + ":pok8s/debian:12").status, 0);
+  ASSERT_EQ(sh(cmd("image unpack docker-archive:" + archive + " " + ours.string())).status, 0);
+  EXPECT_EQ(test::compare_trees(bundle / "rootfs", ours), "");
+  util::remove_tree(bundle);
+  util::remove_tree(ours);
+}
+
+TEST_F(DebianImage, CopyRoundTripsThroughArchivesWithTheSameTree) {
+  std::string oa = (dir() / "img.oci.tar").string(), da = (dir() / "img.docker.tar").string();
+  ASSERT_EQ(sh(cmd("image copy " + layout() + " oci-archive:" + oa + ":v1")).status, 0);
+  ASSERT_EQ(sh(cmd("image copy oci-archive:" + oa + ":v1 docker-archive:" + da + ":pok8s/debian:v1")).status, 0);
+  ASSERT_EQ(sh("skopeo inspect docker-archive:" + da + " >/dev/null").status, 0);
+  fs::path a = dir() / "from-layout", b = dir() / "from-docker-archive";
+  ASSERT_EQ(sh(cmd("image unpack " + layout() + " " + a.string())).status, 0);
+  ASSERT_EQ(sh(cmd("image unpack docker-archive:" + da + " " + b.string())).status, 0);
+  EXPECT_EQ(test::compare_trees(a, b), "");
+  util::remove_tree(a);
+  util::remove_tree(b);
+}
+
+TEST(Cli, RefusalsAreOneLineWithNonZeroExit) {
+  Run r = sh(pok8s_bin() + " image inspect docker://UPPER/case 2>&1");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+  EXPECT_NE(r.out.find("Invalid image reference"), std::string::npos) << r.out;
+  Run missing = sh(pok8s_bin() + " image inspect oci:/nonexistent/layout 2>&1");
+  EXPECT_NE(missing.status, 0);
+  EXPECT_EQ(std::count(missing.out.begin(), missing.out.end(), '\n'), 1) << missing.out;
+}
