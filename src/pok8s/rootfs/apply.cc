@@ -14,7 +14,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <set>
 
@@ -38,6 +40,8 @@ ApplyStats& ApplyStats::operator+=(const ApplyStats& o) {
 namespace {
 
 constexpr const char* kOwnerXattr = "user.pok8s.owner";
+// The kernel's own limit on symlinks followed in one lookup (MAXSYMLINKS).
+constexpr int kMaxSymlinks = 40;
 
 // Opens the directory `rel` (relative, "" for the root) with every symlink on the way
 // resolved as if `root_fd` were "/". Returns -1 with errno set.
@@ -173,34 +177,68 @@ class TreeWriter {
     if (err != ENOENT)
       fail_errno(e, fmt::format("Failed to open \"{}\"", join_components(comps, n)), err);
     if (!create) return {};
-    // Walk down, creating what is missing. Each existing prefix is resolved from the root
-    // again so a symlink on the way (lib64 -> /usr/lib64) is followed inside the root.
-    util::UniqueFd cur(open_dir_in_root(root_fd_, ""));
-    if (!cur.valid()) fail_errno(e, "Failed to open the root", errno);
-    for (std::size_t i = 0; i < n; ++i) {
-      std::string prefix = join_components(comps, i + 1);
-      util::UniqueFd next(open_dir_in_root(root_fd_, prefix));
-      if (!next.valid()) {
-        err = errno;
-        if (err != ENOENT) fail_errno(e, fmt::format("Failed to open \"{}\"", prefix), err);
-        if (::mkdirat(cur.get(), comps[i].c_str(), 0755) != 0) {
-          err = errno;
-          if (err == EEXIST)
-            fail(e, ErrorKind::kInvalidInput,
-                 fmt::format("Failed to create directory \"{}\": a dangling symlink or another "
-                             "entry is in the way",
-                             prefix));
-          fail_errno(e, fmt::format("Failed to create directory \"{}\"", prefix), err);
-        }
-        next.reset(
-            ::openat(cur.get(), comps[i].c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-        if (!next.valid()) fail_errno(e, fmt::format("Failed to open \"{}\"", prefix), errno);
-        // Implicit directories get the usual mode whatever the umask.
-        ::fchmod(next.get(), 0755);
+    return walk_creating(e, comps, n);
+  }
+
+  // The slow path of open_parent: the same resolution as RESOLVE_IN_ROOT, one descriptor at
+  // a time, so that a missing directory can be created where the walk finds it missing,
+  // including at the far end of a symlink (var/run -> /run before /run exists).
+  util::UniqueFd walk_creating(const TarEntry& e, const std::vector<std::string>& comps,
+                               std::size_t n) {
+    std::vector<util::UniqueFd> stack;  // stack[0] is the root; ".." never pops it
+    stack.emplace_back(::fcntl(root_fd_, F_DUPFD_CLOEXEC, 0));
+    if (!stack.back().valid()) fail_errno(e, "Failed to open the root", errno);
+    std::deque<std::string> todo(comps.begin(), comps.begin() + static_cast<std::ptrdiff_t>(n));
+    int links = 0;
+    while (!todo.empty()) {
+      std::string c = std::move(todo.front());
+      todo.pop_front();
+      if (c.empty() || c == ".") continue;
+      if (c == "..") {
+        if (stack.size() > 1) stack.pop_back();
+        continue;
       }
-      cur = std::move(next);
+      int dirfd = stack.back().get();
+      struct stat st {};
+      if (::fstatat(dirfd, c.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno != ENOENT) fail_errno(e, fmt::format("Failed to inspect \"{}\"", c), errno);
+        if (::mkdirat(dirfd, c.c_str(), 0755) != 0 && errno != EEXIST)
+          fail_errno(e, fmt::format("Failed to create directory \"{}\"", c), errno);
+        util::UniqueFd made(
+            ::openat(dirfd, c.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+        if (!made.valid()) fail_errno(e, fmt::format("Failed to open \"{}\"", c), errno);
+        // Implicit directories get the usual mode whatever the umask.
+        ::fchmod(made.get(), 0755);
+        stack.push_back(std::move(made));
+        continue;
+      }
+      if (S_ISLNK(st.st_mode)) {
+        if (++links > kMaxSymlinks)
+          fail_errno(e, fmt::format("Failed to resolve \"{}\"", c), ELOOP);
+        std::string target(static_cast<std::size_t>(PATH_MAX) + 1, '\0');
+        ssize_t len = ::readlinkat(dirfd, c.c_str(), target.data(), target.size());
+        if (len < 0) fail_errno(e, fmt::format("Failed to read symlink \"{}\"", c), errno);
+        if (static_cast<std::size_t>(len) >= target.size())
+          fail(e, ErrorKind::kInvalidInput, fmt::format("the symlink \"{}\" is too long", c));
+        target.resize(static_cast<std::size_t>(len));
+        // An absolute target starts again from the root: the root is "/" for this tree.
+        if (target.starts_with('/')) stack.erase(stack.begin() + 1, stack.end());
+        std::vector<std::string> parts;
+        for (std::size_t pos = 0; pos <= target.size();) {
+          std::size_t slash = std::min(target.find('/', pos), target.size());
+          parts.push_back(target.substr(pos, slash - pos));
+          pos = slash + 1;
+        }
+        todo.insert(todo.begin(), parts.begin(), parts.end());
+        continue;
+      }
+      if (!S_ISDIR(st.st_mode)) fail_errno(e, fmt::format("Failed to open \"{}\"", c), ENOTDIR);
+      util::UniqueFd next(
+          ::openat(dirfd, c.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+      if (!next.valid()) fail_errno(e, fmt::format("Failed to open \"{}\"", c), errno);
+      stack.push_back(std::move(next));
     }
-    return cur;
+    return std::move(stack.back());
   }
 
   bool created_below(const std::string& path) const {
