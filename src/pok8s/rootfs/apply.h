@@ -17,8 +17,8 @@ namespace pok8s::rootfs {
 
 struct ApplyOptions {
   Limits limits;
-  bool devices = false;                 // create device nodes (only honoured as root)
-  std::optional<bool> keep_ownership;   // default: when running as root
+  bool devices = false;                // create device nodes (only honoured as root)
+  std::optional<bool> keep_ownership;  // default: when running as root
 };
 
 struct ApplyStats {

@@ -9,6 +9,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -27,9 +28,9 @@ struct Limits {
 enum class EntryType { kFile, kDirectory, kSymlink, kHardlink, kCharDevice, kBlockDevice, kFifo };
 
 struct TarEntry {
-  std::string path;         // as in the archive (not yet normalised)
+  std::string path;  // as in the archive (not yet normalised)
   EntryType type = EntryType::kFile;
-  std::uint32_t mode = 0;   // permission bits incl. setuid/setgid/sticky
+  std::uint32_t mode = 0;  // permission bits incl. setuid/setgid/sticky
   std::uint32_t uid = 0;
   std::uint32_t gid = 0;
   std::int64_t mtime_sec = 0;
@@ -67,5 +68,38 @@ class LayerReader {
   std::unique_ptr<Impl> impl_;
   std::string what_;
 };
+
+// Rules shared by apply_layer and FlatTree, so the unpacked tree and the flat view agree.
+
+// The components of an archive path inside the root: leading "/" and "./" are stripped (the
+// path is scoped inside the root), empty and "." components dropped. A ".." component is
+// refused (kInvalidInput) rather than resolved: no legitimate layer needs one. Empty means
+// the root itself. `what` names the layer in the error.
+std::vector<std::string> split_entry_path(std::string_view path, std::string_view what);
+// The first `n` components joined with "/" (all of them by default).
+std::string join_components(const std::vector<std::string>& components,
+                            std::size_t n = static_cast<std::size_t>(-1));
+
+// What an entry's name means under the OCI image spec's whiteout rules.
+enum class WhiteoutKind {
+  kNone,     // an ordinary entry
+  kRemove,   // ".wh.NAME": hide NAME of lower layers
+  kOpaque,   // ".wh..wh..opq": hide every lower-layer child of the directory
+  kIgnored,  // other ".wh..wh.*" names: aufs bookkeeping with no meaning in OCI layers
+};
+struct Whiteout {
+  WhiteoutKind kind = WhiteoutKind::kNone;
+  std::string target;  // NAME for kRemove
+};
+// Classifies the entry at `components`; throws kInvalidInput for a whiteout whose target
+// would leave its directory (".wh.", ".wh..", ".wh...") and for a whiteout name used as a
+// directory ("a/.wh.b/c").
+Whiteout classify_whiteout(const std::vector<std::string>& components, std::string_view raw_path,
+                           std::string_view what);
+
+// The xattrs pok8s carries from a layer into a tree: file capabilities and the user
+// namespace. Everything else (security.selinux, trusted.*, system.* ACLs) describes the
+// build host, not the image; user.pok8s.* is ours and never taken from a layer.
+bool keep_xattr(std::string_view name);
 
 }  // namespace pok8s::rootfs
