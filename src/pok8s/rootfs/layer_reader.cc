@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstring>
 #include <exception>
+#include <map>
 #include <optional>
 #include <string_view>
 
@@ -311,20 +312,30 @@ bool LayerReader::next(TarEntry& entry) {
   }
 
   std::size_t xattr_bytes = 0;
+  std::map<std::string, std::size_t> xattr_slot;  // name -> index in entry.xattrs
   archive_entry_xattr_reset(e);
   const char* name = nullptr;
   const void* value = nullptr;
   std::size_t size = 0;
   while (archive_entry_xattr_next(e, &name, &value, &size) == ARCHIVE_OK) {
     if (!name) continue;
-    std::size_t name_len = std::strlen(name);
-    xattr_bytes += name_len + size;
+    std::string key(name);
+    std::string val(static_cast<const char*>(value), size);
+    // libarchive's pax writer records each xattr twice (LIBARCHIVE.xattr and SCHILY.xattr);
+    // the reader hands both back. One name, one value: the last wins.
+    auto [slot, fresh] = xattr_slot.try_emplace(key, entry.xattrs.size());
+    if (!fresh) {
+      auto& old = entry.xattrs[slot->second].second;
+      xattr_bytes = xattr_bytes - old.size() + val.size();
+      old = std::move(val);
+    } else {
+      xattr_bytes += key.size() + val.size();
+    }
     if (xattr_bytes > s.limits.max_xattr_bytes)
       throw Error(ErrorKind::kInvalidInput,
                   fmt::format("Failed to read {}: its xattrs exceed the limit of {} bytes",
                               s.entry_context(), s.limits.max_xattr_bytes));
-    entry.xattrs.emplace_back(std::string(name, name_len),
-                              std::string(static_cast<const char*>(value), size));
+    if (fresh) entry.xattrs.emplace_back(std::move(key), std::move(val));
   }
   return true;
 }
