@@ -56,9 +56,10 @@ Compression detect_compression(int fd, const std::string& what) {
 // libarchive falls back to spawning gzip/zstd when it was built without the library; a
 // layer must never be handed to another program, so insist on the linked-in codec.
 void require_builtin_codec(Compression c, const std::string& what) {
-  std::string_view details = archive_version_details();
+  // Asked once: libarchive rebuilds (and leaks) the string on every call.
+  static const std::string details = archive_version_details();
   std::string_view needed = c == Compression::kGzip ? "zlib/" : "libzstd/";
-  if (details.find(needed) == std::string_view::npos)
+  if (details.find(needed) == std::string::npos)
     throw Error(ErrorKind::kUnsupported,
                 fmt::format("Failed to read {}: libarchive lacks built-in {} support ({})", what,
                             c == Compression::kGzip ? "gzip" : "zstd", details));
@@ -68,6 +69,12 @@ void require_builtin_codec(Compression c, const std::string& what) {
 // the UTF-8 form when the C locale cannot represent a pax UTF-8 name.
 const char* entry_string(const char* mbs, const char* utf8) {
   return mbs ? mbs : utf8;
+}
+
+// libarchive's reason for the last failure; it has none for some failures.
+std::string_view error_text(archive* a) {
+  const char* reason = archive_error_string(a);
+  return reason ? reason : "unknown error";
 }
 
 }  // namespace
@@ -117,7 +124,7 @@ struct LayerReader::Impl {
     la_ssize_t n = archive_read_data(outer, buffer.data(), buffer.size());
     if (n < 0)
       throw Error(ErrorKind::kFormat,
-                  fmt::format("Failed to decompress {}: {}", what, archive_error_string(outer)));
+                  fmt::format("Failed to decompress {}: {}", what, error_text(outer)));
     if (n == 0) {
       outer_eof = true;
       return 0;
@@ -143,9 +150,7 @@ struct LayerReader::Impl {
   // Throws the parked callback error, else a format error with libarchive's reason.
   [[noreturn]] void fail(archive* a, const std::string& context) {
     if (callback_error) std::rethrow_exception(callback_error);
-    const char* reason = archive_error_string(a);
-    throw Error(ErrorKind::kFormat,
-                fmt::format("Failed to read {}: {}", context, reason ? reason : "unknown error"));
+    throw Error(ErrorKind::kFormat, fmt::format("Failed to read {}: {}", context, error_text(a)));
   }
 };
 
