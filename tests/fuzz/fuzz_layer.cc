@@ -24,8 +24,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   std::string blob_path = "/proc/self/fd/" + std::to_string(blob.get());
 
-  static const util::TempDir scratch = util::TempDir::scratch();
-  util::TempDir root_dir = util::TempDir::scratch(scratch.path());
+  // A fresh root per input, removed on return, so inputs cannot interact.
+  util::TempDir root_dir = util::TempDir::scratch();
   util::UniqueFd root(::open(root_dir.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!root.valid()) return 0;
 
