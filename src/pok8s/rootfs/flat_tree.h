@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,8 +19,12 @@ namespace pok8s::rootfs {
 
 struct FlatEntry {
   std::string path;  // normalised, relative, no leading "./" or "/"; "" is the root
-  TarEntry meta;     // type, mode, ownership, times, size, link target, xattrs (filtered)
-  std::size_t layer = 0;  // the layer whose data this entry has (files)
+  // Type, mode, ownership, times, size, link target, xattrs (filtered as apply_layer does).
+  // For a hardlink, link_target is the path in this tree of the entry holding the inode
+  // (never itself a hardlink); meta.path stays the path in the archive.
+  TarEntry meta;
+  std::size_t layer = 0;          // the layer whose data this entry has (files)
+  std::uint64_t entry_index = 0;  // its position in that layer (1 = first entry)
 };
 
 // One layer as the flat view reads it.
@@ -40,9 +45,10 @@ class FlatTree {
   // Every entry of the final tree, ordered by path (parents before children).
   const std::map<std::string, FlatEntry>& entries() const { return entries_; }
 
-  // Streams each layer once, in order, calling `fn` for every regular file of the final tree
-  // with a reader positioned at that file's data (hardlinks are reported as their own
-  // entries with meta.type == kHardlink and no data).
+  // Streams each layer that holds data of the final tree once, in order, calling `fn` for
+  // every regular file with a reader positioned at that file's data. Hardlinks are not
+  // called back: they are entries() of type kHardlink naming the file that has the data.
+  // Device nodes are kept in the view (an image builder can write them without root).
   void read_files(const std::function<void(const FlatEntry&, LayerReader&)>& fn) const;
 
  private:

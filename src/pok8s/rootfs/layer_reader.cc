@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstring>
 #include <exception>
+#include <map>
 #include <optional>
 #include <string_view>
 
@@ -55,9 +56,10 @@ Compression detect_compression(int fd, const std::string& what) {
 // libarchive falls back to spawning gzip/zstd when it was built without the library; a
 // layer must never be handed to another program, so insist on the linked-in codec.
 void require_builtin_codec(Compression c, const std::string& what) {
-  std::string_view details = archive_version_details();
+  // Asked once: libarchive rebuilds (and leaks) the string on every call.
+  static const std::string details = archive_version_details();
   std::string_view needed = c == Compression::kGzip ? "zlib/" : "libzstd/";
-  if (details.find(needed) == std::string_view::npos)
+  if (details.find(needed) == std::string::npos)
     throw Error(ErrorKind::kUnsupported,
                 fmt::format("Failed to read {}: libarchive lacks built-in {} support ({})", what,
                             c == Compression::kGzip ? "gzip" : "zstd", details));
@@ -67,6 +69,12 @@ void require_builtin_codec(Compression c, const std::string& what) {
 // the UTF-8 form when the C locale cannot represent a pax UTF-8 name.
 const char* entry_string(const char* mbs, const char* utf8) {
   return mbs ? mbs : utf8;
+}
+
+// libarchive's reason for the last failure; it has none for some failures.
+std::string_view error_text(archive* a) {
+  const char* reason = archive_error_string(a);
+  return reason ? reason : "unknown error";
 }
 
 }  // namespace
@@ -116,7 +124,7 @@ struct LayerReader::Impl {
     la_ssize_t n = archive_read_data(outer, buffer.data(), buffer.size());
     if (n < 0)
       throw Error(ErrorKind::kFormat,
-                  fmt::format("Failed to decompress {}: {}", what, archive_error_string(outer)));
+                  fmt::format("Failed to decompress {}: {}", what, error_text(outer)));
     if (n == 0) {
       outer_eof = true;
       return 0;
@@ -142,9 +150,7 @@ struct LayerReader::Impl {
   // Throws the parked callback error, else a format error with libarchive's reason.
   [[noreturn]] void fail(archive* a, const std::string& context) {
     if (callback_error) std::rethrow_exception(callback_error);
-    const char* reason = archive_error_string(a);
-    throw Error(ErrorKind::kFormat,
-                fmt::format("Failed to read {}: {}", context, reason ? reason : "unknown error"));
+    throw Error(ErrorKind::kFormat, fmt::format("Failed to read {}: {}", context, error_text(a)));
   }
 };
 
@@ -311,20 +317,30 @@ bool LayerReader::next(TarEntry& entry) {
   }
 
   std::size_t xattr_bytes = 0;
+  std::map<std::string, std::size_t> xattr_slot;  // name -> index in entry.xattrs
   archive_entry_xattr_reset(e);
   const char* name = nullptr;
   const void* value = nullptr;
   std::size_t size = 0;
   while (archive_entry_xattr_next(e, &name, &value, &size) == ARCHIVE_OK) {
     if (!name) continue;
-    std::size_t name_len = std::strlen(name);
-    xattr_bytes += name_len + size;
+    std::string key(name);
+    std::string val(static_cast<const char*>(value), size);
+    // libarchive's pax writer records each xattr twice (LIBARCHIVE.xattr and SCHILY.xattr);
+    // the reader hands both back. One name, one value: the last wins.
+    auto [slot, fresh] = xattr_slot.try_emplace(key, entry.xattrs.size());
+    if (!fresh) {
+      auto& old = entry.xattrs[slot->second].second;
+      xattr_bytes = xattr_bytes - old.size() + val.size();
+      old = std::move(val);
+    } else {
+      xattr_bytes += key.size() + val.size();
+    }
     if (xattr_bytes > s.limits.max_xattr_bytes)
       throw Error(ErrorKind::kInvalidInput,
                   fmt::format("Failed to read {}: its xattrs exceed the limit of {} bytes",
                               s.entry_context(), s.limits.max_xattr_bytes));
-    entry.xattrs.emplace_back(std::string(name, name_len),
-                              std::string(static_cast<const char*>(value), size));
+    if (fresh) entry.xattrs.emplace_back(std::move(key), std::move(val));
   }
   return true;
 }
