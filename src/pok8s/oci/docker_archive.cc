@@ -132,7 +132,7 @@ std::vector<std::string> repo_tags(const json& img) {
 
 class DockerArchiveSource final : public ImageSource {
  public:
-  DockerArchiveSource(const ImageName& name) : path_(name.path), display_(name.str()) {
+  explicit DockerArchiveSource(const ImageName& name) : path_(name.path), display_(name.str()) {
     scan_members();
     const json& img = choose(name);
     hash_members(img);

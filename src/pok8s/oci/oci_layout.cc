@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "pok8s/oci/image.h"
 #include "pok8s/oci/layout.h"
@@ -642,16 +643,15 @@ class OciLayoutDestination final : public ImageDestination {
     members.push_back({"oci-layout", false, layout_file(), {}, {}});
     members.push_back({"index.json", false, fresh_index(plan.entry), {}, {}});
     members.push_back({"blobs", true, {}, {}, {}});
-    std::map<std::string, bool> alg_dirs;
+    std::set<std::string> alg_dirs;
     auto blob_name = [](const Digest& d) { return "blobs/" + d.algorithm() + "/" + d.hex(); };
     for (const auto& d : plan.blobs) {
-      alg_dirs[d.digest.algorithm()] = true;
+      alg_dirs.insert(d.digest.algorithm());
       members.push_back({blob_name(d.digest), false, {}, store.path_for(d.digest), d.digest});
     }
-    alg_dirs[plan.entry.digest.algorithm()] = true;
+    alg_dirs.insert(plan.entry.digest.algorithm());
     members.push_back({blob_name(plan.entry.digest), false, plan.manifest_bytes, {}, {}});
-    for (const auto& [alg, unused] : alg_dirs)
-      members.push_back({"blobs/" + alg, true, {}, {}, {}});
+    for (const auto& alg : alg_dirs) members.push_back({"blobs/" + alg, true, {}, {}, {}});
     util::TempFile tmp(name_.path);
     layout::write_tar(tmp.fd(), std::move(members), name());
     ::fchmod(tmp.fd(), 0644);
