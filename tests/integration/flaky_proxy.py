@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-# An HTTP proxy in front of the test registry that fails the first N requests, with a 503 or
-# by closing the connection without an answer, then forwards everything unchanged.
+# An HTTP proxy in front of the test registry that fails the first N requests (optionally only
+# those whose path contains a string): with a 503, by closing the connection without an answer,
+# or by cutting the body off halfway. Everything else is forwarded unchanged.
 import argparse
 import http.client
 import json
@@ -16,13 +17,15 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--upstream", type=int, required=True)
     parser.add_argument("--failures", type=int, required=True)
-    parser.add_argument("--mode", choices=["503", "drop"], default="503")
+    parser.add_argument("--mode", choices=["503", "drop", "truncate"], default="503")
+    parser.add_argument("--path-contains", default="")
     parser.add_argument("--port-file", required=True)
     parser.add_argument("--count-file", required=True)
     args = parser.parse_args()
 
     lock = threading.Lock()
     seen = [0]
+    matched = [0]
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -38,9 +41,12 @@ def main() -> int:
                 with open(args.count_file + ".tmp", "w") as f:
                     f.write(str(n))
                 os.rename(args.count_file + ".tmp", args.count_file)
+                if args.path_contains in self.path:
+                    matched[0] += 1
+                fail = args.path_contains in self.path and matched[0] <= args.failures
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
-            if n <= args.failures:
+            if fail and args.mode != "truncate":
                 if args.mode == "drop":
                     self.close_connection = True
                     return
@@ -68,7 +74,13 @@ def main() -> int:
                 self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(data)
+                if fail and args.mode == "truncate":
+                    # The full Content-Length was promised; half arrives, then the connection ends.
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                else:
+                    self.wfile.write(data)
             upstream.close()
 
         do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = forward

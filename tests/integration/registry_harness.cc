@@ -240,14 +240,17 @@ util::Path TestRegistry::blob_data(const oci::Digest& digest) const {
          digest.hex().substr(0, 2) / digest.hex() / "data";
 }
 
-FlakyProxy::FlakyProxy(int upstream_port, int failures, Mode mode)
+FlakyProxy::FlakyProxy(int upstream_port, int failures, Mode mode, const std::string& path_contains)
     : dir_(util::TempDir::scratch()) {
   util::Path log = dir_.path() / "proxy.log";
+  const char* mode_name = mode == Mode::kDropConnection ? "drop"
+                          : mode == Mode::kTruncateBody ? "truncate"
+                                                        : "503";
   process_ = ChildProcess(
       {"/usr/bin/env", "python3", script("flaky_proxy.py").string(), "--upstream",
-       std::to_string(upstream_port), "--failures", std::to_string(failures), "--mode",
-       mode == Mode::kDropConnection ? "drop" : "503", "--port-file",
-       (dir_.path() / "port").string(), "--count-file", (dir_.path() / "count").string()},
+       std::to_string(upstream_port), "--failures", std::to_string(failures), "--mode", mode_name,
+       "--path-contains", path_contains, "--port-file", (dir_.path() / "port").string(),
+       "--count-file", (dir_.path() / "count").string()},
       log);
   port_ = read_port_file(dir_.path() / "port", process_, log);
 }

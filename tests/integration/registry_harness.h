@@ -68,11 +68,12 @@ class TestRegistry {
   ChildProcess registry_;
 };
 
-// A proxy in front of a port that fails its first `failures` requests.
+// A proxy in front of a port that fails its first `failures` requests (only those whose path
+// contains `path_contains`, when given).
 class FlakyProxy {
  public:
-  enum class Mode { kServiceUnavailable, kDropConnection };
-  FlakyProxy(int upstream_port, int failures, Mode mode);
+  enum class Mode { kServiceUnavailable, kDropConnection, kTruncateBody };
+  FlakyProxy(int upstream_port, int failures, Mode mode, const std::string& path_contains = "");
   int port() const { return port_; }
   std::string host() const;
   // How many requests reached the proxy so far.

@@ -288,6 +288,16 @@ TEST_F(RegistryTest, BearerTokenAuthWorksAndRefusesWrongCredentials) {
       << message;
   EXPECT_NE(message.find("invalid username or password (HTTP 401)"), std::string::npos) << message;
   EXPECT_EQ(message.find("wrong-password"), std::string::npos) << message;
+
+  TransportOptions anonymous = insecure();
+  anonymous.auth_file = empty_auth_file(work_.path());
+  Error missing = error_of([&] {
+    open_source(ImageName::parse(registry.docker("tokens/app:v1")), anonymous)->top_document();
+  });
+  EXPECT_EQ(missing.kind(), ErrorKind::kAuth);
+  EXPECT_NE(std::string(missing.what()).find("the token server wants credentials"),
+            std::string::npos)
+      << missing.what();
 }
 
 TEST_F(RegistryTest, MultiArchIndexSelectsThePlatformAskedFor) {
@@ -367,6 +377,12 @@ TEST_F(RegistryTest, RetriesServiceUnavailableAndDroppedConnections) {
   FlakyProxy dropping(registry.port(), 2, FlakyProxy::Mode::kDropConnection);
   BlobStore second(work_.path() / "second-cache");
   pull_and_verify("docker://" + dropping.host() + "/test/app:v1", img, second, insecure());
+
+  // Blob bodies cut off halfway: each transfer starts again with a fresh writer.
+  FlakyProxy truncating(registry.port(), 3, FlakyProxy::Mode::kTruncateBody, "/blobs/");
+  BlobStore fourth(work_.path() / "fourth-cache");
+  pull_and_verify("docker://" + truncating.host() + "/test/app:v1", img, fourth, insecure());
+  EXPECT_GE(truncating.requests_seen(), 1 + 1 + 3 + 3);  // probe, manifest, blobs, their retries
 
   FlakyProxy hopeless(registry.port(), 1000, FlakyProxy::Mode::kServiceUnavailable);
   TransportOptions few = insecure();
