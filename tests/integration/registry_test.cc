@@ -218,6 +218,16 @@ TEST_F(RegistryTest, PullsByDigestAndReportsUnknownTagsClearly) {
   EXPECT_TRUE(client.has_blob(img.image.manifest.layers[0].digest));
   EXPECT_FALSE(client.has_blob(Digest::sha256_of("not there")));
 
+  // Verified TLS is the default; a plain HTTP registry is refused with a hint.
+  TransportOptions verified;
+  verified.retries = 0;
+  Error tls = error_of([&] {
+    open_source(ImageName::parse(registry.docker("test/app:v1")), verified)->top_document();
+  });
+  EXPECT_EQ(tls.kind(), ErrorKind::kIo);
+  EXPECT_NE(std::string(tls.what()).find("use --tls-verify=false"), std::string::npos)
+      << tls.what();
+
   std::string name = registry.docker("test/app:nope");
   Error e = error_of([&] { open_source(ImageName::parse(name), insecure())->top_document(); });
   EXPECT_EQ(e.kind(), ErrorKind::kNotFound);

@@ -469,6 +469,11 @@ struct RegistryClient::Impl {
     if (code != CURLE_OK) {
       std::string detail = error_buffer[0] ? error_buffer : curl_easy_strerror(code);
       std::string message = fmt::format("Failed to {}: {}", action, printable(detail));
+      if (options.tls_verify &&
+          (code == CURLE_SSL_CONNECT_ERROR || code == CURLE_PEER_FAILED_VERIFICATION))
+        message +=
+            " (for a registry without a trusted certificate or on plain HTTP, use "
+            "--tls-verify=false)";
       if (is_transient(code)) throw TransientError(ErrorKind::kIo, message);
       throw Error(ErrorKind::kIo, message);
     }
