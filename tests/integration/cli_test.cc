@@ -21,14 +21,14 @@ using namespace pok8s;
 
 namespace {
 
-struct Run {
+struct Shell {
   int status = -1;
   std::string out;
 };
 
 // Runs a shell command, capturing stdout (stderr goes to the test log).
-Run sh(const std::string& cmd) {
-  Run r;
+Shell sh(const std::string& cmd) {
+  Shell r;
   FILE* p = ::popen(cmd.c_str(), "r");
   if (!p) return r;
   std::array<char, 4096> buf{};
@@ -48,16 +48,24 @@ std::string pok8s_bin() {
 class DebianImage : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
+    // A failure here must fail every test (gtest would otherwise report them as skipped).
     const char* src = std::getenv("POK8S_SOURCE_DIR");
-    ASSERT_TRUE(src) << "POK8S_SOURCE_DIR is not set";
-    Run fixture = sh(std::string(src) + "/tests/fixtures/debian-base.sh");
-    ASSERT_EQ(fixture.status, 0) << "could not build the Debian fixture (mmdebstrap; run scripts/install-deps.sh test)";
+    if (!src) {
+      setup_error_ = "POK8S_SOURCE_DIR is not set";
+      return;
+    }
+    Shell fixture = sh(std::string(src) + "/tests/fixtures/debian-base.sh");
+    if (fixture.status != 0) {
+      setup_error_ = "could not build the Debian fixture (mmdebstrap; run scripts/install-deps.sh test)";
+      return;
+    }
     base_ = fixture.out.substr(0, fixture.out.find('\n'));
     work_ = new util::TempDir(util::TempDir::scratch("/var/tmp"));
     cache_ = work_->path() / "cache";
-    Run imp = sh(cmd("image import " + base_ + " oci:" + (work_->path() / "layout").string() + ":bookworm"));
-    ASSERT_EQ(imp.status, 0);
+    Shell imp = sh(cmd("image import " + base_ + " oci:" + (work_->path() / "layout").string() + ":bookworm"));
+    if (imp.status != 0) setup_error_ = "pok8s image import of the fixture failed";
   }
+  void SetUp() override { ASSERT_EQ(setup_error_, ""); }
   static void TearDownTestSuite() {
     delete work_;
     work_ = nullptr;
@@ -68,6 +76,7 @@ class DebianImage : public ::testing::Test {
   static fs::path dir() { return work_->path(); }
   static std::string layout() { return "oci:" + (work_->path() / "layout").string() + ":bookworm"; }
 
+  static inline std::string setup_error_;
   static inline std::string base_;
   static inline util::TempDir* work_ = nullptr;
   static inline fs::path cache_;
@@ -76,7 +85,7 @@ class DebianImage : public ::testing::Test {
 }  // namespace
 
 TEST_F(DebianImage, InspectShowsLayersAndOsRelease) {
-  Run r = sh(cmd("--json image inspect " + layout()));
+  Shell r = sh(cmd("--json image inspect " + layout()));
   ASSERT_EQ(r.status, 0);
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["platform"], "linux/amd64");
@@ -87,7 +96,7 @@ TEST_F(DebianImage, InspectShowsLayersAndOsRelease) {
 
 TEST_F(DebianImage, UnpackGivesTheSameTreeAsTar) {
   fs::path ours = dir() / "unpack-ours", ref = dir() / "unpack-tar";
-  ASSERT_EQ(sh(cmd("image unpack " + layout() + " " + ours.string())).status, 0);
+  ASSERT_EQ(sh(cmd("image unpack --devices " + layout() + " " + ours.string())).status, 0);
   fs::create_directories(ref);
   ASSERT_EQ(sh("tar --numeric-owner --xattrs -xpf " + base_ + " -C " + ref.string()).status, 0);
   EXPECT_EQ(test::compare_trees(ref, ours), "");
@@ -99,20 +108,20 @@ TEST_F(DebianImage, UnpackRefusesAnExistingNonEmptyDestination) {
   fs::path dest = dir() / "occupied";
   fs::create_directories(dest);
   util::write_file_atomic(dest / "keep", "mine");
-  Run r = sh(cmd("image unpack " + layout() + " " + dest.string() + " 2>/dev/null"));
+  Shell r = sh(cmd("image unpack --devices " + layout() + " " + dest.string() + " 2>/dev/null"));
   EXPECT_NE(r.status, 0);
   EXPECT_EQ(util::read_file(dest / "keep"), "mine");
 }
 
 TEST_F(DebianImage, SkopeoAndUmociReadWhatPok8sWrote) {
-  Run insp = sh("skopeo inspect " + layout());
+  Shell insp = sh("skopeo inspect " + layout());
   ASSERT_EQ(insp.status, 0);
   auto j = nlohmann::json::parse(insp.out);
   EXPECT_EQ(j["Layers"].size(), 1u);
   fs::path bundle = dir() / "umoci-bundle", ours = dir() / "unpack-ours2";
   std::string layout_dir = (dir() / "layout").string();
   ASSERT_EQ(sh("umoci unpack --image " + layout_dir + ":bookworm " + bundle.string() + " >/dev/null").status, 0);
-  ASSERT_EQ(sh(cmd("image unpack " + layout() + " " + ours.string())).status, 0);
+  ASSERT_EQ(sh(cmd("image unpack --devices " + layout() + " " + ours.string())).status, 0);
   EXPECT_EQ(test::compare_trees(bundle / "rootfs", ours), "");
   util::remove_tree(bundle);
   util::remove_tree(ours);
@@ -124,12 +133,12 @@ TEST_F(DebianImage, Pok8sUnpacksWhatSkopeoWroteLikeUmoci) {
   ASSERT_EQ(sh("skopeo copy -q " + layout() + " oci:" + theirs + ":copied").status, 0);
   fs::path bundle = dir() / "umoci-bundle2", ours = dir() / "unpack-ours3";
   ASSERT_EQ(sh("umoci unpack --image " + theirs + ":copied " + bundle.string() + " >/dev/null").status, 0);
-  ASSERT_EQ(sh(cmd("image unpack oci:" + theirs + ":copied " + ours.string())).status, 0);
+  ASSERT_EQ(sh(cmd("image unpack --devices oci:" + theirs + ":copied " + ours.string())).status, 0);
   EXPECT_EQ(test::compare_trees(bundle / "rootfs", ours), "");
   util::remove_tree(ours);
   std::string archive = (dir() / "skopeo-docker.tar").string();
   ASSERT_EQ(sh("skopeo copy -q " + layout() + " docker-archive:" + archive + ":pok8s/debian:12").status, 0);
-  ASSERT_EQ(sh(cmd("image unpack docker-archive:" + archive + " " + ours.string())).status, 0);
+  ASSERT_EQ(sh(cmd("image unpack --devices docker-archive:" + archive + " " + ours.string())).status, 0);
   EXPECT_EQ(test::compare_trees(bundle / "rootfs", ours), "");
   util::remove_tree(bundle);
   util::remove_tree(ours);
@@ -141,19 +150,19 @@ TEST_F(DebianImage, CopyRoundTripsThroughArchivesWithTheSameTree) {
   ASSERT_EQ(sh(cmd("image copy oci-archive:" + oa + ":v1 docker-archive:" + da + ":pok8s/debian:v1")).status, 0);
   ASSERT_EQ(sh("skopeo inspect docker-archive:" + da + " >/dev/null").status, 0);
   fs::path a = dir() / "from-layout", b = dir() / "from-docker-archive";
-  ASSERT_EQ(sh(cmd("image unpack " + layout() + " " + a.string())).status, 0);
-  ASSERT_EQ(sh(cmd("image unpack docker-archive:" + da + " " + b.string())).status, 0);
+  ASSERT_EQ(sh(cmd("image unpack --devices " + layout() + " " + a.string())).status, 0);
+  ASSERT_EQ(sh(cmd("image unpack --devices docker-archive:" + da + " " + b.string())).status, 0);
   EXPECT_EQ(test::compare_trees(a, b), "");
   util::remove_tree(a);
   util::remove_tree(b);
 }
 
 TEST(Cli, RefusalsAreOneLineWithNonZeroExit) {
-  Run r = sh(pok8s_bin() + " image inspect docker://UPPER/case 2>&1");
+  Shell r = sh(pok8s_bin() + " image inspect docker://registry.example/UPPER:tag 2>&1");
   EXPECT_EQ(r.status, 2);
   EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
   EXPECT_NE(r.out.find("Invalid image reference"), std::string::npos) << r.out;
-  Run missing = sh(pok8s_bin() + " image inspect oci:/nonexistent/layout 2>&1");
+  Shell missing = sh(pok8s_bin() + " image inspect oci:/nonexistent/layout 2>&1");
   EXPECT_NE(missing.status, 0);
   EXPECT_EQ(std::count(missing.out.begin(), missing.out.end(), '\n'), 1) << missing.out;
 }

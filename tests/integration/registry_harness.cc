@@ -197,7 +197,7 @@ TestRegistry::TestRegistry(Auth auth) : dir_(util::TempDir::scratch()) {
          "/CN=pok8s-test-token-issuer", "-addext", "basicConstraints=critical,CA:TRUE"});
     util::Path token_log = d / "token-server.log";
     token_server_ =
-        ChildProcess({"/usr/bin/env", "python3", script("token_server.py").string(), "--key",
+        ChildProcess({"/usr/bin/python3", script("token_server.py").string(), "--key",
                       (d / "token.key").string(), "--cert", (d / "token.crt").string(), "--issuer",
                       kIssuer, "--service", kService, "--user", kTestUser, "--password",
                       kTestPassword, "--port-file", (d / "token.port").string()},
@@ -247,7 +247,7 @@ FlakyProxy::FlakyProxy(int upstream_port, int failures, Mode mode, const std::st
                           : mode == Mode::kTruncateBody ? "truncate"
                                                         : "503";
   process_ = ChildProcess(
-      {"/usr/bin/env", "python3", script("flaky_proxy.py").string(), "--upstream",
+      {"/usr/bin/python3", script("flaky_proxy.py").string(), "--upstream",
        std::to_string(upstream_port), "--failures", std::to_string(failures), "--mode", mode_name,
        "--path-contains", path_contains, "--port-file", (dir_.path() / "port").string(),
        "--count-file", (dir_.path() / "count").string()},

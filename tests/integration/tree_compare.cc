@@ -44,7 +44,7 @@ std::map<std::string, Node> walk(const std::filesystem::path& root) {
     } else if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) {
       n.content = std::to_string(st.st_rdev);
     }
-    out[std::filesystem::relative(p, root).string()] = n;
+    out[p.lexically_relative(root).string()] = n;
   }
   return out;
 }
