@@ -29,7 +29,7 @@ if cmake --preset fuzz >/dev/null && cmake --build --preset fuzz -j "$jobs"; the
     [ -d "$corpus" ] && cp -r "$corpus"/. "$work"/
     if "$f" -max_total_time="${POK8S_FUZZ_SECONDS:-20}" -rss_limit_mb=2048 -timeout=10 "$work" \
         >"build/fuzz/$name.log" 2>&1; then
-      echo "$name: $(grep -Eo '#[0-9]+ *DONE.*' "build/fuzz/$name.log" | tail -1)"
+      echo "$name: $(grep -Eo 'Done [0-9]+ runs.*' "build/fuzz/$name.log" | tail -1)"
     else
       echo "$name: FAILED"; tail -40 "build/fuzz/$name.log"; status=1
     fi

@@ -25,11 +25,15 @@ struct TransportFlags {
   std::string platform;
 
   void add_to(CLI::App* cmd) {
-    cmd->add_option("--tls-verify", tls_verify, "Require HTTPS with a verified certificate (false allows plain HTTP)")
+    cmd->add_option("--tls-verify", tls_verify,
+                    "Require HTTPS with a verified certificate (false allows plain HTTP)")
         ->default_val(true);
-    cmd->add_option("--authfile", authfile, "Credentials file (containers auth.json or docker config.json)");
+    cmd->add_option("--authfile", authfile,
+                    "Credentials file (containers auth.json or docker config.json)");
     cmd->add_option("--creds", creds, "Registry credentials USER:PASSWORD");
-    cmd->add_option("--jobs", jobs, "Blobs transferred at once")->default_val(4)->check(CLI::Range(1, 32));
+    cmd->add_option("--jobs", jobs, "Blobs transferred at once")
+        ->default_val(4)
+        ->check(CLI::Range(1, 32));
     cmd->add_option("--platform", platform, "OS/ARCH[/VARIANT] to pick from a multi-platform index")
         ->default_str("the host's");
   }
@@ -59,26 +63,39 @@ std::string human_size(std::int64_t n) {
 }
 
 nlohmann::json stats_json(const rootfs::ApplyStats& s) {
-  return {{"entries", s.entries},   {"files", s.files},         {"directories", s.directories},
-          {"symlinks", s.symlinks}, {"hardlinks", s.hardlinks}, {"whiteouts", s.whiteouts},
-          {"devicesSkipped", s.devices_skipped}, {"xattrsDropped", s.xattrs_dropped}, {"bytes", s.bytes}};
+  return {{"entries", s.entries},
+          {"files", s.files},
+          {"directories", s.directories},
+          {"symlinks", s.symlinks},
+          {"hardlinks", s.hardlinks},
+          {"whiteouts", s.whiteouts},
+          {"devicesSkipped", s.devices_skipped},
+          {"xattrsDropped", s.xattrs_dropped},
+          {"bytes", s.bytes}};
 }
 
-int run_copy(const GlobalOptions& g, const std::string& src, const std::string& dst, const TransportFlags& t) {
+int run_copy(const GlobalOptions& g, const std::string& src, const std::string& dst,
+             const TransportFlags& t) {
   Output out(g.output_mode());
   auto store = open_cache(g);
   oci::ImageName from = oci::ImageName::parse(src);
   oci::ImageName to = oci::ImageName::parse(dst);
   out.step(fmt::format("Copying {} to {}", from.str(), to.str()));
-  oci::CopyResult r = oci::copy_image(from, to, store, t.options(), t.wanted_platform(), out.progress());
-  out.result(fmt::format("Copied {} layers ({}) to {}\nManifest digest: {}", r.layers, human_size(static_cast<std::int64_t>(r.bytes)),
-                         to.str(), r.manifest_digest.str()),
-             {{"source", from.str()}, {"destination", to.str()}, {"manifestDigest", r.manifest_digest.str()},
-              {"layers", r.layers}, {"bytes", r.bytes}});
+  oci::CopyResult r =
+      oci::copy_image(from, to, store, t.options(), t.wanted_platform(), out.progress());
+  out.result(fmt::format("Copied {} layers ({}) to {}\nManifest digest: {}", r.layers,
+                         human_size(static_cast<std::int64_t>(r.bytes)), to.str(),
+                         r.manifest_digest.str()),
+             {{"source", from.str()},
+              {"destination", to.str()},
+              {"manifestDigest", r.manifest_digest.str()},
+              {"layers", r.layers},
+              {"bytes", r.bytes}});
   return 0;
 }
 
-int run_inspect(const GlobalOptions& g, const std::string& src, const TransportFlags& t, bool raw, bool os_release) {
+int run_inspect(const GlobalOptions& g, const std::string& src, const TransportFlags& t, bool raw,
+                bool os_release) {
   Output out(raw ? OutputMode::kQuiet : g.output_mode());
   auto store = open_cache(g);
   oci::ImageName name = oci::ImageName::parse(src);
@@ -102,7 +119,9 @@ int run_inspect(const GlobalOptions& g, const std::string& src, const TransportF
   for (std::size_t i = 0; i < img.manifest.layers.size(); ++i) {
     const auto& l = img.manifest.layers[i];
     total += l.size;
-    layers.push_back({{"digest", l.digest.str()}, {"size", l.size}, {"mediaType", l.media_type},
+    layers.push_back({{"digest", l.digest.str()},
+                      {"size", l.size},
+                      {"mediaType", l.media_type},
                       {"diffID", img.config.diff_ids[i].str()}});
   }
   nlohmann::json j = {{"name", name.str()},
@@ -117,8 +136,9 @@ int run_inspect(const GlobalOptions& g, const std::string& src, const TransportF
                       {"configDigest", img.manifest.config.digest.str()}};
   if (img.index) j["indexDigest"] = img.index->digest().str();
   if (os_release) j["osRelease"] = osr;
-  std::string human = fmt::format("Name:        {}\nDigest:      {}\nMedia type:  {}\nPlatform:    {}\n", name.str(),
-                                  img.manifest_digest().str(), img.manifest.media_type, img.config.platform.str());
+  std::string human = fmt::format(
+      "Name:        {}\nDigest:      {}\nMedia type:  {}\nPlatform:    {}\n", name.str(),
+      img.manifest_digest().str(), img.manifest.media_type, img.config.platform.str());
   if (!img.config.created.empty()) human += fmt::format("Created:     {}\n", img.config.created);
   if (!osr.empty()) {
     std::string pretty = osr.count("PRETTY_NAME") ? osr["PRETTY_NAME"] : osr["NAME"];
@@ -133,23 +153,29 @@ int run_inspect(const GlobalOptions& g, const std::string& src, const TransportF
   return 0;
 }
 
-int run_unpack(const GlobalOptions& g, const std::string& src, const std::string& dest, const TransportFlags& t,
-               const rootfs::ApplyOptions& opts) {
+int run_unpack(const GlobalOptions& g, const std::string& src, const std::string& dest,
+               const TransportFlags& t, const rootfs::ApplyOptions& opts) {
   Output out(g.output_mode());
   auto store = open_cache(g);
   oci::ImageName name = oci::ImageName::parse(src);
   auto source = oci::open_source(name, t.options());
   oci::ResolvedImage img = oci::resolve_image(*source, store, t.wanted_platform());
   oci::fetch_layers(*source, img, store, t.options(), out.progress());
-  out.step(fmt::format("Unpacking {} layers of {} into {}", img.manifest.layers.size(), name.str(), dest));
+  out.step(fmt::format("Unpacking {} layers of {} into {}", img.manifest.layers.size(), name.str(),
+                       dest));
   rootfs::ApplyStats s = rootfs::unpack_image(img, store, dest, opts);
   std::string human = fmt::format(
-      "Unpacked {} into {}: {} entries ({} files, {} directories, {} symlinks, {} hardlinks), {} whiteouts, {} of data",
+      "Unpacked {} into {}: {} entries ({} files, {} directories, {} symlinks, {} hardlinks), {} "
+      "whiteouts, {} of data",
       name.str(), dest, s.entries, s.files, s.directories, s.symlinks, s.hardlinks, s.whiteouts,
       human_size(static_cast<std::int64_t>(s.bytes)));
   if (s.devices_skipped)
-    human += fmt::format("\n{} device nodes skipped (pass --devices as root to create them)", s.devices_skipped);
-  if (s.xattrs_dropped) human += fmt::format("\n{} extended attributes dropped (only security.capability and user.* are kept)", s.xattrs_dropped);
+    human += fmt::format("\n{} device nodes skipped (pass --devices as root to create them)",
+                         s.devices_skipped);
+  if (s.xattrs_dropped)
+    human += fmt::format(
+        "\n{} extended attributes dropped (only security.capability and user.* are kept)",
+        s.xattrs_dropped);
   nlohmann::json j = stats_json(s);
   j["destination"] = dest;
   j["manifestDigest"] = img.manifest_digest().str();
@@ -157,23 +183,31 @@ int run_unpack(const GlobalOptions& g, const std::string& src, const std::string
   return 0;
 }
 
-int run_import(const GlobalOptions& g, const std::string& src, const std::string& dst, const std::string& tag,
-               const std::string& platform, const std::vector<std::string>& labels, const TransportFlags& t) {
+int run_import(const GlobalOptions& g, const std::string& src, const std::string& dst,
+               const std::string& tag, const std::string& platform,
+               const std::vector<std::string>& labels, const TransportFlags& t) {
   Output out(g.output_mode());
   auto store = open_cache(g);
   oci::ImageName to = oci::ImageName::parse(dst);
   if (!tag.empty()) {
-    if (!oci::is_valid_tag(tag)) throw Error(ErrorKind::kInvalidInput, fmt::format("Invalid tag \"{}\"", tag));
-    if (to.transport == oci::Transport::kDocker) to.docker.tag = tag, to.docker.digest.reset();
-    else if (to.transport == oci::Transport::kDockerArchive) to.docker.tag = tag;
-    else to.tag = tag;
+    if (!oci::is_valid_tag(tag))
+      throw Error(ErrorKind::kInvalidInput, fmt::format("Invalid tag \"{}\"", tag));
+    if (to.transport == oci::Transport::kDocker)
+      to.docker.tag = tag, to.docker.digest.reset();
+    else if (to.transport == oci::Transport::kDockerArchive)
+      to.docker.tag = tag;
+    else
+      to.tag = tag;
   }
-  if (src.starts_with("oci-archive:") || src.starts_with("oci:") || src.starts_with("docker-archive:") ||
-      src.starts_with("docker://")) {
+  if (src.starts_with("oci-archive:") || src.starts_with("oci:") ||
+      src.starts_with("docker-archive:") || src.starts_with("docker://")) {
     out.step(fmt::format("Importing {} as {}", src, to.str()));
-    auto r = oci::copy_image(oci::ImageName::parse(src), to, store, t.options(), t.wanted_platform(), out.progress());
-    out.result(fmt::format("Imported {} as {}\nManifest digest: {}", src, to.str(), r.manifest_digest.str()),
-               {{"source", src}, {"destination", to.str()}, {"manifestDigest", r.manifest_digest.str()}});
+    auto r = oci::copy_image(oci::ImageName::parse(src), to, store, t.options(),
+                             t.wanted_platform(), out.progress());
+    out.result(
+        fmt::format("Imported {} as {}\nManifest digest: {}", src, to.str(),
+                    r.manifest_digest.str()),
+        {{"source", src}, {"destination", to.str()}, {"manifestDigest", r.manifest_digest.str()}});
     return 0;
   }
   rootfs::ImportOptions opts;
@@ -182,13 +216,15 @@ int run_import(const GlobalOptions& g, const std::string& src, const std::string
     try {
       opts.source_date_epoch = std::stoll(sde);
     } catch (const std::exception&) {
-      throw Error(ErrorKind::kInvalidInput, fmt::format("Invalid SOURCE_DATE_EPOCH \"{}\": not a number", sde));
+      throw Error(ErrorKind::kInvalidInput,
+                  fmt::format("Invalid SOURCE_DATE_EPOCH \"{}\": not a number", sde));
     }
   }
   for (const auto& l : labels) {
     auto eq = l.find('=');
     if (eq == std::string::npos || eq == 0)
-      throw Error(ErrorKind::kInvalidInput, fmt::format("Invalid --label \"{}\": expected KEY=VALUE", l));
+      throw Error(ErrorKind::kInvalidInput,
+                  fmt::format("Invalid --label \"{}\": expected KEY=VALUE", l));
     opts.labels[l.substr(0, eq)] = l.substr(eq + 1);
   }
   out.step(fmt::format("Importing the root filesystem {} as {}", src, to.str()));
@@ -196,30 +232,42 @@ int run_import(const GlobalOptions& g, const std::string& src, const std::string
   auto dest = oci::open_destination(to, t.options());
   oci::Digest written = dest->write(img, store, t.options(), out.progress());
   const auto& layer = img.manifest.layers.at(0);
-  out.result(fmt::format("Imported {} as {}\nLayer: {} ({})\nManifest digest: {}", src, to.str(), layer.digest.str(),
-                         human_size(layer.size), written.str()),
-             {{"source", src}, {"destination", to.str()}, {"manifestDigest", written.str()},
-              {"layer", {{"digest", layer.digest.str()}, {"size", layer.size}, {"diffID", img.config.diff_ids.at(0).str()}}}});
+  out.result(fmt::format("Imported {} as {}\nLayer: {} ({})\nManifest digest: {}", src, to.str(),
+                         layer.digest.str(), human_size(layer.size), written.str()),
+             {{"source", src},
+              {"destination", to.str()},
+              {"manifestDigest", written.str()},
+              {"layer",
+               {{"digest", layer.digest.str()},
+                {"size", layer.size},
+                {"diffID", img.config.diff_ids.at(0).str()}}}});
   return 0;
 }
 
 }  // namespace
 
 void add_image_commands(CLI::App& app, GlobalOptions& g, std::function<int()>& run) {
-  CLI::App* image = app.add_subcommand("image", "Copy, inspect, unpack and import container images");
+  CLI::App* image =
+      app.add_subcommand("image", "Copy, inspect, unpack and import container images");
   image->require_subcommand(1);
 
   {
-    auto* cmd = image->add_subcommand("copy", "Copy an image between registries, OCI layouts and archives");
+    auto* cmd =
+        image->add_subcommand("copy", "Copy an image between registries, OCI layouts and archives");
     auto src = std::make_shared<std::string>(), dst = std::make_shared<std::string>();
     auto t = std::make_shared<TransportFlags>();
-    cmd->add_option("SOURCE", *src, "docker://…, oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE")->required();
+    cmd->add_option("SOURCE", *src,
+                    "docker://…, oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE")
+        ->required();
     cmd->add_option("DESTINATION", *dst, "Where to write the image (same transports)")->required();
     t->add_to(cmd);
-    cmd->callback([&g, &run, src, dst, t] { run = [&g, src, dst, t] { return run_copy(g, *src, *dst, *t); }; });
+    cmd->callback([&g, &run, src, dst, t] {
+      run = [&g, src, dst, t] { return run_copy(g, *src, *dst, *t); };
+    });
   }
   {
-    auto* cmd = image->add_subcommand("inspect", "Show an image's manifest, config, layers and os-release");
+    auto* cmd =
+        image->add_subcommand("inspect", "Show an image's manifest, config, layers and os-release");
     auto src = std::make_shared<std::string>();
     auto t = std::make_shared<TransportFlags>();
     auto raw = std::make_shared<bool>(false), no_osr = std::make_shared<bool>(false);
@@ -232,14 +280,17 @@ void add_image_commands(CLI::App& app, GlobalOptions& g, std::function<int()>& r
     });
   }
   {
-    auto* cmd = image->add_subcommand("unpack", "Apply an image's layers, in order, into a new directory");
+    auto* cmd =
+        image->add_subcommand("unpack", "Apply an image's layers, in order, into a new directory");
     auto src = std::make_shared<std::string>(), dest = std::make_shared<std::string>();
     auto t = std::make_shared<TransportFlags>();
     auto opts = std::make_shared<rootfs::ApplyOptions>();
     cmd->add_option("SOURCE", *src, "The image")->required();
     cmd->add_option("DEST", *dest, "A directory that does not exist yet (or is empty)")->required();
-    cmd->add_flag("--devices", opts->devices, "Create device nodes (as root only; skipped and counted otherwise)");
-    cmd->add_option("--max-layer-bytes", opts->limits.max_layer_bytes, "Most bytes one layer may expand to")
+    cmd->add_flag("--devices", opts->devices,
+                  "Create device nodes (as root only; skipped and counted otherwise)");
+    cmd->add_option("--max-layer-bytes", opts->limits.max_layer_bytes,
+                    "Most bytes one layer may expand to")
         ->default_val(opts->limits.max_layer_bytes);
     cmd->add_option("--max-entries", opts->limits.max_entries, "Most entries in one layer")
         ->default_val(opts->limits.max_entries);
@@ -251,13 +302,18 @@ void add_image_commands(CLI::App& app, GlobalOptions& g, std::function<int()>& r
     });
   }
   {
-    auto* cmd = image->add_subcommand("import", "Make a base image from a root filesystem tree or tarball");
+    auto* cmd =
+        image->add_subcommand("import", "Make a base image from a root filesystem tree or tarball");
     auto src = std::make_shared<std::string>(), dst = std::make_shared<std::string>(),
          tag = std::make_shared<std::string>();
     auto labels = std::make_shared<std::vector<std::string>>();
     auto t = std::make_shared<TransportFlags>();
-    cmd->add_option("SOURCE", *src, "dir:PATH, ROOTFS.tar[.gz|.zst|.xz], or an image (oci-archive:…)")->required();
-    cmd->add_option("DESTINATION", *dst, "Where to write the image (oci:DIR, oci-archive:FILE, docker://…)")->required();
+    cmd->add_option("SOURCE", *src,
+                    "dir:PATH, ROOTFS.tar[.gz|.zst|.xz], or an image (oci-archive:…)")
+        ->required();
+    cmd->add_option("DESTINATION", *dst,
+                    "Where to write the image (oci:DIR, oci-archive:FILE, docker://…)")
+        ->required();
     cmd->add_option("--tag", *tag, "Tag to give the image in the destination");
     cmd->add_option("--label", *labels, "KEY=VALUE label for the image config (repeatable)");
     t->add_to(cmd);

@@ -1,6 +1,6 @@
 // The pok8s command line: parses arguments, calls the library, prints, maps errors to exit codes.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <functional>
@@ -11,13 +11,16 @@
 
 int main(int argc, char** argv) {
   using namespace pok8s;
-  CLI::App app{"pok8s: a factory for immutable, Kubernetes-ready OS images built from any Linux base image"};
+  CLI::App app{
+      "pok8s: a factory for immutable, Kubernetes-ready OS images built from any Linux base image"};
   app.set_version_flag("--version", std::string("pok8s ") + POK8S_VERSION);
   app.require_subcommand(1);
   cli::GlobalOptions global;
-  app.add_option("--cache", global.cache_dir, "Blob cache directory (default: $XDG_CACHE_HOME/pok8s)")
+  app.add_option("--cache", global.cache_dir,
+                 "Blob cache directory (default: $XDG_CACHE_HOME/pok8s)")
       ->envname("POK8S_CACHE");
-  app.add_flag("--json", global.json, "Print the result as JSON on stdout (progress as JSON lines on stderr)");
+  app.add_flag("--json", global.json,
+               "Print the result as JSON on stdout (progress as JSON lines on stderr)");
   app.add_flag("-q,--quiet", global.quiet, "Print no progress");
 
   std::function<int()> run;

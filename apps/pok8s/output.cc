@@ -33,35 +33,47 @@ void Output::clear_line() {
 
 oci::ProgressFn Output::progress() {
   if (mode_ == OutputMode::kQuiet) return {};
-  return [this, last = std::chrono::steady_clock::time_point{}](const oci::ProgressEvent& ev) mutable {
-    using Kind = oci::ProgressEvent::Kind;
-    if (mode_ == OutputMode::kJson) {
-      if (ev.kind == Kind::kBlobBytes) return;  // start and done are enough for machines
-      static constexpr const char* kNames[] = {"blob-start", "blob-bytes", "blob-done", "blob-cached", "note"};
-      nlohmann::json j = {{"event", kNames[static_cast<int>(ev.kind)]}, {"what", ev.what}};
-      if (ev.total) j["total"] = ev.total;
-      if (ev.done) j["done"] = ev.done;
-      std::fputs((j.dump() + "\n").c_str(), stderr);
-      return;
-    }
-    if (ev.kind == Kind::kBlobBytes) {
-      if (!tty_) return;
-      auto now = std::chrono::steady_clock::now();
-      if (now - last < std::chrono::milliseconds(100)) return;
-      last = now;
-      std::string total = ev.total ? " / " + human_bytes(ev.total) : "";
-      std::fprintf(stderr, "\r\033[K  %s  %s%s", ev.what.c_str(), human_bytes(ev.done).c_str(), total.c_str());
-      line_open_ = true;
-      return;
-    }
-    clear_line();
-    switch (ev.kind) {
-      case Kind::kBlobStart: if (!tty_) std::fprintf(stderr, "  fetching %s\n", ev.what.c_str()); break;
-      case Kind::kBlobDone: std::fprintf(stderr, "  fetched  %s (%s)\n", ev.what.c_str(), human_bytes(ev.total).c_str()); break;
-      case Kind::kBlobCached: std::fprintf(stderr, "  cached   %s\n", ev.what.c_str()); break;
-      default: std::fprintf(stderr, "  %s\n", ev.what.c_str()); break;
-    }
-  };
+  return
+      [this, last = std::chrono::steady_clock::time_point{}](const oci::ProgressEvent& ev) mutable {
+        using Kind = oci::ProgressEvent::Kind;
+        if (mode_ == OutputMode::kJson) {
+          if (ev.kind == Kind::kBlobBytes) return;  // start and done are enough for machines
+          static constexpr const char* kNames[] = {"blob-start", "blob-bytes", "blob-done",
+                                                   "blob-cached", "note"};
+          nlohmann::json j = {{"event", kNames[static_cast<int>(ev.kind)]}, {"what", ev.what}};
+          if (ev.total) j["total"] = ev.total;
+          if (ev.done) j["done"] = ev.done;
+          std::fputs((j.dump() + "\n").c_str(), stderr);
+          return;
+        }
+        if (ev.kind == Kind::kBlobBytes) {
+          if (!tty_) return;
+          auto now = std::chrono::steady_clock::now();
+          if (now - last < std::chrono::milliseconds(100)) return;
+          last = now;
+          std::string total = ev.total ? " / " + human_bytes(ev.total) : "";
+          std::fprintf(stderr, "\r\033[K  %s  %s%s", ev.what.c_str(), human_bytes(ev.done).c_str(),
+                       total.c_str());
+          line_open_ = true;
+          return;
+        }
+        clear_line();
+        switch (ev.kind) {
+          case Kind::kBlobStart:
+            if (!tty_) std::fprintf(stderr, "  fetching %s\n", ev.what.c_str());
+            break;
+          case Kind::kBlobDone:
+            std::fprintf(stderr, "  fetched  %s (%s)\n", ev.what.c_str(),
+                         human_bytes(ev.total).c_str());
+            break;
+          case Kind::kBlobCached:
+            std::fprintf(stderr, "  cached   %s\n", ev.what.c_str());
+            break;
+          default:
+            std::fprintf(stderr, "  %s\n", ev.what.c_str());
+            break;
+        }
+      };
 }
 
 void Output::step(const std::string& text) {

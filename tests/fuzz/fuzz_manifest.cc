@@ -11,7 +11,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::string_view bytes(reinterpret_cast<const char*>(data), size);
   // The first byte picks the content type a transport would have claimed.
   static constexpr std::string_view kTypes[] = {"", media_type::kOciManifest, media_type::kOciIndex,
-                                                media_type::kDockerManifest, media_type::kDockerManifestList};
+                                                media_type::kDockerManifest,
+                                                media_type::kDockerManifestList};
   std::string_view type = size ? kTypes[data[0] % 5] : "";
   try {
     if (classify_document(bytes, type) == DocumentKind::kManifest) {

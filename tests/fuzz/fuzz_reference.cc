@@ -19,7 +19,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     RegistryReference r = RegistryReference::parse(text);
     if (RegistryReference::parse(r.str()).str() != r.str()) __builtin_trap();
     // Repository and reference go into URLs: they must never hold a path escape.
-    if (r.repository.find("..") != std::string::npos || r.reference().find('/') != std::string::npos)
+    if (r.repository.find("..") != std::string::npos ||
+        r.reference().find('/') != std::string::npos)
       __builtin_trap();
   } catch (const pok8s::Error&) {
   }

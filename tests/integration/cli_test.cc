@@ -56,13 +56,15 @@ class DebianImage : public ::testing::Test {
     }
     Shell fixture = sh(std::string(src) + "/tests/fixtures/debian-base.sh");
     if (fixture.status != 0) {
-      setup_error_ = "could not build the Debian fixture (mmdebstrap; run scripts/install-deps.sh test)";
+      setup_error_ =
+          "could not build the Debian fixture (mmdebstrap; run scripts/install-deps.sh test)";
       return;
     }
     base_ = fixture.out.substr(0, fixture.out.find('\n'));
     work_ = new util::TempDir(util::TempDir::scratch("/var/tmp"));
     cache_ = work_->path() / "cache";
-    Shell imp = sh(cmd("image import " + base_ + " oci:" + (work_->path() / "layout").string() + ":bookworm"));
+    Shell imp = sh(
+        cmd("image import " + base_ + " oci:" + (work_->path() / "layout").string() + ":bookworm"));
     if (imp.status != 0) setup_error_ = "pok8s image import of the fixture failed";
   }
   void SetUp() override { ASSERT_EQ(setup_error_, ""); }
@@ -120,7 +122,10 @@ TEST_F(DebianImage, SkopeoAndUmociReadWhatPok8sWrote) {
   EXPECT_EQ(j["Layers"].size(), 1u);
   fs::path bundle = dir() / "umoci-bundle", ours = dir() / "unpack-ours2";
   std::string layout_dir = (dir() / "layout").string();
-  ASSERT_EQ(sh("umoci unpack --image " + layout_dir + ":bookworm " + bundle.string() + " >/dev/null").status, 0);
+  ASSERT_EQ(
+      sh("umoci unpack --image " + layout_dir + ":bookworm " + bundle.string() + " >/dev/null")
+          .status,
+      0);
   ASSERT_EQ(sh(cmd("image unpack --devices " + layout() + " " + ours.string())).status, 0);
   EXPECT_EQ(test::compare_trees(bundle / "rootfs", ours), "");
   util::remove_tree(bundle);
@@ -132,13 +137,18 @@ TEST_F(DebianImage, Pok8sUnpacksWhatSkopeoWroteLikeUmoci) {
   std::string theirs = (dir() / "skopeo-layout").string();
   ASSERT_EQ(sh("skopeo copy -q " + layout() + " oci:" + theirs + ":copied").status, 0);
   fs::path bundle = dir() / "umoci-bundle2", ours = dir() / "unpack-ours3";
-  ASSERT_EQ(sh("umoci unpack --image " + theirs + ":copied " + bundle.string() + " >/dev/null").status, 0);
+  ASSERT_EQ(
+      sh("umoci unpack --image " + theirs + ":copied " + bundle.string() + " >/dev/null").status,
+      0);
   ASSERT_EQ(sh(cmd("image unpack --devices oci:" + theirs + ":copied " + ours.string())).status, 0);
   EXPECT_EQ(test::compare_trees(bundle / "rootfs", ours), "");
   util::remove_tree(ours);
   std::string archive = (dir() / "skopeo-docker.tar").string();
-  ASSERT_EQ(sh("skopeo copy -q " + layout() + " docker-archive:" + archive + ":pok8s/debian:12").status, 0);
-  ASSERT_EQ(sh(cmd("image unpack --devices docker-archive:" + archive + " " + ours.string())).status, 0);
+  ASSERT_EQ(
+      sh("skopeo copy -q " + layout() + " docker-archive:" + archive + ":pok8s/debian:12").status,
+      0);
+  ASSERT_EQ(
+      sh(cmd("image unpack --devices docker-archive:" + archive + " " + ours.string())).status, 0);
   EXPECT_EQ(test::compare_trees(bundle / "rootfs", ours), "");
   util::remove_tree(bundle);
   util::remove_tree(ours);
@@ -147,7 +157,10 @@ TEST_F(DebianImage, Pok8sUnpacksWhatSkopeoWroteLikeUmoci) {
 TEST_F(DebianImage, CopyRoundTripsThroughArchivesWithTheSameTree) {
   std::string oa = (dir() / "img.oci.tar").string(), da = (dir() / "img.docker.tar").string();
   ASSERT_EQ(sh(cmd("image copy " + layout() + " oci-archive:" + oa + ":v1")).status, 0);
-  ASSERT_EQ(sh(cmd("image copy oci-archive:" + oa + ":v1 docker-archive:" + da + ":pok8s/debian:v1")).status, 0);
+  ASSERT_EQ(
+      sh(cmd("image copy oci-archive:" + oa + ":v1 docker-archive:" + da + ":pok8s/debian:v1"))
+          .status,
+      0);
   ASSERT_EQ(sh("skopeo inspect docker-archive:" + da + " >/dev/null").status, 0);
   fs::path a = dir() / "from-layout", b = dir() / "from-docker-archive";
   ASSERT_EQ(sh(cmd("image unpack --devices " + layout() + " " + a.string())).status, 0);

@@ -25,7 +25,8 @@ struct Node {
 
 std::map<std::string, Node> walk(const std::filesystem::path& root) {
   std::map<std::string, Node> out;
-  for (auto it = std::filesystem::recursive_directory_iterator(root, std::filesystem::directory_options::none);
+  for (auto it = std::filesystem::recursive_directory_iterator(
+           root, std::filesystem::directory_options::none);
        it != std::filesystem::recursive_directory_iterator(); ++it) {
     const auto& p = it->path();
     struct stat st {};
@@ -51,7 +52,8 @@ std::map<std::string, Node> walk(const std::filesystem::path& root) {
 
 }  // namespace
 
-std::string compare_trees(const std::filesystem::path& expected, const std::filesystem::path& actual) {
+std::string compare_trees(const std::filesystem::path& expected,
+                          const std::filesystem::path& actual) {
   auto a = walk(expected), b = walk(actual);
   std::string diff;
   int shown = 0;

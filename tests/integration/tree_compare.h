@@ -7,6 +7,7 @@
 
 namespace pok8s::test {
 
-std::string compare_trees(const std::filesystem::path& expected, const std::filesystem::path& actual);
+std::string compare_trees(const std::filesystem::path& expected,
+                          const std::filesystem::path& actual);
 
 }  // namespace pok8s::test

@@ -36,34 +36,44 @@ std::string BlobStore::read(const Digest& digest, std::uint64_t limit) const {
   return data;
 }
 
-BlobStore::Writer::Writer(const BlobStore& store, Digest expected, std::optional<std::uint64_t> size)
-    : store_(&store), expected_(std::move(expected)), size_(size), tmp_(store.path_for(expected_)) {}
+BlobStore::Writer::Writer(const BlobStore& store, Digest expected,
+                          std::optional<std::uint64_t> size)
+    : store_(&store),
+      expected_(std::move(expected)),
+      size_(size),
+      tmp_(store.path_for(expected_)) {}
 
 void BlobStore::Writer::write(std::span<const std::byte> data) {
   written_ += data.size();
   if (size_ && written_ > *size_)
-    throw Error(ErrorKind::kSignature, fmt::format("Failed to fetch blob {}: more than the {} bytes its descriptor declares",
-                                                   expected_.short_str(), *size_));
+    throw Error(
+        ErrorKind::kSignature,
+        fmt::format("Failed to fetch blob {}: more than the {} bytes its descriptor declares",
+                    expected_.short_str(), *size_));
   hash_.update(data);
   util::write_all(tmp_.fd(), data, tmp_.path().string());
 }
 
 util::Path BlobStore::Writer::commit(std::string_view what) {
   if (size_ && written_ != *size_)
-    throw Error(ErrorKind::kSignature, fmt::format("Failed to verify {}: {} bytes received, its descriptor declares {}",
-                                                   what, written_, *size_));
+    throw Error(ErrorKind::kSignature,
+                fmt::format("Failed to verify {}: {} bytes received, its descriptor declares {}",
+                            what, written_, *size_));
   if (expected_.algorithm() != "sha256")
-    throw Error(ErrorKind::kUnsupported, fmt::format("Failed to verify {}: {} digests are not supported", what,
-                                                     expected_.algorithm()));
+    throw Error(ErrorKind::kUnsupported,
+                fmt::format("Failed to verify {}: {} digests are not supported", what,
+                            expected_.algorithm()));
   std::string actual = hash_.hex_digest();
   if (actual != expected_.hex())
     throw Error(ErrorKind::kSignature,
-                fmt::format("Failed to verify {}: content hashes to sha256:{}, expected {}", what, actual, expected_.str()));
+                fmt::format("Failed to verify {}: content hashes to sha256:{}, expected {}", what,
+                            actual, expected_.str()));
   ::fchmod(tmp_.fd(), 0644);
   return tmp_.commit();
 }
 
-BlobStore::Writer BlobStore::begin(const Digest& expected, std::optional<std::uint64_t> size) const {
+BlobStore::Writer BlobStore::begin(const Digest& expected,
+                                   std::optional<std::uint64_t> size) const {
   return Writer(*this, expected, size);
 }
 
@@ -73,7 +83,8 @@ util::Path BlobStore::put(const Digest& expected, std::string_view data, std::st
   return w.commit(what);
 }
 
-util::Path BlobStore::put_file(const Digest& expected, const util::Path& source, std::string_view what) {
+util::Path BlobStore::put_file(const Digest& expected, const util::Path& source,
+                               std::string_view what) {
   if (has(expected)) return path_for(expected);
   util::UniqueFd in = util::open_file(source, O_RDONLY);
   Writer w = begin(expected);

@@ -133,6 +133,10 @@ std::optional<Credentials> credentials_from_auth_json(std::string_view json_text
     throw Error(ErrorKind::kFormat,
                 fmt::format("Failed to read credentials from {}: not valid JSON (at byte {})",
                             where, e.byte));
+  } catch (const nlohmann::json::exception&) {
+    // Out-of-range numbers and the like: valid JSON syntax, but not a document we read.
+    throw Error(ErrorKind::kFormat,
+                fmt::format("Failed to read credentials from {}: not valid JSON", where));
   }
   if (!doc.is_object())
     throw Error(ErrorKind::kFormat,

@@ -39,8 +39,12 @@ Digest Digest::parse(std::string_view text) {
                           quoted_prefix(text)));
 }
 
-Digest Digest::sha256_of(std::string_view data) { return Digest("sha256", util::sha256_hex(data)); }
+Digest Digest::sha256_of(std::string_view data) {
+  return Digest("sha256", util::sha256_hex(data));
+}
 
-Digest Digest::sha256(std::string_view hex) { return parse(fmt::format("sha256:{}", hex)); }
+Digest Digest::sha256(std::string_view hex) {
+  return parse(fmt::format("sha256:{}", hex));
+}
 
 }  // namespace pok8s::oci

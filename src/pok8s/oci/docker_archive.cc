@@ -12,6 +12,7 @@
 
 #include "pok8s/oci/image.h"
 #include "pok8s/oci/layout.h"
+#include "pok8s/util/archive_filters.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/sha256.h"
 
@@ -374,7 +375,7 @@ std::pair<Digest, std::int64_t> decompress_layer(const util::Path& blob, int fd,
     void operator()(archive* a) const { archive_read_free(a); }
   };
   std::unique_ptr<archive, Free> a(archive_read_new());
-  archive_read_support_filter_all(a.get());
+  util::support_in_process_filters(a.get());
   archive_read_support_format_raw(a.get());
   util::UniqueFd in = util::open_file(blob, O_RDONLY);
   archive_entry* e = nullptr;

@@ -20,30 +20,44 @@ std::string ResolvedImage::layer_name(std::size_t i) const {
 
 std::unique_ptr<ImageSource> open_source(const ImageName& name, const TransportOptions& options) {
   switch (name.transport) {
-    case Transport::kDocker: return open_registry_source(name, options);
+    case Transport::kDocker:
+      return open_registry_source(name, options);
     case Transport::kOci:
-    case Transport::kOciArchive: return open_oci_layout_source(name, options);
-    case Transport::kDockerArchive: return open_docker_archive_source(name, options);
-    case Transport::kDir: break;
+    case Transport::kOciArchive:
+      return open_oci_layout_source(name, options);
+    case Transport::kDockerArchive:
+      return open_docker_archive_source(name, options);
+    case Transport::kDir:
+      break;
   }
-  throw Error(ErrorKind::kUnsupported,
-              fmt::format("Cannot read an image from {}: a dir: tree becomes an image with `pok8s image import`",
-                          name.str()));
+  throw Error(
+      ErrorKind::kUnsupported,
+      fmt::format(
+          "Cannot read an image from {}: a dir: tree becomes an image with `pok8s image import`",
+          name.str()));
 }
 
-std::unique_ptr<ImageDestination> open_destination(const ImageName& name, const TransportOptions& options) {
+std::unique_ptr<ImageDestination> open_destination(const ImageName& name,
+                                                   const TransportOptions& options) {
   switch (name.transport) {
-    case Transport::kDocker: return open_registry_destination(name, options);
+    case Transport::kDocker:
+      return open_registry_destination(name, options);
     case Transport::kOci:
-    case Transport::kOciArchive: return open_oci_layout_destination(name, options);
-    case Transport::kDockerArchive: return open_docker_archive_destination(name, options);
-    case Transport::kDir: break;
+    case Transport::kOciArchive:
+      return open_oci_layout_destination(name, options);
+    case Transport::kDockerArchive:
+      return open_docker_archive_destination(name, options);
+    case Transport::kDir:
+      break;
   }
-  throw Error(ErrorKind::kUnsupported,
-              fmt::format("Cannot write an image to {}: use `pok8s image unpack` to make a root tree", name.str()));
+  throw Error(
+      ErrorKind::kUnsupported,
+      fmt::format("Cannot write an image to {}: use `pok8s image unpack` to make a root tree",
+                  name.str()));
 }
 
-ResolvedImage resolve_image(ImageSource& source, BlobStore& store, const std::optional<Platform>& platform) {
+ResolvedImage resolve_image(ImageSource& source, BlobStore& store,
+                            const std::optional<Platform>& platform) {
   ResolvedImage img;
   img.source_name = source.name();
   RawDocument top = source.top_document();
@@ -52,9 +66,10 @@ ResolvedImage resolve_image(ImageSource& source, BlobStore& store, const std::op
     const Descriptor& chosen = index.select(platform.value_or(Platform::host()));
     img.manifest_doc = source.document(chosen);
     if (img.manifest_doc.digest() != chosen.digest)
-      throw Error(ErrorKind::kSignature,
-                  fmt::format("Failed to verify the manifest of {}: it hashes to {}, the index says {}",
-                              img.source_name, img.manifest_doc.digest().str(), chosen.digest.str()));
+      throw Error(
+          ErrorKind::kSignature,
+          fmt::format("Failed to verify the manifest of {}: it hashes to {}, the index says {}",
+                      img.source_name, img.manifest_doc.digest().str(), chosen.digest.str()));
     if (img.manifest_doc.media_type.empty()) img.manifest_doc.media_type = chosen.media_type;
     img.index = std::move(top);
   } else {
@@ -75,9 +90,10 @@ ResolvedImage resolve_image(ImageSource& source, BlobStore& store, const std::op
     throw Error(e.kind(), fmt::format("{} (in {})", e.what(), img.source_name));
   }
   if (img.config.diff_ids.size() != img.manifest.layers.size())
-    throw Error(ErrorKind::kFormat,
-                fmt::format("Invalid image {}: the manifest lists {} layers, the config {} diff_ids",
-                            img.source_name, img.manifest.layers.size(), img.config.diff_ids.size()));
+    throw Error(
+        ErrorKind::kFormat,
+        fmt::format("Invalid image {}: the manifest lists {} layers, the config {} diff_ids",
+                    img.source_name, img.manifest.layers.size(), img.config.diff_ids.size()));
   if (platform && !platform->matches(img.config.platform))
     throw Error(ErrorKind::kNotFound, fmt::format("Image {} is for {}, not {}", img.source_name,
                                                   img.config.platform.str(), platform->str()));
@@ -119,7 +135,8 @@ void fetch_layers(ImageSource& source, const ResolvedImage& image, BlobStore& st
       }
     }
   };
-  std::size_t n = std::min<std::size_t>(layers.size(), static_cast<std::size_t>(std::max(1, options.jobs)));
+  std::size_t n =
+      std::min<std::size_t>(layers.size(), static_cast<std::size_t>(std::max(1, options.jobs)));
   std::vector<std::thread> threads;
   for (std::size_t t = 1; t < n; ++t) threads.emplace_back(worker);
   worker();

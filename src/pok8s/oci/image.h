@@ -63,7 +63,8 @@ class ImageSource {
   virtual RawDocument document(const Descriptor& descriptor) = 0;
   // Streams a blob into `store`, verifying size and digest. Safe to call from several threads
   // at once for different blobs.
-  virtual void fetch_blob(const Descriptor& descriptor, BlobStore& store, const ProgressFn& progress) = 0;
+  virtual void fetch_blob(const Descriptor& descriptor, BlobStore& store,
+                          const ProgressFn& progress) = 0;
 };
 
 class ImageDestination {
@@ -73,18 +74,21 @@ class ImageDestination {
   // Writes the image whose blobs are all in `store`; the image becomes visible only once it
   // is complete (a failure leaves what was there before). Returns the digest of the manifest
   // as written (a transport that converts media types writes a different manifest).
-  virtual Digest write(const ResolvedImage& image, const BlobStore& store, const TransportOptions& options,
-                     const ProgressFn& progress) = 0;
+  virtual Digest write(const ResolvedImage& image, const BlobStore& store,
+                       const TransportOptions& options, const ProgressFn& progress) = 0;
 };
 
 std::unique_ptr<ImageSource> open_source(const ImageName& name, const TransportOptions& options);
-std::unique_ptr<ImageDestination> open_destination(const ImageName& name, const TransportOptions& options);
+std::unique_ptr<ImageDestination> open_destination(const ImageName& name,
+                                                   const TransportOptions& options);
 
 // Per-transport constructors, each defined in its transport's file.
-std::unique_ptr<ImageSource> open_registry_source(const ImageName& name, const TransportOptions& options);
+std::unique_ptr<ImageSource> open_registry_source(const ImageName& name,
+                                                  const TransportOptions& options);
 std::unique_ptr<ImageDestination> open_registry_destination(const ImageName& name,
                                                             const TransportOptions& options);
-std::unique_ptr<ImageSource> open_oci_layout_source(const ImageName& name, const TransportOptions& options);
+std::unique_ptr<ImageSource> open_oci_layout_source(const ImageName& name,
+                                                    const TransportOptions& options);
 std::unique_ptr<ImageDestination> open_oci_layout_destination(const ImageName& name,
                                                               const TransportOptions& options);
 std::unique_ptr<ImageSource> open_docker_archive_source(const ImageName& name,
@@ -94,7 +98,8 @@ std::unique_ptr<ImageDestination> open_docker_archive_destination(const ImageNam
 
 // Reads the top document, picks the manifest for `platform` from an index (default: the
 // host's), and fetches and verifies the config into `store`.
-ResolvedImage resolve_image(ImageSource& source, BlobStore& store, const std::optional<Platform>& platform);
+ResolvedImage resolve_image(ImageSource& source, BlobStore& store,
+                            const std::optional<Platform>& platform);
 
 // Fetches every layer not yet in `store`, `options.jobs` at a time.
 void fetch_layers(ImageSource& source, const ResolvedImage& image, BlobStore& store,

@@ -29,8 +29,10 @@ json parse_json(std::string_view bytes, std::uint64_t limit, std::string_view wh
   for (std::size_t i = 0; i < bytes.size(); ++i) {
     char c = bytes[i];
     if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
+      if (c == '\\')
+        ++i;
+      else if (c == '"')
+        in_string = false;
     } else if (c == '"') {
       in_string = true;
     } else if (c == '{' || c == '[') {
@@ -53,7 +55,8 @@ const json* member(const json& obj, std::string_view key) {
   return it == obj.end() || it->is_null() ? nullptr : &*it;
 }
 
-std::string get_string(const json& obj, std::string_view key, std::string_view where, bool required) {
+std::string get_string(const json& obj, std::string_view key, std::string_view where,
+                       bool required) {
   const json* v = member(obj, key);
   if (!v) {
     if (required) bad(where, fmt::format("missing \"{}\"", key));
@@ -76,7 +79,8 @@ std::map<std::string, std::string> get_string_map(const json& obj, std::string_v
   return out;
 }
 
-std::vector<std::string> get_string_list(const json& obj, std::string_view key, std::string_view where) {
+std::vector<std::string> get_string_list(const json& obj, std::string_view key,
+                                         std::string_view where) {
   std::vector<std::string> out;
   const json* v = member(obj, key);
   if (!v) return out;
@@ -92,8 +96,9 @@ void check_schema_version(const json& j, std::string_view where) {
   const json* v = member(j, "schemaVersion");
   if (!v || !v->is_number_integer()) bad(where, "missing integer \"schemaVersion\"");
   if (v->get<std::int64_t>() != 2)
-    throw Error(ErrorKind::kUnsupported,
-                fmt::format("Unsupported {}: schemaVersion {} (only 2 is supported)", where, v->dump()));
+    throw Error(
+        ErrorKind::kUnsupported,
+        fmt::format("Unsupported {}: schemaVersion {} (only 2 is supported)", where, v->dump()));
 }
 
 bool is_layer_type(std::string_view mt) {
@@ -109,7 +114,8 @@ std::string map_to_oci(std::string_view mt) {
   if (mt == media_type::kDockerManifestList) return std::string(media_type::kOciIndex);
   if (mt == media_type::kDockerConfig) return std::string(media_type::kOciConfig);
   if (mt == media_type::kDockerLayerGzip) return std::string(media_type::kOciLayerGzip);
-  if (mt == media_type::kDockerLayerForeignGzip) return std::string(media_type::kOciLayerNondistGzip);
+  if (mt == media_type::kDockerLayerForeignGzip)
+    return std::string(media_type::kOciLayerNondistGzip);
   if (mt == media_type::kDockerLayerTar) return std::string(media_type::kOciLayer);
   return std::string(mt);
 }
@@ -129,7 +135,9 @@ Platform Platform::parse(std::string_view text) {
   bool ok = parts.size() >= 2 && parts.size() <= 3;
   for (const auto& part : parts)
     ok = ok && !part.empty() && part.size() < 32 &&
-         std::all_of(part.begin(), part.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-'; });
+         std::all_of(part.begin(), part.end(), [](char c) {
+           return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+         });
   if (!ok)
     throw Error(ErrorKind::kInvalidInput,
                 fmt::format("Invalid platform \"{}\": expected OS/ARCH[/VARIANT], e.g. linux/amd64",
@@ -145,9 +153,12 @@ Platform Platform::host() {
   ::uname(&u);
   std::string_view m = u.machine;
   Platform p{"linux", std::string(m), ""};
-  if (m == "x86_64") p.architecture = "amd64";
-  else if (m == "aarch64") p.architecture = "arm64";
-  else if (m == "i686" || m == "i386") p.architecture = "386";
+  if (m == "x86_64")
+    p.architecture = "amd64";
+  else if (m == "aarch64")
+    p.architecture = "arm64";
+  else if (m == "i686" || m == "i386")
+    p.architecture = "386";
   return p;
 }
 
@@ -158,7 +169,9 @@ std::string Platform::str() const {
 bool Platform::matches(const Platform& c) const {
   if (os != c.os || architecture != c.architecture) return false;
   if (variant.empty()) return true;
-  auto norm = [&](const std::string& v) { return architecture == "arm64" && v.empty() ? std::string("v8") : v; };
+  auto norm = [&](const std::string& v) {
+    return architecture == "arm64" && v.empty() ? std::string("v8") : v;
+  };
   return norm(variant) == norm(c.variant);
 }
 
@@ -208,21 +221,28 @@ LayerCompression layer_compression(std::string_view mt) {
   throw Error(ErrorKind::kUnsupported, fmt::format("Unsupported layer media type \"{}\"", mt));
 }
 
-bool is_docker_media_type(std::string_view mt) { return mt.starts_with("application/vnd.docker."); }
+bool is_docker_media_type(std::string_view mt) {
+  return mt.starts_with("application/vnd.docker.");
+}
 
 DocumentKind classify_document(std::string_view bytes, std::string_view content_type) {
   std::string_view ct = content_type.substr(0, content_type.find(';'));
-  if (ct == media_type::kOciManifest || ct == media_type::kDockerManifest) return DocumentKind::kManifest;
-  if (ct == media_type::kOciIndex || ct == media_type::kDockerManifestList) return DocumentKind::kIndex;
+  if (ct == media_type::kOciManifest || ct == media_type::kDockerManifest)
+    return DocumentKind::kManifest;
+  if (ct == media_type::kOciIndex || ct == media_type::kDockerManifestList)
+    return DocumentKind::kIndex;
   json j = parse_json(bytes, kMaxManifestBytes, "manifest");
   std::string mt = get_string(j, "mediaType", "manifest", false);
-  if (mt == media_type::kOciManifest || mt == media_type::kDockerManifest) return DocumentKind::kManifest;
-  if (mt == media_type::kOciIndex || mt == media_type::kDockerManifestList) return DocumentKind::kIndex;
+  if (mt == media_type::kOciManifest || mt == media_type::kDockerManifest)
+    return DocumentKind::kManifest;
+  if (mt == media_type::kOciIndex || mt == media_type::kDockerManifestList)
+    return DocumentKind::kIndex;
   if (!mt.empty()) bad("manifest", fmt::format("unknown mediaType \"{}\"", mt));
   if (member(j, "manifests")) return DocumentKind::kIndex;
   if (member(j, "config") || member(j, "layers")) return DocumentKind::kManifest;
   if (member(j, "fsLayers"))
-    throw Error(ErrorKind::kUnsupported, "Unsupported manifest: Docker schema 1 is deprecated and not read");
+    throw Error(ErrorKind::kUnsupported,
+                "Unsupported manifest: Docker schema 1 is deprecated and not read");
   bad("manifest", "neither an image manifest nor an index");
 }
 
@@ -236,28 +256,34 @@ Manifest Manifest::parse(std::string_view bytes, std::string_view content_type) 
   if (m.media_type.empty()) m.media_type = ct.empty() ? std::string(media_type::kOciManifest) : ct;
   if (m.media_type != media_type::kOciManifest && m.media_type != media_type::kDockerManifest)
     bad(kWhere, fmt::format("mediaType \"{}\" is not an image manifest", m.media_type));
-  if (!ct.empty() && ct != m.media_type && (ct == media_type::kOciManifest || ct == media_type::kDockerManifest ||
-                                            ct == media_type::kOciIndex || ct == media_type::kDockerManifestList))
+  if (!ct.empty() && ct != m.media_type &&
+      (ct == media_type::kOciManifest || ct == media_type::kDockerManifest ||
+       ct == media_type::kOciIndex || ct == media_type::kDockerManifestList))
     bad(kWhere, fmt::format("served as \"{}\" but declares \"{}\"", ct, m.media_type));
   if (member(j, "manifests")) bad(kWhere, "holds \"manifests\": an index posing as a manifest");
   const json* config = member(j, "config");
   if (!config) bad(kWhere, "missing \"config\"");
   m.config = Descriptor::from_json(*config, "image manifest config");
   bool docker = m.media_type == media_type::kDockerManifest;
-  if (m.config.media_type == media_type::kOciManifest || m.config.media_type == media_type::kOciIndex ||
+  if (m.config.media_type == media_type::kOciManifest ||
+      m.config.media_type == media_type::kOciIndex ||
       m.config.media_type == media_type::kDockerManifest || is_layer_type(m.config.media_type))
-    bad(kWhere, fmt::format("config has mediaType \"{}\", which is not a config", m.config.media_type));
+    bad(kWhere,
+        fmt::format("config has mediaType \"{}\", which is not a config", m.config.media_type));
   if (docker && m.config.media_type != media_type::kDockerConfig)
     bad(kWhere, fmt::format("a Docker manifest whose config is \"{}\"", m.config.media_type));
   if (m.config.size > static_cast<std::int64_t>(kMaxConfigBytes))
-    bad(kWhere, fmt::format("config size {} exceeds the limit of {}", m.config.size, kMaxConfigBytes));
+    bad(kWhere,
+        fmt::format("config size {} exceeds the limit of {}", m.config.size, kMaxConfigBytes));
   const json* layers = member(j, "layers");
   if (!layers || !layers->is_array()) bad(kWhere, "missing \"layers\" array");
-  if (layers->size() > kMaxLayers) bad(kWhere, fmt::format("{} layers exceeds the limit of {}", layers->size(), kMaxLayers));
+  if (layers->size() > kMaxLayers)
+    bad(kWhere, fmt::format("{} layers exceeds the limit of {}", layers->size(), kMaxLayers));
   for (std::size_t i = 0; i < layers->size(); ++i) {
     Descriptor d = Descriptor::from_json((*layers)[i], fmt::format("image manifest layer {}", i));
     if (!is_layer_type(d.media_type))
-      bad(kWhere, fmt::format("layer {} has mediaType \"{}\", which is not a layer", i, d.media_type));
+      bad(kWhere,
+          fmt::format("layer {} has mediaType \"{}\", which is not a layer", i, d.media_type));
     m.layers.push_back(std::move(d));
   }
   m.annotations = get_string_map(j, "annotations", kWhere);
@@ -294,14 +320,18 @@ Index Index::parse(std::string_view bytes, std::string_view content_type) {
   if (idx.media_type.empty()) idx.media_type = ct.empty() ? std::string(media_type::kOciIndex) : ct;
   if (idx.media_type != media_type::kOciIndex && idx.media_type != media_type::kDockerManifestList)
     bad(kWhere, fmt::format("mediaType \"{}\" is not an index", idx.media_type));
-  if (member(j, "config") || member(j, "layers")) bad(kWhere, "holds \"config\" or \"layers\": a manifest posing as an index");
+  if (member(j, "config") || member(j, "layers"))
+    bad(kWhere, "holds \"config\" or \"layers\": a manifest posing as an index");
   const json* ms = member(j, "manifests");
   if (!ms || !ms->is_array()) bad(kWhere, "missing \"manifests\" array");
-  if (ms->size() > kMaxIndexEntries) bad(kWhere, fmt::format("{} entries exceeds the limit of {}", ms->size(), kMaxIndexEntries));
+  if (ms->size() > kMaxIndexEntries)
+    bad(kWhere, fmt::format("{} entries exceeds the limit of {}", ms->size(), kMaxIndexEntries));
   for (std::size_t i = 0; i < ms->size(); ++i) {
     Descriptor d = Descriptor::from_json((*ms)[i], fmt::format("image index entry {}", i));
-    if (is_layer_type(d.media_type) || d.media_type == media_type::kOciConfig || d.media_type == media_type::kDockerConfig)
-      bad(kWhere, fmt::format("entry {} has mediaType \"{}\", which is not a manifest", i, d.media_type));
+    if (is_layer_type(d.media_type) || d.media_type == media_type::kOciConfig ||
+        d.media_type == media_type::kDockerConfig)
+      bad(kWhere,
+          fmt::format("entry {} has mediaType \"{}\", which is not a manifest", i, d.media_type));
     if (d.size > static_cast<std::int64_t>(kMaxManifestBytes))
       bad(kWhere, fmt::format("entry {} declares {} bytes, over the manifest limit", i, d.size));
     idx.manifests.push_back(std::move(d));
@@ -329,8 +359,9 @@ const Descriptor& Index::select(const Platform& wanted) const {
   std::string have;
   for (const auto& d : manifests)
     if (d.platform) have += (have.empty() ? "" : ", ") + d.platform->str();
-  throw Error(ErrorKind::kNotFound, fmt::format("No image for platform {} in the index (it has: {})",
-                                                wanted.str(), have.empty() ? "none" : have));
+  throw Error(ErrorKind::kNotFound,
+              fmt::format("No image for platform {} in the index (it has: {})", wanted.str(),
+                          have.empty() ? "none" : have));
 }
 
 ImageConfig ImageConfig::parse(std::string_view bytes) {
@@ -344,8 +375,10 @@ ImageConfig ImageConfig::parse(std::string_view bytes) {
   c.created = get_string(j, "created", kWhere, false);
   const json* rootfs = member(j, "rootfs");
   if (!rootfs || !rootfs->is_object()) bad(kWhere, "missing \"rootfs\" object");
-  if (get_string(*rootfs, "type", kWhere, true) != "layers") bad(kWhere, "rootfs.type is not \"layers\"");
-  for (const auto& s : get_string_list(*rootfs, "diff_ids", kWhere)) c.diff_ids.push_back(Digest::parse(s));
+  if (get_string(*rootfs, "type", kWhere, true) != "layers")
+    bad(kWhere, "rootfs.type is not \"layers\"");
+  for (const auto& s : get_string_list(*rootfs, "diff_ids", kWhere))
+    c.diff_ids.push_back(Digest::parse(s));
   if (c.diff_ids.size() > kMaxLayers) bad(kWhere, "too many diff_ids");
   if (const json* cfg = member(j, "config")) {
     if (!cfg->is_object()) bad(kWhere, "\"config\" is not an object");

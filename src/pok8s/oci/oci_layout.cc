@@ -18,6 +18,7 @@
 
 #include "pok8s/oci/image.h"
 #include "pok8s/oci/layout.h"
+#include "pok8s/util/archive_filters.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/sha256.h"
 
@@ -37,11 +38,15 @@ std::string archive_error_text(archive* a) {
 TarReader::TarReader(const util::Path& path, std::string what)
     : fd_(util::open_file(path, O_RDONLY)), archive_(archive_read_new()), what_(std::move(what)) {
   if (!archive_) throw Error(ErrorKind::kInternal, "Failed to allocate a libarchive reader");
-  archive_read_support_filter_all(archive_);
+  util::support_in_process_filters(archive_);
   archive_read_support_format_tar(archive_);
-  if (archive_read_open_fd(archive_, fd_.get(), 64 << 10) != ARCHIVE_OK)
-    throw Error(ErrorKind::kFormat,
-                fmt::format("Failed to read {}: {}", what_, archive_error_text(archive_)));
+  if (archive_read_open_fd(archive_, fd_.get(), 64 << 10) != ARCHIVE_OK) {
+    std::string why = archive_error_text(archive_);
+    // The destructor does not run for a constructor that throws.
+    archive_read_free(archive_);
+    archive_ = nullptr;
+    throw Error(ErrorKind::kFormat, fmt::format("Failed to read {}: {}", what_, why));
+  }
 }
 
 TarReader::~TarReader() {

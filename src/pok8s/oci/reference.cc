@@ -17,10 +17,13 @@ constexpr std::size_t kMaxReferenceLength = 4096;
   std::string shown(text.substr(0, 200));
   for (char& c : shown)
     if (c < 0x20 || c >= 0x7f) c = '?';
-  throw Error(ErrorKind::kInvalidInput, fmt::format("Invalid image reference \"{}\": {}", shown, why));
+  throw Error(ErrorKind::kInvalidInput,
+              fmt::format("Invalid image reference \"{}\": {}", shown, why));
 }
 
-bool is_lower_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
+bool is_lower_alnum(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+}
 
 // path-component := [a-z0-9]+ ((\.|_|__|-+) [a-z0-9]+)*
 bool is_path_component(std::string_view s) {
@@ -62,7 +65,8 @@ bool is_domain(std::string_view s) {
   std::size_t start = 0;
   while (start <= host.size()) {
     auto dot = host.find('.', start);
-    std::string_view part = host.substr(start, dot == std::string_view::npos ? host.npos : dot - start);
+    std::string_view part =
+        host.substr(start, dot == std::string_view::npos ? host.npos : dot - start);
     if (part.empty() || part.front() == '-' || part.back() == '-') return false;
     for (char c : part)
       if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-')) return false;
@@ -112,11 +116,10 @@ RegistryReference RegistryReference::parse(std::string_view text) {
     start = pos + 1;
   }
   std::string_view first = parts.front();
-  bool has_domain = parts.size() > 1 && (first.find('.') != std::string_view::npos ||
-                                         first.find(':') != std::string_view::npos ||
-                                         first == "localhost" ||
-                                         first.find_first_of("ABCDEFGHIJKLMNOPQRSTUVWXYZ") !=
-                                             std::string_view::npos);
+  bool has_domain = parts.size() > 1 &&
+                    (first.find('.') != std::string_view::npos ||
+                     first.find(':') != std::string_view::npos || first == "localhost" ||
+                     first.find_first_of("ABCDEFGHIJKLMNOPQRSTUVWXYZ") != std::string_view::npos);
   if (has_domain) {
     if (!is_domain(first)) refuse(text, fmt::format("\"{}\" is not a valid registry host", first));
     ref.registry = first;
@@ -133,13 +136,17 @@ RegistryReference RegistryReference::parse(std::string_view text) {
     if (!ref.repository.empty()) ref.repository += '/';
     ref.repository += p;
   }
-  if (ref.registry == "docker.io" && parts.size() == 1) ref.repository = "library/" + ref.repository;
-  if (ref.repository.size() > 255) refuse(text, "the repository name is longer than 255 characters");
+  if (ref.registry == "docker.io" && parts.size() == 1)
+    ref.repository = "library/" + ref.repository;
+  if (ref.repository.size() > 255)
+    refuse(text, "the repository name is longer than 255 characters");
   if (ref.tag.empty() && !ref.digest) ref.tag = "latest";
   return ref;
 }
 
-std::string RegistryReference::reference() const { return digest ? digest->str() : tag; }
+std::string RegistryReference::reference() const {
+  return digest ? digest->str() : tag;
+}
 
 std::string RegistryReference::str() const {
   std::string out = registry + "/" + repository;
@@ -154,11 +161,16 @@ std::string RegistryReference::api_host() const {
 
 std::string_view transport_name(Transport t) {
   switch (t) {
-    case Transport::kDocker: return "docker";
-    case Transport::kOci: return "oci";
-    case Transport::kOciArchive: return "oci-archive";
-    case Transport::kDockerArchive: return "docker-archive";
-    case Transport::kDir: return "dir";
+    case Transport::kDocker:
+      return "docker";
+    case Transport::kOci:
+      return "oci";
+    case Transport::kOciArchive:
+      return "oci-archive";
+    case Transport::kDockerArchive:
+      return "docker-archive";
+    case Transport::kDir:
+      return "dir";
   }
   return "?";
 }
@@ -216,13 +228,17 @@ ImageName ImageName::parse(std::string_view text) {
 
 std::string ImageName::str() const {
   switch (transport) {
-    case Transport::kDocker: return "docker://" + docker.str();
+    case Transport::kDocker:
+      return "docker://" + docker.str();
     case Transport::kOci:
     case Transport::kOciArchive:
-      return fmt::format("{}:{}{}{}", transport_name(transport), path.string(), tag.empty() ? "" : ":", tag);
+      return fmt::format("{}:{}{}{}", transport_name(transport), path.string(),
+                         tag.empty() ? "" : ":", tag);
     case Transport::kDockerArchive:
-      return "docker-archive:" + path.string() + (docker.repository.empty() ? "" : ":" + docker.str());
-    case Transport::kDir: return "dir:" + path.string();
+      return "docker-archive:" + path.string() +
+             (docker.repository.empty() ? "" : ":" + docker.str());
+    case Transport::kDir:
+      return "dir:" + path.string();
   }
   return {};
 }

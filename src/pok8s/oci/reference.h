@@ -34,9 +34,9 @@ std::string_view transport_name(Transport t);
 
 struct ImageName {
   Transport transport = Transport::kDocker;
-  RegistryReference docker;     // kDocker; for kDockerArchive the optional name to tag with
-  std::filesystem::path path;   // every other transport
-  std::string tag;              // kOci/kOciArchive: the ref.name annotation (may be empty)
+  RegistryReference docker;    // kDocker; for kDockerArchive the optional name to tag with
+  std::filesystem::path path;  // every other transport
+  std::string tag;             // kOci/kOciArchive: the ref.name annotation (may be empty)
 
   // Parses "transport:rest"; throws kInvalidInput with the accepted forms on failure.
   static ImageName parse(std::string_view text);

@@ -36,7 +36,8 @@ std::string resolve_link(const std::string& dir, const std::string& target) {
 
 }  // namespace
 
-std::optional<std::string> read_image_file(const FlatTree& tree, const std::vector<LayerBlob>& layers,
+std::optional<std::string> read_image_file(const FlatTree& tree,
+                                           const std::vector<LayerBlob>& layers,
                                            const std::string& path, std::uint64_t limit) {
   const auto& entries = tree.entries();
   std::string current = resolve_link("", path);
@@ -47,7 +48,8 @@ std::optional<std::string> read_image_file(const FlatTree& tree, const std::vect
     std::size_t start = 0;
     while (start <= current.size()) {
       auto pos = current.find('/', start);
-      std::string comp = current.substr(start, pos == std::string::npos ? std::string::npos : pos - start);
+      std::string comp =
+          current.substr(start, pos == std::string::npos ? std::string::npos : pos - start);
       std::string candidate = resolved.empty() ? comp : resolved + "/" + comp;
       auto it = entries.find(candidate);
       if (it == entries.end()) return std::nullopt;
@@ -73,8 +75,8 @@ std::optional<std::string> read_image_file(const FlatTree& tree, const std::vect
     const FlatEntry& file = target_it->second;
     if (file.meta.size > limit)
       throw Error(ErrorKind::kInvalidInput,
-                  fmt::format("Failed to read /{} from the image: {} bytes exceeds the limit of {}", want,
-                              file.meta.size, limit));
+                  fmt::format("Failed to read /{} from the image: {} bytes exceeds the limit of {}",
+                              want, file.meta.size, limit));
     if (file.layer >= layers.size()) return std::nullopt;
     LayerReader reader(layers[file.layer].path, layers[file.layer].what);
     TarEntry e;
@@ -84,7 +86,8 @@ std::optional<std::string> read_image_file(const FlatTree& tree, const std::vect
       std::string data(e.size, '\0');
       std::size_t got = 0;
       while (got < data.size()) {
-        std::size_t n = reader.read(std::as_writable_bytes(std::span(data.data() + got, data.size() - got)));
+        std::size_t n =
+            reader.read(std::as_writable_bytes(std::span(data.data() + got, data.size() - got)));
         if (n == 0) break;
         got += n;
       }
@@ -93,14 +96,16 @@ std::optional<std::string> read_image_file(const FlatTree& tree, const std::vect
     }
     return std::nullopt;
   }
-  throw Error(ErrorKind::kInvalidInput, fmt::format("Failed to read /{} from the image: too many symlinks", path));
+  throw Error(ErrorKind::kInvalidInput,
+              fmt::format("Failed to read /{} from the image: too many symlinks", path));
 }
 
 std::vector<LayerBlob> layer_blobs(const oci::ResolvedImage& image, const oci::BlobStore& store) {
   std::vector<LayerBlob> out;
   for (std::size_t i = 0; i < image.manifest.layers.size(); ++i)
     out.push_back({store.path_for(image.manifest.layers[i].digest), image.layer_name(i),
-                   i < image.config.diff_ids.size() ? std::optional(image.config.diff_ids[i]) : std::nullopt});
+                   i < image.config.diff_ids.size() ? std::optional(image.config.diff_ids[i])
+                                                    : std::nullopt});
   return out;
 }
 
@@ -109,7 +114,8 @@ std::map<std::string, std::string> parse_os_release(const std::string& text) {
   std::size_t start = 0;
   while (start < text.size()) {
     auto end = text.find('\n', start);
-    std::string line = text.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    std::string line =
+        text.substr(start, end == std::string::npos ? std::string::npos : end - start);
     start = end == std::string::npos ? text.size() : end + 1;
     auto eq = line.find('=');
     if (line.empty() || line[0] == '#' || eq == std::string::npos) continue;
@@ -117,10 +123,14 @@ std::map<std::string, std::string> parse_os_release(const std::string& text) {
     char quote = 0;
     for (std::size_t i = 0; i < raw.size(); ++i) {
       char c = raw[i];
-      if (!quote && (c == '"' || c == '\'')) quote = c;
-      else if (quote && c == quote) quote = 0;
-      else if (c == '\\' && quote != '\'' && i + 1 < raw.size()) value += raw[++i];
-      else value += c;
+      if (!quote && (c == '"' || c == '\''))
+        quote = c;
+      else if (quote && c == quote)
+        quote = 0;
+      else if (c == '\\' && quote != '\'' && i + 1 < raw.size())
+        value += raw[++i];
+      else
+        value += c;
     }
     out[key] = value;
   }

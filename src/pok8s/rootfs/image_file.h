@@ -12,7 +12,8 @@ namespace pok8s::rootfs {
 
 // The contents of `path` in the image, or nullopt when it is absent or not a regular file.
 // Symlinks (absolute ones too) are resolved inside the image, at most 40 of them.
-std::optional<std::string> read_image_file(const FlatTree& tree, const std::vector<LayerBlob>& layers,
+std::optional<std::string> read_image_file(const FlatTree& tree,
+                                           const std::vector<LayerBlob>& layers,
                                            const std::string& path, std::uint64_t limit = 1u << 20);
 
 // The layers of a resolved image as the flat view reads them.

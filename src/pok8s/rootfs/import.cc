@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "pok8s/util/archive_filters.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/sha256.h"
 
@@ -350,7 +351,7 @@ bool has_dotdot(std::string_view path) {
 void restream_tar(LayerWriter& out, const util::Path& file, const ImportOptions& options) {
   util::UniqueFd fd = util::open_file(file, O_RDONLY);
   std::unique_ptr<archive, ArchiveReadFree> in(archive_read_new());
-  archive_read_support_filter_all(in.get());
+  util::support_in_process_filters(in.get());
   archive_read_support_format_tar(in.get());
   if (archive_read_open_fd(in.get(), fd.get(), 64 << 10) != ARCHIVE_OK)
     throw Error(ErrorKind::kFormat,

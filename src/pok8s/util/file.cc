@@ -7,9 +7,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <cerrno>
 #include <cstdlib>
-#include <fmt/format.h>
 #include <vector>
 
 #include "pok8s/util/error.h"
@@ -48,8 +48,9 @@ std::string read_file(const Path& path, std::uint64_t limit) {
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) throw_errno("Failed to stat " + path.string(), errno);
   if (static_cast<std::uint64_t>(st.st_size) > limit)
-    throw Error(ErrorKind::kInvalidInput, fmt::format("Failed to read {}: {} bytes exceeds the limit of {}",
-                                                      path.string(), st.st_size, limit));
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to read {}: {} bytes exceeds the limit of {}", path.string(),
+                            st.st_size, limit));
   std::string out;
   out.resize(static_cast<std::size_t>(st.st_size));
   std::size_t done = 0;
@@ -190,7 +191,9 @@ void remove_tree(const Path& path) {
 void make_dirs(const Path& path) {
   std::error_code ec;
   std::filesystem::create_directories(path, ec);
-  if (ec) throw Error(ErrorKind::kIo, fmt::format("Failed to create directory {}: {}", path.string(), ec.message()));
+  if (ec)
+    throw Error(ErrorKind::kIo,
+                fmt::format("Failed to create directory {}: {}", path.string(), ec.message()));
 }
 
 Path default_cache_dir() {

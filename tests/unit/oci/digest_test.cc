@@ -8,7 +8,8 @@
 using pok8s::Error;
 using pok8s::oci::Digest;
 
-const std::string kEmpty = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+const std::string kEmpty =
+    "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 TEST(Digest, ParsesSha256) {
   Digest d = Digest::parse(kEmpty);
@@ -19,11 +20,13 @@ TEST(Digest, ParsesSha256) {
 }
 
 TEST(Digest, RefusesPathTraversalAndMalformedText) {
-  for (const char* bad : {"sha256:../../etc/passwd", "sha256:", "sha256", ":abc", "md5:d41d8cd98f00b204e9800998ecf8427e",
-                          "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
-                          "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85",
-                          "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855/..",
-                          "sha256/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}) {
+  for (const char* bad :
+       {"sha256:../../etc/passwd", "sha256:", "sha256", ":abc",
+        "md5:d41d8cd98f00b204e9800998ecf8427e",
+        "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85",
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855/..",
+        "sha256/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}) {
     EXPECT_THROW(Digest::parse(bad), Error) << bad;
     EXPECT_FALSE(Digest::try_parse(bad)) << bad;
   }

@@ -14,8 +14,10 @@ const std::string kD2 = "sha256:" + std::string(64, '2');
 
 std::string oci_manifest(const std::string& layer_type = std::string(media_type::kOciLayerGzip)) {
   return R"({"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
-    "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":")" + kD1 + R"(","size":10},
-    "layers":[{"mediaType":")" + layer_type + R"(","digest":")" + kD2 + R"(","size":20}],
+    "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":")" +
+         kD1 + R"(","size":10},
+    "layers":[{"mediaType":")" +
+         layer_type + R"(","digest":")" + kD2 + R"(","size":20}],
     "annotations":{"org.opencontainers.image.ref.name":"v1"}})";
 }
 }  // namespace
@@ -34,9 +36,12 @@ TEST(Manifest, ParsesOciManifest) {
 }
 
 TEST(Manifest, ConvertsDockerMediaTypesToOci) {
-  std::string docker = R"({"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",
-    "config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":")" + kD1 + R"(","size":10},
-    "layers":[{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","digest":")" + kD2 + R"(","size":20}]})";
+  std::string docker =
+      R"({"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",
+    "config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":")" +
+      kD1 + R"(","size":10},
+    "layers":[{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","digest":")" +
+      kD2 + R"(","size":20}]})";
   Manifest m = Manifest::parse(docker);
   Manifest o = m.to_oci();
   EXPECT_EQ(o.media_type, media_type::kOciManifest);
@@ -46,9 +51,10 @@ TEST(Manifest, ConvertsDockerMediaTypesToOci) {
 }
 
 TEST(Manifest, RefusesMalformedJson) {
-  for (const std::string& bad : std::vector<std::string>{"", "{", "[]", "null", R"({"schemaVersion":"2"})", R"({"schemaVersion":2})",
-                          std::string(100, '[') + std::string(100, ']'),
-                          R"({"schemaVersion":2,"config":{},"layers":[]})"}) {
+  for (const std::string& bad : std::vector<std::string>{
+           "", "{", "[]", "null", R"({"schemaVersion":"2"})", R"({"schemaVersion":2})",
+           std::string(100, '[') + std::string(100, ']'),
+           R"({"schemaVersion":2,"config":{},"layers":[]})"}) {
     EXPECT_THROW(Manifest::parse(bad), Error) << bad;
   }
 }
@@ -64,7 +70,8 @@ TEST(Manifest, RefusesSchema1AndOtherVersions) {
 
 TEST(Manifest, RefusesMediaTypeConfusion) {
   // An index served as a manifest.
-  std::string index = R"({"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]})";
+  std::string index =
+      R"({"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]})";
   EXPECT_THROW(Manifest::parse(index), Error);
   // A manifest whose layer claims to be a manifest.
   EXPECT_THROW(Manifest::parse(oci_manifest(std::string(media_type::kOciManifest))), Error);
@@ -91,9 +98,12 @@ TEST(Manifest, RefusesInvalidDigestsAndNegativeSizes) {
 }
 
 TEST(Index, SelectsPlatform) {
-  std::string index = R"({"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
-    {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":")" + kD1 + R"(","size":1,"platform":{"os":"linux","architecture":"amd64"}},
-    {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":")" + kD2 + R"(","size":1,"platform":{"os":"linux","architecture":"arm64","variant":"v8"}}]})";
+  std::string index =
+      R"({"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+    {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":")" +
+      kD1 + R"(","size":1,"platform":{"os":"linux","architecture":"amd64"}},
+    {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":")" +
+      kD2 + R"(","size":1,"platform":{"os":"linux","architecture":"arm64","variant":"v8"}}]})";
   Index idx = Index::parse(index);
   EXPECT_EQ(idx.select(Platform::parse("linux/amd64")).digest.str(), kD1);
   EXPECT_EQ(idx.select(Platform::parse("linux/arm64")).digest.str(), kD2);
@@ -112,13 +122,20 @@ TEST(Platform, ParsesAndRefuses) {
 }
 
 TEST(ImageConfig, ParsesDiffIdsAndLabels) {
-  std::string cfg = R"({"architecture":"amd64","os":"linux","config":{"Labels":{"a":"b"},"Env":["PATH=/bin"]},
-    "rootfs":{"type":"layers","diff_ids":[")" + kD1 + R"("]}})";
+  std::string cfg =
+      R"({"architecture":"amd64","os":"linux","config":{"Labels":{"a":"b"},"Env":["PATH=/bin"]},
+    "rootfs":{"type":"layers","diff_ids":[")" +
+      kD1 + R"("]}})";
   ImageConfig c = ImageConfig::parse(cfg);
   EXPECT_EQ(c.platform.str(), "linux/amd64");
   ASSERT_EQ(c.diff_ids.size(), 1u);
   EXPECT_EQ(c.labels.at("a"), "b");
   EXPECT_THROW(ImageConfig::parse(R"({"architecture":"amd64","os":"linux"})"), Error);
-  EXPECT_THROW(ImageConfig::parse(R"({"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:x"]}})"), Error);
-  EXPECT_THROW(ImageConfig::parse(R"({"architecture":1,"os":"linux","rootfs":{"type":"layers","diff_ids":[]}})"), Error);
+  EXPECT_THROW(
+      ImageConfig::parse(
+          R"({"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:x"]}})"),
+      Error);
+  EXPECT_THROW(ImageConfig::parse(
+                   R"({"architecture":1,"os":"linux","rootfs":{"type":"layers","diff_ids":[]}})"),
+               Error);
 }

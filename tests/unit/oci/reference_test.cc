@@ -30,8 +30,8 @@ TEST(RegistryReference, ParsesRegistryPortTagAndDigest) {
 }
 
 TEST(RegistryReference, RefusesInvalidNames) {
-  for (const char* bad : {"", "UPPER", "app:", "app:-bad", "a//b", "app@sha256:zz", "../x", "x/../y",
-                          "app:tag with space", "-lead/app", "reg.io:99999999/app"}) {
+  for (const char* bad : {"", "UPPER", "app:", "app:-bad", "a//b", "app@sha256:zz", "../x",
+                          "x/../y", "app:tag with space", "-lead/app", "reg.io:99999999/app"}) {
     EXPECT_THROW(RegistryReference::parse(bad), Error) << bad;
   }
 }

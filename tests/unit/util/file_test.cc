@@ -70,7 +70,8 @@ TEST(ReadFile, RefusesFilesOverTheLimit) {
 }
 
 TEST(Sha256, MatchesKnownVector) {
-  EXPECT_EQ(util::sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(util::sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
 TEST(ErrorTable, MapsKindsToDistinctExitCodes) {
