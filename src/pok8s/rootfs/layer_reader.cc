@@ -18,6 +18,11 @@
 #include <optional>
 #include <string_view>
 
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
 #include "pok8s/util/error.h"
 #include "pok8s/util/sha256.h"
 
@@ -88,7 +93,6 @@ struct LayerReader::Impl {
   util::Sha256 hash;
   std::uint64_t expanded = 0;
   std::uint64_t entries = 0;
-  std::vector<std::byte> buffer = std::vector<std::byte>(kBufferSize);
   std::exception_ptr callback_error;
   bool outer_eof = false;
   bool at_end = false;
@@ -101,6 +105,7 @@ struct LayerReader::Impl {
   std::uint64_t entry_done = 0;
 
   ~Impl() {
+    stop_producer();
     if (inner) archive_read_free(inner);
     if (outer) archive_read_free(outer);
   }
@@ -109,37 +114,111 @@ struct LayerReader::Impl {
     return has_entry ? fmt::format("{}: entry \"{}\"", what, entry_path) : what;
   }
 
-  void account(std::size_t n) {
-    expanded += n;
+  // Decompression and hashing run on a producer thread, a few chunks ahead of the tar parser
+  // and the writes it drives, so a layer unpacks on two cores the way `tar -xzf` does with
+  // its gzip child. The chunks are handed over through a small bounded pool.
+  static constexpr std::size_t kChunks = 4;
+  struct Chunk {
+    std::vector<std::byte> data = std::vector<std::byte>(kBufferSize);
+    std::size_t size = 0;
+  };
+  std::array<Chunk, kChunks> chunks;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::size_t> free_chunks{0, 1, 2, 3};
+  std::deque<std::size_t> filled;
+  std::optional<std::size_t> lent;  // the chunk libarchive may still be reading
+  std::exception_ptr producer_error;
+  bool stop = false;
+  std::thread producer;
+
+  void account(const Chunk& c) {
+    expanded += c.size;
     if (expanded > limits.max_layer_bytes)
       throw Error(ErrorKind::kInvalidInput,
                   fmt::format("Failed to read {}: it expands to more than the limit of {} bytes",
                               what, limits.max_layer_bytes));
-    hash.update(std::span<const std::byte>(buffer.data(), n));
+    hash.update(std::span<const std::byte>(c.data.data(), c.size));
   }
 
-  // Pulls the next chunk of the uncompressed stream into `buffer`; 0 at its end.
-  std::size_t pull() {
-    if (outer_eof) return 0;
-    la_ssize_t n = archive_read_data(outer, buffer.data(), buffer.size());
-    if (n < 0)
-      throw Error(ErrorKind::kFormat,
-                  fmt::format("Failed to decompress {}: {}", what, error_text(outer)));
-    if (n == 0) {
-      outer_eof = true;
-      return 0;
+  void produce() {
+    try {
+      while (true) {
+        std::size_t idx;
+        {
+          std::unique_lock lock(mu);
+          cv.wait(lock, [&] { return stop || !free_chunks.empty(); });
+          if (stop) return;
+          idx = free_chunks.front();
+          free_chunks.pop_front();
+        }
+        Chunk& c = chunks[idx];
+        la_ssize_t n = archive_read_data(outer, c.data.data(), c.data.size());
+        if (n < 0)
+          throw Error(ErrorKind::kFormat,
+                      fmt::format("Failed to decompress {}: {}", what, error_text(outer)));
+        c.size = static_cast<std::size_t>(n);
+        account(c);
+        {
+          std::lock_guard lock(mu);
+          filled.push_back(idx);
+        }
+        cv.notify_all();
+        if (n == 0) return;
+      }
+    } catch (...) {
+      {
+        std::lock_guard lock(mu);
+        producer_error = std::current_exception();
+      }
+      cv.notify_all();
     }
-    account(static_cast<std::size_t>(n));
-    return static_cast<std::size_t>(n);
+  }
+
+  void start() {
+    if (!outer_eof) producer = std::thread([this] { produce(); });
+  }
+
+  void stop_producer() {
+    {
+      std::lock_guard lock(mu);
+      stop = true;
+    }
+    cv.notify_all();
+    if (producer.joinable()) producer.join();
+  }
+
+  // The next chunk of the uncompressed stream; empty at its end. The chunk stays valid
+  // until the next call.
+  std::span<const std::byte> pull() {
+    if (outer_eof) return {};
+    std::unique_lock lock(mu);
+    if (lent) {
+      free_chunks.push_back(*lent);
+      lent.reset();
+      cv.notify_all();
+    }
+    cv.wait(lock, [&] { return !filled.empty() || producer_error; });
+    if (filled.empty()) std::rethrow_exception(producer_error);
+    std::size_t idx = filled.front();
+    filled.pop_front();
+    if (chunks[idx].size == 0) {
+      outer_eof = true;
+      lock.unlock();
+      if (producer.joinable()) producer.join();
+      return {};
+    }
+    lent = idx;
+    return {chunks[idx].data.data(), chunks[idx].size};
   }
 
   static la_ssize_t read_callback(archive* a, void* client, const void** out) {
     auto* self = static_cast<Impl*>(client);
     // Exceptions must not cross libarchive's C frames: park it and rethrow on our side.
     try {
-      std::size_t n = self->pull();
-      *out = self->buffer.data();
-      return static_cast<la_ssize_t>(n);
+      std::span<const std::byte> chunk = self->pull();
+      *out = chunk.data();
+      return static_cast<la_ssize_t>(chunk.size());
     } catch (...) {
       self->callback_error = std::current_exception();
       archive_set_error(a, EIO, "layer stream failed");
@@ -188,6 +267,7 @@ LayerReader::LayerReader(const util::Path& blob, std::string what, const Limits&
   // Tar only (ustar, pax and GNU extensions) and no filters: the layer's one level of
   // compression was removed above.
   if (archive_read_support_format_tar(s.inner) != ARCHIVE_OK) s.fail(s.inner, what_);
+  s.start();
   if (archive_read_open(s.inner, &s, nullptr, &Impl::read_callback, nullptr) != ARCHIVE_OK)
     s.fail(s.inner, what_);
 }
@@ -380,7 +460,7 @@ oci::Digest LayerReader::finish() {
   if (s.digest) return *s.digest;
   // Whatever the tar parser has not pulled (entries left unread, the padding after the end
   // marker) is still part of the diffID.
-  while (s.pull() > 0) {
+  while (!s.pull().empty()) {
   }
   s.digest = oci::Digest::sha256(s.hash.hex_digest());
   return *s.digest;
