@@ -41,7 +41,7 @@ Shell sh(const std::string& cmd) {
 
 std::string pok8s_bin() {
   const char* b = std::getenv("POK8S_BIN");
-  return b ? b : "pok8s";
+  return b ? b : POK8S_TEST_BIN;
 }
 
 // The Debian fixture and a layout imported from it, made once per test process.
@@ -50,10 +50,7 @@ class DebianImage : public ::testing::Test {
   static void SetUpTestSuite() {
     // A failure here must fail every test (gtest would otherwise report them as skipped).
     const char* src = std::getenv("POK8S_SOURCE_DIR");
-    if (!src) {
-      setup_error_ = "POK8S_SOURCE_DIR is not set";
-      return;
-    }
+    if (!src) src = POK8S_TEST_SOURCE_DIR;
     Shell fixture = sh(std::string(src) + "/tests/fixtures/debian-base.sh");
     if (fixture.status != 0) {
       setup_error_ =
