@@ -3,13 +3,11 @@
 
 #include <fmt/format.h>
 
-#include <atomic>
-#include <exception>
 #include <mutex>
-#include <thread>
 #include <vector>
 
 #include "pok8s/util/error.h"
+#include "pok8s/util/parallel.h"
 
 namespace pok8s::oci {
 
@@ -103,45 +101,21 @@ ResolvedImage resolve_image(ImageSource& source, BlobStore& store,
 void fetch_layers(ImageSource& source, const ResolvedImage& image, BlobStore& store,
                   const TransportOptions& options, const ProgressFn& progress) {
   const auto& layers = image.manifest.layers;
-  std::atomic<std::size_t> next{0};
   std::mutex mu;
-  std::exception_ptr failure;
   auto report = [&](const ProgressEvent& ev) {
     if (!progress) return;
     std::lock_guard lock(mu);
     progress(ev);
   };
-  auto worker = [&] {
-    while (true) {
-      std::size_t i = next.fetch_add(1);
-      if (i >= layers.size()) return;
-      {
-        std::lock_guard lock(mu);
-        if (failure) return;
-      }
-      const Descriptor& d = layers[i];
-      std::string what = image.layer_name(i);
-      if (store.has(d.digest)) {
-        report({ProgressEvent::Kind::kBlobCached, what, static_cast<std::uint64_t>(d.size),
-                static_cast<std::uint64_t>(d.size)});
-        continue;
-      }
-      try {
-        source.fetch_blob(d, store, report);
-      } catch (...) {
-        std::lock_guard lock(mu);
-        if (!failure) failure = std::current_exception();
-        return;
-      }
+  util::parallel_for(layers.size(), options.jobs, [&](std::size_t i) {
+    const Descriptor& d = layers[i];
+    if (store.has(d.digest)) {
+      report({ProgressEvent::Kind::kBlobCached, image.layer_name(i),
+              static_cast<std::uint64_t>(d.size), static_cast<std::uint64_t>(d.size)});
+      return;
     }
-  };
-  std::size_t n =
-      std::min<std::size_t>(layers.size(), static_cast<std::size_t>(std::max(1, options.jobs)));
-  std::vector<std::thread> threads;
-  for (std::size_t t = 1; t < n; ++t) threads.emplace_back(worker);
-  worker();
-  for (auto& t : threads) t.join();
-  if (failure) std::rethrow_exception(failure);
+    source.fetch_blob(d, store, report);
+  });
 }
 
 CopyResult copy_image(const ImageName& from, const ImageName& to, BlobStore& store,

@@ -21,6 +21,7 @@
 
 #include "pok8s/oci/credentials.h"
 #include "pok8s/util/error.h"
+#include "pok8s/util/parallel.h"
 
 namespace pok8s::oci {
 
@@ -928,37 +929,14 @@ class RegistryDestination : public ImageDestination {
          fmt::format("config ({}) to {}", image.manifest.config.digest.short_str(), name())});
 
     std::mutex mu;
-    std::exception_ptr failure;
-    std::atomic<std::size_t> next{0};
     ProgressFn report = [&](const ProgressEvent& ev) {
       if (!progress) return;
       std::lock_guard lock(mu);
       progress(ev);
     };
-    auto worker = [&] {
-      while (true) {
-        std::size_t i = next.fetch_add(1);
-        if (i >= items.size()) return;
-        {
-          std::lock_guard lock(mu);
-          if (failure) return;
-        }
-        try {
-          client_.push_blob(*items[i].descriptor, store, items[i].what, report);
-        } catch (...) {
-          std::lock_guard lock(mu);
-          if (!failure) failure = std::current_exception();
-          return;
-        }
-      }
-    };
-    std::size_t n =
-        std::min<std::size_t>(items.size(), static_cast<std::size_t>(std::max(1, options.jobs)));
-    std::vector<std::thread> threads;
-    for (std::size_t t = 1; t < n; ++t) threads.emplace_back(worker);
-    worker();
-    for (auto& t : threads) t.join();
-    if (failure) std::rethrow_exception(failure);
+    util::parallel_for(items.size(), options.jobs, [&](std::size_t i) {
+      client_.push_blob(*items[i].descriptor, store, items[i].what, report);
+    });
     // Only now, with every blob in place, does the tag point at the image.
     return client_.put_manifest(image.manifest_doc, ref.tag);
   }
