@@ -241,12 +241,7 @@ class TreeWriter {
     return std::move(stack.back());
   }
 
-  bool created_below(const std::string& path) const {
-    std::string prefix = path.empty() ? std::string() : path + "/";
-    auto it = created_.lower_bound(prefix);
-    if (path.empty()) return it != created_.end() && !it->empty();
-    return it != created_.end() && it->starts_with(prefix);
-  }
+  bool created_below(const std::string& path) const { return has_path_below(created_, path); }
 
   // Drops deferred directory metadata for `path` and everything below it.
   void forget_dirs(const std::string& path) {

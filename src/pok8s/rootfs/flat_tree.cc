@@ -110,12 +110,7 @@ class TreeBuilder {
     return join_components(cur);
   }
 
-  bool created_below(const std::string& path) const {
-    std::string prefix = path.empty() ? std::string() : path + "/";
-    auto it = created_.lower_bound(prefix);
-    if (path.empty()) return it != created_.end() && !it->empty();
-    return it != created_.end() && it->starts_with(prefix);
-  }
+  bool created_below(const std::string& path) const { return has_path_below(created_, path); }
 
   // Removes `path` and everything below it. A removed file that other names still link to
   // lives on in the first of them, as it does on disk.

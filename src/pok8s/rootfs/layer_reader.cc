@@ -525,4 +525,11 @@ bool keep_xattr(std::string_view name) {
   return name.starts_with("user.") && !name.starts_with("user.pok8s.");
 }
 
+bool has_path_below(const std::set<std::string>& paths, const std::string& path) {
+  std::string prefix = path.empty() ? std::string() : path + "/";
+  auto it = paths.lower_bound(prefix);
+  if (path.empty()) return it != paths.end() && !it->empty();
+  return it != paths.end() && it->starts_with(prefix);
+}
+
 }  // namespace pok8s::rootfs

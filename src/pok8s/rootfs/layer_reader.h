@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -79,6 +80,10 @@ std::vector<std::string> split_entry_path(std::string_view path, std::string_vie
 // The first `n` components joined with "/" (all of them by default).
 std::string join_components(const std::vector<std::string>& components,
                             std::size_t n = static_cast<std::size_t>(-1));
+
+// True when `paths` (normalised, sorted) holds something strictly below `path` ("" is the
+// root): the test an opaque whiteout uses to keep what the same layer created.
+bool has_path_below(const std::set<std::string>& paths, const std::string& path);
 
 // What an entry's name means under the OCI image spec's whiteout rules.
 enum class WhiteoutKind {
