@@ -7,8 +7,8 @@ what=${1:-build}
 build_pkgs=(build-essential cmake ninja-build pkg-config git ca-certificates
   libarchive-dev libcurl4-openssl-dev libssl-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libzstd-dev libgtest-dev libgmock-dev)
-demo_pkgs=(mmdebstrap)
-test_pkgs=(mmdebstrap docker-registry apache2-utils skopeo umoci clang libclang-rt-14-dev
+demo_pkgs=(mmdebstrap mount)
+test_pkgs=(mmdebstrap mount docker-registry apache2-utils skopeo umoci clang libclang-rt-14-dev
   python3 python3-cryptography libbenchmark-dev time bc)
 
 pkgs=("${build_pkgs[@]}")
