@@ -223,12 +223,7 @@ class TreeWriter {
         target.resize(static_cast<std::size_t>(len));
         // An absolute target starts again from the root: the root is "/" for this tree.
         if (target.starts_with('/')) stack.erase(stack.begin() + 1, stack.end());
-        std::vector<std::string> parts;
-        for (std::size_t pos = 0; pos <= target.size();) {
-          std::size_t slash = std::min(target.find('/', pos), target.size());
-          parts.push_back(target.substr(pos, slash - pos));
-          pos = slash + 1;
-        }
+        std::vector<std::string> parts = split_link_target(target);
         todo.insert(todo.begin(), parts.begin(), parts.end());
         continue;
       }

@@ -93,12 +93,7 @@ class TreeBuilder {
                            candidate));
         const std::string& target = meta.link_target;
         if (target.starts_with('/')) cur.clear();
-        std::vector<std::string> parts;
-        for (std::size_t pos = 0; pos <= target.size();) {
-          std::size_t slash = std::min(target.find('/', pos), target.size());
-          parts.push_back(target.substr(pos, slash - pos));
-          pos = slash + 1;
-        }
+        std::vector<std::string> parts = split_link_target(target);
         todo.insert(todo.begin(), parts.begin(), parts.end());
         continue;
       }

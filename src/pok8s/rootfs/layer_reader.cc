@@ -525,6 +525,16 @@ bool keep_xattr(std::string_view name) {
   return name.starts_with("user.") && !name.starts_with("user.pok8s.");
 }
 
+std::vector<std::string> split_link_target(std::string_view target) {
+  std::vector<std::string> parts;
+  for (std::size_t pos = 0; pos <= target.size();) {
+    std::size_t slash = std::min(target.find('/', pos), target.size());
+    parts.emplace_back(target.substr(pos, slash - pos));
+    pos = slash + 1;
+  }
+  return parts;
+}
+
 bool has_path_below(const std::set<std::string>& paths, const std::string& path) {
   std::string prefix = path.empty() ? std::string() : path + "/";
   auto it = paths.lower_bound(prefix);

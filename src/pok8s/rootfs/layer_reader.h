@@ -83,6 +83,10 @@ std::string join_components(const std::vector<std::string>& components,
 
 // True when `paths` (normalised, sorted) holds something strictly below `path` ("" is the
 // root): the test an opaque whiteout uses to keep what the same layer created.
+// The components of a symlink target split at every "/", empty ones and "." and ".." kept,
+// for a resolver that walks them one by one.
+std::vector<std::string> split_link_target(std::string_view target);
+
 bool has_path_below(const std::set<std::string>& paths, const std::string& path);
 
 // What an entry's name means under the OCI image spec's whiteout rules.
