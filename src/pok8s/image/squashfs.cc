@@ -46,6 +46,7 @@ using rootfs::EntryType;
 using rootfs::FlatEntry;
 
 constexpr std::uint32_t kNoXattr = 0xFFFFFFFF;
+constexpr std::string_view kErrorPrefix = "Failed to write squashfs image";
 // The kernel's limit on a squashfs name (SQUASHFS_NAME_LEN).
 constexpr std::size_t kMaxNameBytes = 256;
 // Images are padded to this, as mksquashfs does, so that a loop device sees all of it.
@@ -254,7 +255,7 @@ class SquashfsWriter {
 
  private:
   [[noreturn]] void fail(ErrorKind kind, std::string_view what) const {
-    throw Error(kind, fmt::format("Failed to write squashfs image {}: {}", out_.string(), what));
+    throw Error(kind, fmt::format("{} {}: {}", kErrorPrefix, out_.string(), what));
   }
 
   [[noreturn]] void fail_entry(const FlatEntry& e, ErrorKind kind, std::string_view reason) const {
@@ -482,7 +483,7 @@ class SquashfsWriter {
       if (options_.progress) options_.progress(data_bytes_, total_bytes_);
     };
     report();
-    tree_.read_files([&](const FlatEntry& e, rootfs::LayerReader& reader) {
+    auto write_file = [&](const FlatEntry& e, rootfs::LayerReader& reader) {
       Inode& inode = inodes_[lookup(e, e.path)];
       if (inode.file_inode != nullptr)
         fail_entry(e, ErrorKind::kInternal, "its data was offered twice");
@@ -508,7 +509,14 @@ class SquashfsWriter {
             e, ErrorKind::kFormat,
             fmt::format("the layer holds {} bytes of data, the header says {}", done, e.meta.size));
       check_entry(sqfs_block_processor_end_file(proc_.get()), e, "finishing its data");
-    });
+    };
+    try {
+      tree_.read_files(write_file);
+    } catch (const Error& err) {
+      // The flat view's own refusals (a layer changed since it was built) get our context.
+      if (std::string_view(err.what()).starts_with(kErrorPrefix)) throw;
+      fail(err.kind(), err.what());
+    }
     check(sqfs_block_processor_finish(proc_.get()), "writing the last data blocks");
     for (const Inode& inode : inodes_)
       if (inode.entry->meta.type == EntryType::kFile && inode.file_inode == nullptr)
