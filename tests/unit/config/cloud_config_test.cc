@@ -1,5 +1,6 @@
 #include "pok8s/config/cloud_config.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <string>
@@ -137,7 +138,7 @@ k3s:
   EXPECT_EQ(c.users[0].line, 4);
   ASSERT_EQ(c.sections.count("install"), 1u);
   EXPECT_EQ(c.sections["install"]["device"].as<std::string>(), "auto");
-  EXPECT_EQ(c.sections["install"]["device"].Mark().line + 1, 9);
+  EXPECT_EQ(c.sections["install"]["device"].Mark().line + 1, 10);
   EXPECT_TRUE(c.sections["k3s"]["enabled"].as<bool>());
 }
 
@@ -190,8 +191,8 @@ TEST(CloudConfig, NamesTyposAtEveryLevel) {
             "Failed to read cloud-config /oem/x.yaml: line 6: unknown key \"ownr\" in "
             "stages.boot[0].directories[0]; did you mean \"owner\"?");
   EXPECT_EQ(error_of("#cloud-config\nstages:\n  boot:\n    - users:\n        bob:\n"
-                     "          pasword: x\n"),
-            "Failed to read cloud-config /oem/x.yaml: line 6: unknown key \"pasword\" in "
+                     "          passwrd: x\n"),
+            "Failed to read cloud-config /oem/x.yaml: line 6: unknown key \"passwrd\" in "
             "stages.boot[0].users.bob; did you mean \"passwd\"?");
   EXPECT_EQ(error_of("#cloud-config\nusers:\n  - name: a\n    group: [x]\n"),
             "Failed to read cloud-config /oem/x.yaml: line 4: unknown key \"group\" in users[0]; "

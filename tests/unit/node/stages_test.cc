@@ -1,5 +1,6 @@
 #include "pok8s/node/stages.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -167,25 +168,22 @@ stages:
 }
 
 TEST_F(Stages, TopLevelUsersBelongToInitramfsOnly) {
-  auto result = run("boot", {
-    "#cloud-config
-        hostname : edge -
-                   1 users : [ {name : kairos} ] "});
-                             EXPECT_EQ(result.steps_run, 0u);
-    EXPECT_FALSE(std::filesystem::exists(root() / "etc"));
+  auto result = run("boot", {"#cloud-config\nhostname: edge-1\nusers: [{name: kairos}]\n"});
+  EXPECT_EQ(result.steps_run, 0u);
+  EXPECT_FALSE(std::filesystem::exists(root() / "etc"));
 }
 
 TEST_F(Stages, HostnameStepWritesEtcHostname) {
-    auto result = run("network", {"#cloud-config\nstages:\n  network:\n    - hostname: node-7\n"});
-    EXPECT_TRUE(result.ok());
-    EXPECT_EQ(read("etc/hostname"), "node-7\n");
-    EXPECT_EQ(mode_of("etc/hostname"), 0644u);
+  auto result = run("network", {"#cloud-config\nstages:\n  network:\n    - hostname: node-7\n"});
+  EXPECT_TRUE(result.ok());
+  EXPECT_EQ(read("etc/hostname"), "node-7\n");
+  EXPECT_EQ(mode_of("etc/hostname"), 0644u);
 }
 
 TEST_F(Stages, EnvironmentIsMergedIntoTheEnvironmentFile) {
-    util::make_dirs(root() / "etc");
-    util::write_file_atomic(root() / "etc/environment", "# keep me\nPATH=/usr/bin\nFOO=old\n");
-    auto result = run("boot", {R"(#cloud-config
+  util::make_dirs(root() / "etc");
+  util::write_file_atomic(root() / "etc/environment", "# keep me\nPATH=/usr/bin\nFOO=old\n");
+  auto result = run("boot", {R"(#cloud-config
 stages:
   boot:
     - environment:
@@ -194,15 +192,15 @@ stages:
     - environment: {A: b}
       environment_file: /etc/pok8s/env
 )"});
-    EXPECT_TRUE(result.ok()) << ::testing::PrintToString(failures());
-    EXPECT_EQ(read("etc/environment"),
-              "# keep me\nPATH=/usr/bin\nFOO=new\nGREETING=\"hello world\"\n");
-    EXPECT_EQ(read("etc/pok8s/env"), "A=b\n");
+  EXPECT_TRUE(result.ok()) << ::testing::PrintToString(failures());
+  EXPECT_EQ(read("etc/environment"),
+            "# keep me\nPATH=/usr/bin\nFOO=new\nGREETING=\"hello world\"\n");
+  EXPECT_EQ(read("etc/pok8s/env"), "A=b\n");
 }
 
 TEST_F(Stages, CommandsRunChrootedWithTheStepEnvironment) {
-    install_shell();
-    auto result = run("boot", {R"(#cloud-config
+  install_shell();
+  auto result = run("boot", {R"(#cloud-config
 stages:
   boot:
     - environment: {GREETING: hi there}
@@ -210,13 +208,13 @@ stages:
         - echo "$GREETING" > /out
         - test -e /bin/busybox && echo chrooted >> /out
 )"});
-    EXPECT_TRUE(result.ok()) << ::testing::PrintToString(failures());
-    EXPECT_EQ(read("out"), "hi there\nchrooted\n");
+  EXPECT_TRUE(result.ok()) << ::testing::PrintToString(failures());
+  EXPECT_EQ(read("out"), "hi there\nchrooted\n");
 }
 
 TEST_F(Stages, AFailingCommandEndsItsStepButNotTheStage) {
-    install_shell();
-    auto result = run("boot", {R"(#cloud-config
+  install_shell();
+  auto result = run("boot", {R"(#cloud-config
 stages:
   boot:
     - name: broken
@@ -224,24 +222,24 @@ stages:
     - name: fine
       commands: ["echo ran > /ran"]
 )"});
-    EXPECT_FALSE(result.ok());
-    EXPECT_EQ(result.steps_run, 2u);
-    EXPECT_EQ(result.steps_failed, 1u);
-    ASSERT_EQ(failures().size(), 1u);
-    EXPECT_EQ(failures()[0], "Failed to run commands[0] (exit 3): exit status 3");
-    EXPECT_FALSE(std::filesystem::exists(root() / "never"));
-    EXPECT_EQ(read("ran"), "ran\n");
-    auto failed = std::find_if(events_.begin(), events_.end(),
-                               [](const StageEvent& e) { return e.kind == Kind::kStepFailed; });
-    EXPECT_EQ(failed->step, "broken");
-    EXPECT_EQ(failed->source, "/oem/0.yaml");
-    EXPECT_EQ(failed->stage, "boot");
-    EXPECT_EQ(failed->line, 4);
+  EXPECT_FALSE(result.ok());
+  EXPECT_EQ(result.steps_run, 2u);
+  EXPECT_EQ(result.steps_failed, 1u);
+  ASSERT_EQ(failures().size(), 1u);
+  EXPECT_EQ(failures()[0], "Failed to run commands[0] (exit 3): exit status 3");
+  EXPECT_FALSE(std::filesystem::exists(root() / "never"));
+  EXPECT_EQ(read("ran"), "ran\n");
+  auto failed = std::find_if(events_.begin(), events_.end(),
+                             [](const StageEvent& e) { return e.kind == Kind::kStepFailed; });
+  EXPECT_EQ(failed->step, "broken");
+  EXPECT_EQ(failed->source, "/oem/0.yaml");
+  EXPECT_EQ(failed->stage, "boot");
+  EXPECT_EQ(failed->line, 4);
 }
 
 TEST_F(Stages, IfConditionDecidesWhetherTheStepRuns) {
-    install_shell();
-    auto result = run("boot", {R"(#cloud-config
+  install_shell();
+  auto result = run("boot", {R"(#cloud-config
 stages:
   boot:
     - if: "[ -e /bin/busybox ]"
@@ -249,43 +247,43 @@ stages:
     - if: "[ -e /nowhere ]"
       files: [{path: /no, content: "1"}]
 )"});
-    EXPECT_TRUE(result.ok());
-    EXPECT_EQ(result.steps_run, 1u);
-    EXPECT_EQ(result.steps_skipped, 1u);
-    EXPECT_TRUE(std::filesystem::exists(root() / "yes"));
-    EXPECT_FALSE(std::filesystem::exists(root() / "no"));
-    auto skipped = std::find_if(events_.begin(), events_.end(),
-                                [](const StageEvent& e) { return e.kind == Kind::kStepSkipped; });
-    ASSERT_NE(skipped, events_.end());
-    EXPECT_EQ(skipped->message, "if: [ -e /nowhere ] exited with status 1");
+  EXPECT_TRUE(result.ok());
+  EXPECT_EQ(result.steps_run, 1u);
+  EXPECT_EQ(result.steps_skipped, 1u);
+  EXPECT_TRUE(std::filesystem::exists(root() / "yes"));
+  EXPECT_FALSE(std::filesystem::exists(root() / "no"));
+  auto skipped = std::find_if(events_.begin(), events_.end(),
+                              [](const StageEvent& e) { return e.kind == Kind::kStepSkipped; });
+  ASSERT_NE(skipped, events_.end());
+  EXPECT_EQ(skipped->message, "if: [ -e /nowhere ] exited with status 1");
 }
 
 TEST_F(Stages, RunsBeforeMainAndAfterAcrossConfigsInOrder) {
-    install_shell();
-    std::string a = R"(#cloud-config
+  install_shell();
+  std::string a = R"(#cloud-config
 stages:
   boot.after: [{commands: ["echo a-after >> /order"]}]
   boot: [{commands: ["echo a-main >> /order"]}]
   boot.before: [{commands: ["echo a-before >> /order"]}]
   network: [{commands: ["echo a-network >> /order"]}]
 )";
-    std::string b = R"(#cloud-config
+  std::string b = R"(#cloud-config
 stages:
   boot.before: [{commands: ["echo b-before >> /order"]}]
   boot: [{commands: ["echo b-main-1 >> /order"]}, {commands: ["echo b-main-2 >> /order"]}]
 )";
-    auto result = run("boot", {a, b});
-    EXPECT_TRUE(result.ok());
-    EXPECT_EQ(read("order"), "a-before\nb-before\na-main\nb-main-1\nb-main-2\na-after\n");
-    EXPECT_EQ(events_.front().stage, "boot.before");
+  auto result = run("boot", {a, b});
+  EXPECT_TRUE(result.ok());
+  EXPECT_EQ(read("order"), "a-before\nb-before\na-main\nb-main-1\nb-main-2\na-after\n");
+  EXPECT_EQ(events_.front().stage, "boot.before");
 }
 
 TEST_F(Stages, SysctlWritesUnderProcSys) {
-    util::make_dirs(root() / "proc-sys/net/ipv4");
-    util::make_dirs(root() / "proc-sys/vm");
-    util::write_file_atomic(root() / "proc-sys/net/ipv4/ip_forward", "0\n");
-    util::write_file_atomic(root() / "proc-sys/vm/max_map_count", "0\n");
-    auto result = run("boot", {R"(#cloud-config
+  util::make_dirs(root() / "proc-sys/net/ipv4");
+  util::make_dirs(root() / "proc-sys/vm");
+  util::write_file_atomic(root() / "proc-sys/net/ipv4/ip_forward", "0\n");
+  util::write_file_atomic(root() / "proc-sys/vm/max_map_count", "0\n");
+  auto result = run("boot", {R"(#cloud-config
 stages:
   boot:
     - sysctl:
@@ -293,20 +291,21 @@ stages:
         vm/max_map_count: "262144"
         kernel.no_such_key: 1
 )"});
-    EXPECT_EQ(read("proc-sys/net/ipv4/ip_forward"), "1\n");
-    EXPECT_EQ(read("proc-sys/vm/max_map_count"), "262144\n");
-    ASSERT_EQ(failures().size(), 1u);
-    EXPECT_TRUE(failures()[0].starts_with("Failed to set sysctl kernel.no_such_key: no such key"));
-    EXPECT_FALSE(std::filesystem::exists(root() / "proc-sys/kernel"));
+  EXPECT_EQ(read("proc-sys/net/ipv4/ip_forward"), "1\n");
+  EXPECT_EQ(read("proc-sys/vm/max_map_count"), "262144\n");
+  EXPECT_EQ(result.steps_failed, 1u);
+  ASSERT_EQ(failures().size(), 1u);
+  EXPECT_TRUE(failures()[0].starts_with("Failed to set sysctl kernel.no_such_key: no such key"));
+  EXPECT_FALSE(std::filesystem::exists(root() / "proc-sys/kernel"));
 }
 
 TEST_F(Stages, SystemctlEnablesAndMasksUnitsInAnotherRoot) {
-    if (find_program("systemctl").empty()) GTEST_SKIP() << "needs systemctl";
-    util::make_dirs(root() / "etc/systemd/system");
-    util::write_file_atomic(root() / "etc/systemd/system/pok8s-test.service",
-                            "[Unit]\nDescription=test\n[Service]\nExecStart=/bin/true\n"
-                            "[Install]\nWantedBy=multi-user.target\n");
-    auto result = run("boot", {R"(#cloud-config
+  if (find_program("systemctl").empty()) GTEST_SKIP() << "needs systemctl";
+  util::make_dirs(root() / "etc/systemd/system");
+  util::write_file_atomic(root() / "etc/systemd/system/pok8s-test.service",
+                          "[Unit]\nDescription=test\n[Service]\nExecStart=/bin/true\n"
+                          "[Install]\nWantedBy=multi-user.target\n");
+  auto result = run("boot", {R"(#cloud-config
 stages:
   boot:
     - systemctl:
@@ -314,78 +313,78 @@ stages:
         mask: [getty@tty1.service]
         start: [pok8s-test]
 )"});
-    EXPECT_TRUE(result.ok()) << ::testing::PrintToString(failures());
-    EXPECT_EQ(std::filesystem::read_symlink(
-                  root() / "etc/systemd/system/multi-user.target.wants/pok8s-test.service"),
-              "/etc/systemd/system/pok8s-test.service");
-    EXPECT_EQ(std::filesystem::read_symlink(root() / "etc/systemd/system/getty@tty1.service"),
-              "/dev/null");
-    auto note = std::find_if(events_.begin(), events_.end(),
-                             [](const StageEvent& e) { return e.kind == Kind::kNote; });
-    ASSERT_NE(note, events_.end());
-    EXPECT_EQ(note->message, "not starting pok8s-test: systemd is not running on the target root");
+  EXPECT_TRUE(result.ok()) << ::testing::PrintToString(failures());
+  EXPECT_EQ(std::filesystem::read_symlink(
+                root() / "etc/systemd/system/multi-user.target.wants/pok8s-test.service"),
+            "/etc/systemd/system/pok8s-test.service");
+  EXPECT_EQ(std::filesystem::read_symlink(root() / "etc/systemd/system/getty@tty1.service"),
+            "/dev/null");
+  auto note = std::find_if(events_.begin(), events_.end(),
+                           [](const StageEvent& e) { return e.kind == Kind::kNote; });
+  ASSERT_NE(note, events_.end());
+  EXPECT_EQ(note->message, "not starting pok8s-test: systemd is not running on the target root");
 }
 
 TEST_F(Stages, SystemctlReportsAUnitThatDoesNotExist) {
-    if (find_program("systemctl").empty()) GTEST_SKIP() << "needs systemctl";
-    util::make_dirs(root() / "etc/systemd/system");
-    auto result =
-        run("boot", {"#cloud-config\nstages:\n  boot:\n    - systemctl: {enable: [nope]}\n"});
-    EXPECT_FALSE(result.ok());
-    ASSERT_EQ(failures().size(), 1u);
-    EXPECT_TRUE(failures()[0].starts_with("Failed to enable nope: systemctl exited with status"))
-        << failures()[0];
+  if (find_program("systemctl").empty()) GTEST_SKIP() << "needs systemctl";
+  util::make_dirs(root() / "etc/systemd/system");
+  auto result =
+      run("boot", {"#cloud-config\nstages:\n  boot:\n    - systemctl: {enable: [nope]}\n"});
+  EXPECT_FALSE(result.ok());
+  ASSERT_EQ(failures().size(), 1u);
+  EXPECT_TRUE(failures()[0].starts_with("Failed to enable nope: systemctl exited with status"))
+      << failures()[0];
 }
 
 TEST_F(Stages, OpenRCServicesAreLinkedIntoTheDefaultRunlevel) {
-    util::make_dirs(root() / "sbin");
-    util::make_dirs(root() / "etc/init.d");
-    util::write_file_atomic(root() / "sbin/openrc", "", 0755);
-    util::write_file_atomic(root() / "etc/init.d/sshd", "#!/sbin/openrc-run\n", 0755);
-    auto result = run("boot", {R"(#cloud-config
+  util::make_dirs(root() / "sbin");
+  util::make_dirs(root() / "etc/init.d");
+  util::write_file_atomic(root() / "sbin/openrc", "", 0755);
+  util::write_file_atomic(root() / "etc/init.d/sshd", "#!/sbin/openrc-run\n", 0755);
+  auto result = run("boot", {R"(#cloud-config
 stages:
   boot:
     - systemctl:
         enable: [sshd.service, missing]
         mask: [x]
 )"});
-    EXPECT_EQ(std::filesystem::read_symlink(root() / "etc/runlevels/default/sshd"),
-              "/etc/init.d/sshd");
-    EXPECT_EQ(result.steps_failed, 1u);
-    auto f = failures();
-    ASSERT_EQ(f.size(), 2u);
-    EXPECT_EQ(f[0], "Failed to mask x: OpenRC has no masking");
-    EXPECT_EQ(f[1], "Failed to enable missing: no /etc/init.d/missing in the target root");
+  EXPECT_EQ(std::filesystem::read_symlink(root() / "etc/runlevels/default/sshd"),
+            "/etc/init.d/sshd");
+  EXPECT_EQ(result.steps_failed, 1u);
+  auto f = failures();
+  ASSERT_EQ(f.size(), 2u);
+  EXPECT_EQ(f[0], "Failed to mask x: OpenRC has no masking");
+  EXPECT_EQ(f[1], "Failed to enable missing: no /etc/init.d/missing in the target root");
 }
 
 TEST_F(Stages, EveryFailingActionIsReportedAndTheRestOfTheStepRuns) {
-    util::write_file_atomic(root() / "blocker", "a file, not a directory");
-    auto result = run("boot", {R"(#cloud-config
+  util::write_file_atomic(root() / "blocker", "a file, not a directory");
+  auto result = run("boot", {R"(#cloud-config
 stages:
   boot:
     - directories: [{path: /blocker}]
       files: [{path: /blocker/x, content: ""}, {path: /ok, content: fine}]
       hostname: still-set
 )"});
-    EXPECT_EQ(result.steps_failed, 1u);
-    EXPECT_EQ(failures().size(), 2u);
-    EXPECT_EQ(read("ok"), "fine");
-    EXPECT_EQ(read("etc/hostname"), "still-set\n");
+  EXPECT_EQ(result.steps_failed, 1u);
+  EXPECT_EQ(failures().size(), 2u);
+  EXPECT_EQ(read("ok"), "fine");
+  EXPECT_EQ(read("etc/hostname"), "still-set\n");
 }
 
 TEST_F(Stages, RunsOnlyTheNamedPartOfAStage) {
-    auto result = run("boot.after", {R"(#cloud-config
+  auto result = run("boot.after", {R"(#cloud-config
 stages:
   boot: [{files: [{path: /main, content: x}]}]
   boot.after: [{files: [{path: /after, content: x}]}]
 )"});
-    EXPECT_EQ(result.steps_run, 1u);
-    EXPECT_TRUE(std::filesystem::exists(root() / "after"));
-    EXPECT_FALSE(std::filesystem::exists(root() / "main"));
+  EXPECT_EQ(result.steps_run, 1u);
+  EXPECT_TRUE(std::filesystem::exists(root() / "after"));
+  EXPECT_FALSE(std::filesystem::exists(root() / "main"));
 }
 
 TEST_F(Stages, RefusesAnUnknownStage) {
-    EXPECT_THROW(run("bot", {}), Error);
+  EXPECT_THROW(run("bot", {}), Error);
 }
 
 }  // namespace

@@ -134,7 +134,7 @@ TEST_F(Accounts, ExistingUserIsUpdatedInPlace) {
   apply_users(std::vector{u}, root());
   EXPECT_EQ(line_of("passwd", "taken"), "taken:x:1000:1000::/home/taken:/bin/zsh");
   EXPECT_TRUE(line_of("shadow", "taken").starts_with("taken:$6$x$y:"));
-  EXPECT_EQ(read("etc/passwd").find("taken:"), read("etc/passwd").rfind("taken:"));
+  EXPECT_EQ(read("etc/passwd").find("\ntaken:"), read("etc/passwd").rfind("\ntaken:"));
 }
 
 TEST_F(Accounts, AuthorizedKeysAreWrittenOnceWith0600OwnedByTheUser) {
