@@ -99,6 +99,9 @@ struct CloudConfig {
 };
 
 // The stages a config may name: these bases, each optionally with ".before" or ".after".
+// Every boot: rootfs, initramfs (pok8s-init, chrooted into the new root), boot, network (the
+// service manager), plus Kairos' fs and reconcile. Around install/upgrade/reset: before-*,
+// after-*, after-*-chroot, and the kairos-{,uki-}{install,upgrade,reset}.{pre,after} hooks.
 std::span<const std::string_view> known_stage_bases();
 bool is_known_stage(std::string_view name);
 // The top-level keys kept as raw YAML for other modules.

@@ -218,7 +218,17 @@ AccountDatabase::Account AccountDatabase::apply(const config::UserSpec& user) {
     std::uint32_t uid = user.uid ? *user.uid : next_free(passwd_, 2, std::nullopt);
     pw = {name, "x", std::to_string(uid), "", user.gecos, fmt::format("/home/{}", name), "/bin/sh"};
   }
-  if (user.uid) pw[2] = std::to_string(*user.uid);
+  if (user.uid) {
+    // Like useradd without -o: two names for one uid is refused.
+    for (const auto& line : passwd_.lines) {
+      auto other = fields(line);
+      if (other.size() >= 3 && other[0] != name && parse_id(other[2]) == user.uid)
+        throw Error(ErrorKind::kInvalidInput,
+                    fmt::format("Failed to set uid {} for {}: {} already has it", *user.uid, name,
+                                other[0]));
+    }
+    pw[2] = std::to_string(*user.uid);
+  }
   std::uint32_t uid = *parse_id(pw[2]);
   if (pi < 0 || !user.primary_group.empty()) {
     std::string group = user.primary_group.empty() ? name : user.primary_group;

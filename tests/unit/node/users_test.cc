@@ -127,6 +127,19 @@ TEST_F(Accounts, ExplicitUidPrimaryGroupHomeAndShell) {
   EXPECT_TRUE(std::filesystem::is_directory(root() / "var/lib/bob"));
 }
 
+TEST_F(Accounts, RefusesAUidThatAnotherUserHas) {
+  auto u = user("bob");
+  u.uid = 1000;
+  try {
+    apply_users(std::vector{u}, root());
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "Failed to apply user bob: Failed to set uid 1000 for bob: taken already has it");
+  }
+  EXPECT_EQ(line_of("passwd", "bob"), "");
+}
+
 TEST_F(Accounts, ExistingUserIsUpdatedInPlace) {
   auto u = user("taken");
   u.passwd = "$6$x$y";
