@@ -1,0 +1,29 @@
+// libFuzzer target: cloud-config files come from users, OEM partitions and boot media.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "pok8s/config/cloud_config.h"
+#include "pok8s/util/error.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  std::string_view text(reinterpret_cast<const char*>(data), size);
+  try {
+    auto config = pok8s::config::parse_cloud_config(text, "fuzz.yaml");
+    // What the parser accepted, the runner relies on: clean absolute paths, known stages.
+    for (const auto& [stage, steps] : config.stages) {
+      if (!pok8s::config::is_known_stage(stage)) __builtin_trap();
+      for (const auto& step : steps) {
+        for (const auto& file : step.files)
+          if (file.path.empty() || file.path[0] != '/' ||
+              file.path.find("/../") != std::string::npos)
+            __builtin_trap();
+        for (const auto& user : step.users)
+          if (user.name.empty() || user.name.find(':') != std::string::npos) __builtin_trap();
+      }
+    }
+  } catch (const pok8s::Error&) {
+  }
+  return 0;
+}

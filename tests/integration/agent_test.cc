@@ -1,0 +1,186 @@
+// The static pok8s-agent binary as the node runs it: validate, and stage boot on a temp root.
+#include <elf.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <string>
+
+#include "pok8s/util/file.h"
+
+namespace fs = std::filesystem;
+using namespace pok8s;
+
+namespace {
+
+struct AgentRun {
+  int status = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string agent_bin() {
+  if (const char* b = std::getenv("POK8S_AGENT_BIN")) return b;
+  return (fs::path(POK8S_TEST_BIN).parent_path() / "pok8s-agent").string();
+}
+
+// Runs pok8s-agent with `args` (shell words), capturing stdout and stderr.
+AgentRun agent(const std::string& args, const fs::path& scratch) {
+  AgentRun r;
+  fs::path out = scratch / "stdout", err = scratch / "stderr";
+  std::string cmd = agent_bin() + " " + args + " >" + out.string() + " 2>" + err.string();
+  int st = std::system(cmd.c_str());
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+  r.out = util::read_file(out);
+  r.err = util::read_file(err);
+  return r;
+}
+
+class Agent : public ::testing::Test {
+ protected:
+  fs::path write(const std::string& rel, const std::string& text) {
+    fs::path p = dir_.path() / rel;
+    util::make_dirs(p.parent_path());
+    util::write_file_atomic(p, text);
+    return p;
+  }
+  fs::path root() {
+    util::make_dirs(dir_.path() / "root");
+    return dir_.path() / "root";
+  }
+  std::string read(const std::string& rel) { return util::read_file(root() / rel); }
+  util::TempDir dir_ = util::TempDir::scratch();
+};
+
+TEST_F(Agent, IsAStaticExecutable) {
+  // A static ELF has no PT_INTERP program header (no dynamic loader).
+  std::string elf = util::read_file(agent_bin(), 256u << 20);
+  ASSERT_GE(elf.size(), sizeof(Elf64_Ehdr));
+  Elf64_Ehdr eh;
+  std::memcpy(&eh, elf.data(), sizeof eh);
+  ASSERT_EQ(std::string(reinterpret_cast<char*>(eh.e_ident), 4),
+            "\x7f"
+            "ELF");
+  bool dynamic = false;
+  for (unsigned i = 0; i < eh.e_phnum; ++i) {
+    Elf64_Phdr ph;
+    std::size_t off = eh.e_phoff + std::size_t(i) * eh.e_phentsize;
+    ASSERT_LE(off + sizeof ph, elf.size());
+    std::memcpy(&ph, elf.data() + off, sizeof ph);
+    if (ph.p_type == PT_INTERP || ph.p_type == PT_DYNAMIC) dynamic = true;
+  }
+  EXPECT_FALSE(dynamic);
+}
+
+TEST_F(Agent, ValidatePrintsTheOneLineErrorAndExits2) {
+  fs::path bad = write("bad.yaml", "#cloud-config\nstages:\n  boot:\n    - comands: [ls]\n");
+  fs::path good = write("good.yaml", "#cloud-config\nstages:\n  boot:\n    - commands: [ls]\n");
+  AgentRun r = agent("validate " + good.string() + " " + bad.string(), dir_.path());
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.out, good.string() + ": ok\n");
+  EXPECT_EQ(r.err, "pok8s-agent: Failed to read cloud-config " + bad.string() +
+                       ": line 4: unknown key \"comands\" in stages.boot[0]; did you mean "
+                       "\"commands\"?\n");
+  EXPECT_EQ(agent("validate " + good.string(), dir_.path()).status, 0);
+  EXPECT_EQ(agent("validate " + (dir_.path() / "missing.yaml").string(), dir_.path()).status, 2);
+}
+
+TEST_F(Agent, StageBootAppliesFilesAndUsersToARoot) {
+  fs::path config = write("boot.yaml", R"(#cloud-config
+stages:
+  boot.before:
+    - name: motd
+      files:
+        - path: /etc/motd
+          content: "welcome to pok8s\n"
+          permissions: 0640
+  boot:
+    - name: admin user
+      users:
+        admin:
+          passwd: admin
+          groups: [wheel]
+          ssh_authorized_keys: [ssh-ed25519 AAAAC3 admin@laptop]
+)");
+  AgentRun r =
+      agent("stage boot --no-defaults --root " + root().string() + " --config " + config.string(),
+            dir_.path());
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(read("etc/motd"), "welcome to pok8s\n");
+  EXPECT_NE(read("etc/passwd").find("admin:x:1000:1000::/home/admin:/bin/sh\n"), std::string::npos);
+  EXPECT_NE(read("etc/shadow").find("admin:$6$"), std::string::npos);
+  EXPECT_NE(read("etc/group").find("wheel:x:1001:admin\n"), std::string::npos);
+  EXPECT_EQ(read("home/admin/.ssh/authorized_keys"), "ssh-ed25519 AAAAC3 admin@laptop\n");
+  EXPECT_NE(r.err.find("pok8s-agent: boot.before: \"motd\" (" + config.string() + ":4)\n"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("pok8s-agent: stage boot: 2 steps run, 0 failed, 0 skipped\n"),
+            std::string::npos)
+      << r.err;
+}
+
+TEST_F(Agent, ReadsTheDefaultSourcesBelowTheRoot) {
+  write("root/usr/lib/pok8s/stages/00-defaults.yaml",
+        "#cloud-config\nstages:\n  network:\n    - files: [{path: /from-defaults, content: a}]\n");
+  write("root/oem/90-user.yaml",
+        "#cloud-config\nstages:\n  network:\n    - files: [{path: /from-oem, content: b}]\n");
+  write("root/oem/README.yaml", "not a cloud-config, skipped\n");
+  write("root/run/pok8s/media/config.yaml",
+        "#cloud-config\nstages:\n  network:\n    - files: [{path: /from-media, content: c}]\n");
+  AgentRun r = agent("stage network --root " + root().string(), dir_.path());
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(read("from-defaults"), "a");
+  EXPECT_EQ(read("from-oem"), "b");
+  EXPECT_EQ(read("from-media"), "c");
+}
+
+TEST_F(Agent, AFailingStepExits1AndNamesFileStageAndStep) {
+  fs::path config = write("x.yaml", R"(#cloud-config
+stages:
+  boot:
+    - name: owned by a ghost
+      files: [{path: /a, content: x, owner: ghost}]
+    - name: still runs
+      files: [{path: /b, content: y}]
+)");
+  AgentRun r =
+      agent("stage boot --no-defaults --root " + root().string() + " --config " + config.string(),
+            dir_.path());
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("pok8s-agent: boot: \"owned by a ghost\" (" + config.string() +
+                       ":4) failed: Failed to write file /a: Failed to resolve user \"ghost\""),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(read("b"), "y");
+}
+
+TEST_F(Agent, ABrokenConfigExits2ButTheOthersStillRun) {
+  write("root/oem/10-bad.yaml", "#cloud-config\nstages:\n  boot:\n    - filez: []\n");
+  write("root/oem/20-good.yaml",
+        "#cloud-config\nstages:\n  boot:\n    - files: [{path: /good, content: g}]\n");
+  AgentRun r = agent("stage boot --root " + root().string(), dir_.path());
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("10-bad.yaml: line 4: unknown key \"filez\" in stages.boot[0]; did you "
+                       "mean \"files\"?"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(read("good"), "g");
+}
+
+TEST_F(Agent, EmitsJsonEventsOnRequest) {
+  fs::path config = write("j.yaml", "#cloud-config\nstages:\n  boot:\n    - name: j\n");
+  AgentRun r = agent(
+      "stage boot --json --no-defaults --root " + root().string() + " --config " + config.string(),
+      dir_.path());
+  EXPECT_EQ(r.status, 0);
+  EXPECT_NE(r.out.find("\"event\":\"started\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"event\":\"succeeded\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"step\":\"j\""), std::string::npos) << r.out;
+}
+
+}  // namespace
