@@ -14,7 +14,7 @@ boot_pkgs=(qemu-system-x86 ovmf seabios)
 demo_pkgs=(mmdebstrap mount "${boot_pkgs[@]}")
 test_pkgs=(mmdebstrap mount docker-registry apache2-utils skopeo umoci clang libclang-rt-14-dev
   python3 python3-cryptography libbenchmark-dev time bc "${boot_pkgs[@]}" squashfs-tools xorriso
-  cpio)
+  cpio busybox-static systemd)
 
 pkgs=("${build_pkgs[@]}")
 case "$what" in
