@@ -5,6 +5,7 @@
 
 #include <optional>
 
+#include "common.h"
 #include "global_options.h"
 #include "pok8s/oci/image.h"
 #include "pok8s/rootfs/apply.h"
@@ -16,51 +17,6 @@
 namespace pok8s::cli {
 
 namespace {
-
-struct TransportFlags {
-  bool tls_verify = true;
-  std::string authfile;
-  std::string creds;
-  int jobs = 4;
-  std::string platform;
-
-  void add_to(CLI::App* cmd) {
-    cmd->add_option("--tls-verify", tls_verify,
-                    "Require HTTPS with a verified certificate (false allows plain HTTP)")
-        ->default_val(true);
-    cmd->add_option("--authfile", authfile,
-                    "Credentials file (containers auth.json or docker config.json)");
-    cmd->add_option("--creds", creds, "Registry credentials USER:PASSWORD");
-    cmd->add_option("--jobs", jobs, "Blobs transferred at once")
-        ->default_val(4)
-        ->check(CLI::Range(1, 32));
-    cmd->add_option("--platform", platform, "OS/ARCH[/VARIANT] to pick from a multi-platform index")
-        ->default_str("the host's");
-  }
-  oci::TransportOptions options() const {
-    oci::TransportOptions o;
-    o.tls_verify = tls_verify;
-    if (!authfile.empty()) o.auth_file = authfile;
-    o.credentials = creds;
-    o.jobs = jobs;
-    return o;
-  }
-  std::optional<oci::Platform> wanted_platform() const {
-    if (platform.empty()) return std::nullopt;
-    return oci::Platform::parse(platform);
-  }
-};
-
-oci::BlobStore open_cache(const GlobalOptions& g) {
-  return oci::BlobStore(g.cache_dir.empty() ? util::default_cache_dir() : util::Path(g.cache_dir));
-}
-
-std::string human_size(std::int64_t n) {
-  if (n < 1024) return fmt::format("{} B", n);
-  if (n < (1 << 20)) return fmt::format("{:.1f} KiB", static_cast<double>(n) / 1024);
-  if (n < (1 << 30)) return fmt::format("{:.1f} MiB", static_cast<double>(n) / (1 << 20));
-  return fmt::format("{:.2f} GiB", static_cast<double>(n) / (1 << 30));
-}
 
 nlohmann::json stats_json(const rootfs::ApplyStats& s) {
   return {{"entries", s.entries},
@@ -212,14 +168,7 @@ int run_import(const GlobalOptions& g, const std::string& src, const std::string
   }
   rootfs::ImportOptions opts;
   if (!platform.empty()) opts.platform = oci::Platform::parse(platform);
-  if (const char* sde = std::getenv("SOURCE_DATE_EPOCH"); sde && *sde) {
-    try {
-      opts.source_date_epoch = std::stoll(sde);
-    } catch (const std::exception&) {
-      throw Error(ErrorKind::kInvalidInput,
-                  fmt::format("Invalid SOURCE_DATE_EPOCH \"{}\": not a number", sde));
-    }
-  }
+  opts.source_date_epoch = source_date_epoch();
   for (const auto& l : labels) {
     auto eq = l.find('=');
     if (eq == std::string::npos || eq == 0)

@@ -1,0 +1,101 @@
+// libcurl download into a temporary file, hashed while it streams.
+#include "pok8s/convert/download.h"
+
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <exception>
+#include <memory>
+#include <vector>
+
+#include "pok8s/util/error.h"
+#include "pok8s/util/sha256.h"
+
+namespace pok8s::convert {
+namespace {
+
+struct Sink {
+  int fd;
+  util::Sha256 hash;
+  std::uint64_t bytes = 0;
+  std::uint64_t limit;
+  std::exception_ptr error;
+};
+
+size_t on_data(char* data, size_t size, size_t count, void* user) {
+  auto* sink = static_cast<Sink*>(user);
+  std::size_t n = size * count;
+  try {
+    sink->bytes += n;
+    if (sink->bytes > sink->limit)
+      throw Error(ErrorKind::kInvalidInput, fmt::format("larger than {} bytes", sink->limit));
+    auto bytes = std::as_bytes(std::span(data, n));
+    sink->hash.update(bytes);
+    util::write_all(sink->fd, bytes, "the download");
+  } catch (...) {
+    sink->error = std::current_exception();
+    return 0;
+  }
+  return n;
+}
+
+}  // namespace
+
+std::string file_sha256(const util::Path& path) {
+  util::UniqueFd fd = util::open_file(path, O_RDONLY);
+  util::Sha256 hash;
+  std::vector<char> buf(1 << 20);
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw_errno("Failed to read " + path.string(), errno);
+    if (n == 0) break;
+    hash.update(std::as_bytes(std::span(buf.data(), static_cast<std::size_t>(n))));
+  }
+  return hash.hex_digest();
+}
+
+void download_verified(const std::string& url, const std::string& sha256_hex,
+                       const util::Path& dest, std::uint64_t limit) {
+  if (!url.starts_with("https://") && !url.starts_with("http://"))
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to download {}: only http(s) URLs are supported", url));
+  util::TempFile tmp(dest);
+  Sink sink{tmp.fd(), {}, 0, limit, nullptr};
+  std::unique_ptr<CURL, decltype(&curl_easy_cleanup)> curl(curl_easy_init(), curl_easy_cleanup);
+  char errbuf[CURL_ERROR_SIZE] = {};
+  curl_easy_setopt(curl.get(), CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl.get(), CURLOPT_FOLLOWLOCATION, 1L);
+  curl_easy_setopt(curl.get(), CURLOPT_MAXREDIRS, 10L);
+  curl_easy_setopt(curl.get(), CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(curl.get(), CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(curl.get(), CURLOPT_FAILONERROR, 1L);
+  curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT, 30L);
+  curl_easy_setopt(curl.get(), CURLOPT_LOW_SPEED_LIMIT, 1024L);
+  curl_easy_setopt(curl.get(), CURLOPT_LOW_SPEED_TIME, 60L);
+  curl_easy_setopt(curl.get(), CURLOPT_WRITEFUNCTION, on_data);
+  curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &sink);
+  curl_easy_setopt(curl.get(), CURLOPT_ERRORBUFFER, errbuf);
+  CURLcode rc = curl_easy_perform(curl.get());
+  if (sink.error) {
+    try {
+      std::rethrow_exception(sink.error);
+    } catch (const Error& e) {
+      throw Error(e.kind(), fmt::format("Failed to download {}: {}", url, e.what()));
+    }
+  }
+  if (rc != CURLE_OK)
+    throw Error(ErrorKind::kIo, fmt::format("Failed to download {}: {}", url,
+                                            *errbuf ? errbuf : curl_easy_strerror(rc)));
+  std::string actual = sink.hash.hex_digest();
+  if (actual != sha256_hex)
+    throw Error(
+        ErrorKind::kSignature,
+        fmt::format("Failed to verify {}: its sha256 is {}, expected {}", url, actual, sha256_hex));
+  tmp.commit();
+}
+
+}  // namespace pok8s::convert

@@ -1,0 +1,169 @@
+// Starts QEMU with the serial console on pipes and collects its output on a thread.
+#include "integration/qemu.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <filesystem>
+#include <stdexcept>
+
+namespace pok8s::testing {
+namespace {
+
+std::vector<std::string> qemu_argv(const QemuOptions& options, const util::Path& work_dir) {
+  const char* accel = std::getenv("POK8S_QEMU_ACCEL");
+  std::vector<std::string> argv = {"qemu-system-x86_64",
+                                   "-accel",
+                                   accel && *accel ? accel : "tcg",
+                                   "-m",
+                                   std::to_string(options.memory_mib),
+                                   "-display",
+                                   "none",
+                                   "-vga",
+                                   "none",
+                                   "-monitor",
+                                   "none",
+                                   "-serial",
+                                   "stdio",
+                                   "-no-reboot",
+                                   "-nic",
+                                   "none"};
+  if (options.firmware == Firmware::kUefi) {
+    auto vars = work_dir / "OVMF_VARS.fd";
+    std::filesystem::copy_file(kOvmfVars, vars, std::filesystem::copy_options::overwrite_existing);
+    for (const std::string& arg : std::vector<std::string>{
+             "-machine", "q35", "-drive",
+             std::string("if=pflash,format=raw,unit=0,readonly=on,file=") + kOvmfCode, "-drive",
+             "if=pflash,format=raw,unit=1,file=" + vars.string()})
+      argv.push_back(arg);
+  }
+  if (options.cdrom) {
+    argv.push_back("-drive");
+    argv.push_back("file=" + options.cdrom->string() + ",media=cdrom,readonly=on");
+  }
+  for (const auto& disk : options.disks) {
+    argv.push_back("-drive");
+    argv.push_back("file=" + disk.string() + ",format=raw,if=virtio");
+  }
+  if (options.kernel) {
+    argv.push_back("-kernel");
+    argv.push_back(options.kernel->string());
+    if (options.initrd) {
+      argv.push_back("-initrd");
+      argv.push_back(options.initrd->string());
+    }
+    argv.push_back("-append");
+    argv.push_back(options.append);
+  }
+  argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
+  return argv;
+}
+
+}  // namespace
+
+std::chrono::seconds boot_timeout(std::chrono::seconds base) {
+  double scale = 1.0;
+  if (const char* s = std::getenv("POK8S_BOOT_TIMEOUT_SCALE")) scale = std::atof(s);
+  if (scale <= 0) scale = 1.0;
+  return std::chrono::seconds(static_cast<long>(static_cast<double>(base.count()) * scale));
+}
+
+Qemu::Qemu(const QemuOptions& options, const util::Path& work_dir)
+    : log_path_(work_dir / "serial.log") {
+  auto argv = qemu_argv(options, work_dir);
+  int in[2], out[2];
+  if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0)
+    throw std::runtime_error("Failed to start QEMU: pipe");
+  pid_ = fork();
+  if (pid_ < 0) throw std::runtime_error("Failed to start QEMU: fork");
+  if (pid_ == 0) {
+    setpgid(0, 0);
+    dup2(in[0], 0);
+    dup2(out[1], 1);
+    dup2(out[1], 2);
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
+    _exit(127);
+  }
+  close(in[0]);
+  close(out[1]);
+  stdin_ = util::UniqueFd(in[1]);
+  stdout_ = util::UniqueFd(out[0]);
+  std::string cmd;
+  for (const auto& a : argv) cmd += a + " ";
+  {
+    std::lock_guard lock(mutex_);
+    output_ = "";
+  }
+  util::write_file_atomic(work_dir / "qemu.cmdline", cmd + "\n");
+  reader_ = std::thread([this] { read_serial(); });
+}
+
+Qemu::~Qemu() {
+  if (pid_ > 0) {
+    kill(-pid_, SIGKILL);
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  if (reader_.joinable()) reader_.join();
+  try {
+    util::write_file_atomic(log_path_, serial());
+  } catch (...) {
+  }
+}
+
+void Qemu::read_serial() {
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(stdout_.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    std::lock_guard lock(mutex_);
+    if (n <= 0) {
+      exited_ = true;
+      changed_.notify_all();
+      return;
+    }
+    output_.append(buf, static_cast<std::size_t>(n));
+    changed_.notify_all();
+  }
+}
+
+bool Qemu::wait_for(std::string_view marker, std::chrono::seconds timeout) {
+  std::unique_lock lock(mutex_);
+  return changed_.wait_for(lock, timeout, [&] {
+    return output_.find(marker) != std::string::npos || exited_;
+  }) && output_.find(marker) != std::string::npos;
+}
+
+bool Qemu::wait_exit(std::chrono::seconds timeout) {
+  std::unique_lock lock(mutex_);
+  return changed_.wait_for(lock, timeout, [&] { return exited_; });
+}
+
+void Qemu::send(std::string_view text) {
+  util::write_all(stdin_.get(), text, "the QEMU serial console");
+}
+
+std::string Qemu::serial() const {
+  std::lock_guard lock(mutex_);
+  return output_;
+}
+
+std::string Qemu::tail(std::size_t lines) const {
+  std::string all = serial();
+  std::size_t pos = all.size();
+  for (std::size_t i = 0; i <= lines && pos > 0; ++i) {
+    pos = all.rfind('\n', pos - 1);
+    if (pos == std::string::npos) return all;
+  }
+  return all.substr(pos);
+}
+
+}  // namespace pok8s::testing

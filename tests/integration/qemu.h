@@ -1,0 +1,76 @@
+// A real virtual machine for boot tests: qemu-system-x86_64 under TCG (KVM hangs guests on
+// these machines; POK8S_QEMU_ACCEL=kvm opts in), with SeaBIOS or OVMF, the serial console on a
+// pipe that tests read markers from, killed and reaped on destruction.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "pok8s/util/file.h"
+
+namespace pok8s::testing {
+
+enum class Firmware { kBios, kUefi };
+
+struct QemuOptions {
+  Firmware firmware = Firmware::kBios;
+  std::optional<util::Path> cdrom;   // attached as a CD-ROM
+  std::vector<util::Path> disks;     // raw disk images (virtio), in order
+  std::optional<util::Path> kernel;  // direct kernel boot
+  std::optional<util::Path> initrd;
+  std::string append;  // the kernel command line with `kernel`
+  unsigned memory_mib = 1536;
+  std::vector<std::string> extra_args;
+};
+
+class Qemu {
+ public:
+  // Starts the machine; `work_dir` receives the firmware variables and serial.log.
+  Qemu(const QemuOptions& options, const util::Path& work_dir);
+  Qemu(const Qemu&) = delete;
+  Qemu& operator=(const Qemu&) = delete;
+  ~Qemu();
+
+  // Waits until `marker` has appeared on the serial console, the machine has exited, or
+  // `timeout` has passed; true if the marker appeared.
+  bool wait_for(std::string_view marker, std::chrono::seconds timeout);
+  // Waits for the machine to power off by itself; true if it did within `timeout`.
+  bool wait_exit(std::chrono::seconds timeout);
+  // Types `text` on the serial console.
+  void send(std::string_view text);
+  // Everything the serial console printed so far.
+  std::string serial() const;
+  // The last `lines` lines of the serial console, for failure messages.
+  std::string tail(std::size_t lines = 40) const;
+
+ private:
+  void read_serial();
+
+  pid_t pid_ = -1;
+  util::UniqueFd stdin_;
+  util::UniqueFd stdout_;
+  util::Path log_path_;
+  std::thread reader_;
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  std::string output_;
+  bool exited_ = false;
+};
+
+// The directory of OVMF's firmware (Debian's ovmf package).
+inline constexpr const char* kOvmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+inline constexpr const char* kOvmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+// How long a boot may take under TCG before a test gives up: generous, and scaled by
+// POK8S_BOOT_TIMEOUT_SCALE on slow machines. Never an assertion about speed.
+std::chrono::seconds boot_timeout(std::chrono::seconds base);
+
+}  // namespace pok8s::testing
