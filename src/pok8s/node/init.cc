@@ -1,0 +1,595 @@
+// pok8s-init: the plan (pure functions) and the few syscalls that carry it out as PID 1.
+#include "pok8s/node/init.h"
+
+#include <blkid.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/loop.h>
+#include <linux/magic.h>
+#include <linux/openat2.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <thread>
+
+#include "pok8s/util/error.h"
+
+namespace pok8s::node {
+namespace {
+
+using util::UniqueFd;
+
+// How long a failed boot leaves its message on the screen before rebooting.
+constexpr auto kRebootPause = std::chrono::seconds(30);
+// How often the block devices are scanned while waiting for the media.
+constexpr auto kMediaPollInterval = std::chrono::milliseconds(250);
+constexpr std::uint64_t kMaxLoadListBytes = 1 << 20;
+
+std::string sysroot_path(std::string_view rel) {
+  return fmt::format("{}/{}", kSysroot, rel);
+}
+
+// "usr/local" -> "usr-local": one directory per overlay under kOverlayRoot.
+std::string overlay_name(std::string_view dir) {
+  std::string name(dir);
+  std::replace(name.begin(), name.end(), '/', '-');
+  return name;
+}
+
+bool is_plain_absolute(std::string_view path) {
+  if (!path.starts_with('/')) return false;
+  std::string_view rest = path.substr(1);
+  while (!rest.empty()) {
+    auto slash = rest.find('/');
+    auto comp = rest.substr(0, slash);
+    if (comp == "..") return false;
+    if (slash == std::string_view::npos) break;
+    rest.remove_prefix(slash + 1);
+  }
+  return true;
+}
+
+}  // namespace
+
+std::vector<MountStep> early_mounts() {
+  return {
+      {"the proc file system",
+       "proc",
+       "/proc",
+       "proc",
+       MS_NOSUID | MS_NODEV | MS_NOEXEC,
+       "",
+       {},
+       ""},
+      {"the sysfs file system",
+       "sysfs",
+       "/sys",
+       "sysfs",
+       MS_NOSUID | MS_NODEV | MS_NOEXEC,
+       "",
+       {},
+       ""},
+      {"the devtmpfs file system", "devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755", {}, ""},
+      {"the tmpfs on /run", "tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755", {}, ""},
+  };
+}
+
+std::string image_file_on_media(const BootOptions& options) {
+  std::string path = options.image_path;
+  if (!path.starts_with('/')) path.insert(0, "/");
+  if (!is_plain_absolute(path) || path == "/")
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to find the image: pok8s.image={} is not a file on the media",
+                            options.image_path));
+  return std::string(kMediaMount) + path;
+}
+
+std::vector<MountStep> overlay_mounts(
+    const std::function<bool(std::string_view)>& sysroot_has_dir) {
+  std::vector<MountStep> steps;
+  steps.push_back({"the tmpfs for the overlays",
+                   "tmpfs",
+                   std::string(kOverlayRoot),
+                   "tmpfs",
+                   MS_NOSUID | MS_NODEV,
+                   "mode=0755",
+                   {},
+                   ""});
+  for (std::string_view dir : kOverlayDirs) {
+    if (!sysroot_has_dir(dir)) continue;
+    std::string base = fmt::format("{}/{}", kOverlayRoot, overlay_name(dir));
+    std::string target = sysroot_path(dir);
+    steps.push_back(
+        {fmt::format("the overlay on /{}", dir),
+         "overlay",
+         target,
+         "overlay",
+         MS_NOSUID | MS_NODEV,
+         fmt::format("lowerdir={},upperdir={}/upper,workdir={}/work", target, base, base),
+         {base + "/upper", base + "/work"},
+         target});
+  }
+  steps.push_back({"the tmpfs on /tmp",
+                   "tmpfs",
+                   sysroot_path("tmp"),
+                   "tmpfs",
+                   MS_NOSUID | MS_NODEV,
+                   "mode=1777",
+                   {},
+                   ""});
+  return steps;
+}
+
+std::vector<MountStep> move_mounts() {
+  std::vector<MountStep> steps;
+  for (std::string_view dir : {"dev", "proc", "sys", "run"})
+    steps.push_back({fmt::format("/{} into the image", dir),
+                     fmt::format("/{}", dir),
+                     sysroot_path(dir),
+                     "",
+                     MS_MOVE,
+                     "",
+                     {},
+                     ""});
+  return steps;
+}
+
+std::string boot_state_text(const BootState& state) {
+  // Values come from the command line and /sys: one line each, whatever they hold.
+  auto one_line = [](std::string v) {
+    std::replace(v.begin(), v.end(), '\n', ' ');
+    return v;
+  };
+  return fmt::format("mode={}\nmedia_label={}\nmedia_device={}\nimage={}\n",
+                     boot_mode_name(state.mode), one_line(state.media_label),
+                     one_line(state.media_device), one_line(state.image));
+}
+
+std::vector<std::string> parse_module_load_list(std::string_view text) {
+  std::vector<std::string> out;
+  std::size_t number = 0;
+  while (!text.empty()) {
+    auto nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+    ++number;
+    while (!line.empty() && (line.front() == ' ' || line.front() == '\t')) line.remove_prefix(1);
+    while (!line.empty() && (line.back() == ' ' || line.back() == '\t' || line.back() == '\r'))
+      line.remove_suffix(1);
+    if (line.empty() || line.front() == '#') continue;
+    if (!is_plain_absolute(line))
+      throw Error(ErrorKind::kFormat,
+                  fmt::format("Failed to read {}: line {}: \"{}\" is not an absolute path",
+                              kLoadListFile, number, line));
+    out.emplace_back(line);
+  }
+  return out;
+}
+
+std::optional<FilesystemProbe> probe_filesystem(const util::Path& device) {
+  struct ProbeDeleter {
+    void operator()(blkid_struct_probe* p) const { blkid_free_probe(p); }
+  };
+  std::unique_ptr<blkid_struct_probe, ProbeDeleter> probe(
+      blkid_new_probe_from_filename(device.c_str()));
+  if (!probe) return std::nullopt;
+  blkid_probe_enable_superblocks(probe.get(), 1);
+  blkid_probe_set_superblocks_flags(probe.get(), BLKID_SUBLKS_LABEL | BLKID_SUBLKS_TYPE);
+  if (blkid_do_safeprobe(probe.get()) != 0) return std::nullopt;
+  FilesystemProbe out;
+  const char* value = nullptr;
+  if (blkid_probe_lookup_value(probe.get(), "TYPE", &value, nullptr) == 0 && value)
+    out.type = value;
+  if (blkid_probe_lookup_value(probe.get(), "LABEL", &value, nullptr) == 0 && value)
+    out.label = value;
+  if (out.type.empty()) return std::nullopt;
+  return out;
+}
+
+std::vector<util::Path> block_devices(const util::Path& sys_class_block, const util::Path& dev) {
+  std::vector<util::Path> out;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(sys_class_block, ec)) {
+    std::string name = entry.path().filename().string();
+    // RAM disks and loop devices never hold the boot media.
+    if (name.starts_with("ram") || name.starts_with("loop")) continue;
+    out.push_back(dev / name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::optional<MediaMatch> find_by_label(std::string_view label,
+                                        const std::vector<util::Path>& candidates) {
+  for (const auto& device : candidates) {
+    auto fs = probe_filesystem(device);
+    if (fs && fs->label == label) return MediaMatch{device, *fs};
+  }
+  return std::nullopt;
+}
+
+// ---- PID 1 -------------------------------------------------------------------------------
+
+namespace {
+
+// The console (and the kernel log, for failures): where PID 1 says what it does.
+class Console {
+ public:
+  void open() {
+    console_.reset(::open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC));
+    kmsg_.reset(::open("/dev/kmsg", O_WRONLY | O_CLOEXEC));
+  }
+  void set_debug(bool on) { debug_ = on; }
+  void step(std::string_view text) const {
+    if (debug_) write_console(fmt::format("pok8s-init: {}\n", text));
+  }
+  void say(std::string_view text) const { write_console(fmt::format("pok8s-init: {}\n", text)); }
+  void error(std::string_view text) const {
+    say(text);
+    if (kmsg_.valid()) {
+      std::string line = fmt::format("<3>pok8s-init: {}\n", text);
+      [[maybe_unused]] auto n = ::write(kmsg_.get(), line.data(), line.size());
+    }
+  }
+
+ private:
+  void write_console(const std::string& line) const {
+    // Before devtmpfs is up, the kernel's /dev/console is init's stderr.
+    int fd = console_.valid() ? console_.get() : 2;
+    [[maybe_unused]] auto n = ::write(fd, line.data(), line.size());
+  }
+
+  UniqueFd console_;
+  UniqueFd kmsg_;
+  bool debug_ = false;
+};
+
+void do_mount(const MountStep& step, const Console& console) {
+  for (const auto& dir : step.make_dirs) {
+    util::make_dirs(dir);
+    if (&dir == &step.make_dirs.front() && !step.attrs_from.empty()) {
+      struct stat st {};
+      if (::stat(step.attrs_from.c_str(), &st) != 0)
+        throw_errno(fmt::format("Failed to stat {}", step.attrs_from), errno);
+      if (::chmod(dir.c_str(), st.st_mode & 07777) != 0 ||
+          ::chown(dir.c_str(), st.st_uid, st.st_gid) != 0)
+        throw_errno(fmt::format("Failed to prepare {}", dir), errno);
+    }
+  }
+  if (step.fstype.empty() && !(step.flags & MS_MOVE))
+    throw Error(ErrorKind::kInternal, "Failed to mount " + step.what + ": no file system type");
+  if (!(step.flags & MS_MOVE)) util::make_dirs(step.target);
+  const char* data = step.data.empty() ? nullptr : step.data.c_str();
+  if (::mount(step.source.c_str(), step.target.c_str(),
+              step.fstype.empty() ? nullptr : step.fstype.c_str(), step.flags, data) != 0)
+    throw_errno(fmt::format("Failed to mount {} on {}", step.what, step.target), errno);
+  console.step(fmt::format("mounted {} on {}", step.what, step.target));
+}
+
+bool is_dir(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// Loads one module with finit_module(2). Already loaded (or builtin) is fine.
+void load_module(const std::string& path, const Console& console) {
+  std::string name = util::Path(path).stem().string();
+  if (is_dir("/sys/module/" + name)) {
+    console.step(fmt::format("module {} is already loaded", name));
+    return;
+  }
+  UniqueFd fd = util::open_file(path, O_RDONLY);
+  if (::syscall(SYS_finit_module, fd.get(), "", 0) != 0 && errno != EEXIST)
+    throw_errno(fmt::format("Failed to load module {}", path), errno);
+  console.step(fmt::format("loaded module {}", name));
+}
+
+void load_modules(const BootOptions& options, const Console& console) {
+  std::string list;
+  if (::access(std::string(kLoadListFile).c_str(), F_OK) == 0)
+    list = util::read_file(std::string(kLoadListFile), kMaxLoadListBytes);
+  auto paths = parse_module_load_list(list);
+  for (const auto& path : paths) load_module(path, console);
+  // pok8s.modules=a,b: modules of the initramfs that the load list leaves out.
+  for (const auto& wanted : options.modules) {
+    std::string name = wanted;
+    std::replace(name.begin(), name.end(), '-', '_');
+    auto it = std::find_if(paths.begin(), paths.end(), [&](const std::string& p) {
+      std::string stem = util::Path(p).stem().string();
+      std::replace(stem.begin(), stem.end(), '-', '_');
+      return stem == name;
+    });
+    if (it == paths.end())
+      console.say(fmt::format("module {} (pok8s.modules) is not in the initramfs", wanted));
+  }
+}
+
+MediaMatch wait_for_media(const BootOptions& options, const Console& console) {
+  console.step(fmt::format("looking for the media labelled {} ({} s)", options.media_label,
+                           options.wait_seconds));
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(options.wait_seconds);
+  while (true) {
+    if (auto match = find_by_label(options.media_label, block_devices())) return *match;
+    if (std::chrono::steady_clock::now() >= deadline) break;
+    std::this_thread::sleep_for(kMediaPollInterval);
+  }
+  throw Error(ErrorKind::kNotFound,
+              fmt::format("Failed to find the boot media: no block device with the label {} "
+                          "after {} s",
+                          options.media_label, options.wait_seconds));
+}
+
+// A read-only loop device on a file. With LO_FLAGS_AUTOCLEAR, the kernel detaches it when
+// the last user goes: the mount, or this descriptor if mounting failed.
+class LoopDevice {
+ public:
+  explicit LoopDevice(const std::string& file) {
+    UniqueFd backing = util::open_file(file, O_RDONLY);
+    UniqueFd control = util::open_file("/dev/loop-control", O_RDWR);
+    int n = ::ioctl(control.get(), LOOP_CTL_GET_FREE);
+    if (n < 0) throw_errno("Failed to find a free loop device", errno);
+    path_ = fmt::format("/dev/loop{}", n);
+    fd_ = util::open_file(path_, O_RDONLY);
+    loop_config config{};
+    config.fd = static_cast<std::uint32_t>(backing.get());
+    config.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+    std::snprintf(reinterpret_cast<char*>(config.info.lo_file_name), LO_NAME_SIZE, "%s",
+                  file.c_str());
+    if (::ioctl(fd_.get(), LOOP_CONFIGURE, &config) == 0) return;
+    if (errno != EINVAL && errno != ENOTTY)
+      throw_errno(fmt::format("Failed to attach {} to {}", file, path_), errno);
+    // Kernels before 5.8: the two-step way.
+    if (::ioctl(fd_.get(), LOOP_SET_FD, backing.get()) != 0)
+      throw_errno(fmt::format("Failed to attach {} to {}", file, path_), errno);
+    if (::ioctl(fd_.get(), LOOP_SET_STATUS64, &config.info) != 0)
+      throw_errno(fmt::format("Failed to configure {}", path_), errno);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  UniqueFd fd_;
+};
+
+// Runs /usr/bin/pok8s-agent `args` chrooted in the image; its exit status.
+int run_agent(const std::vector<std::string>& args) {
+  pid_t pid = ::fork();
+  if (pid < 0) throw_errno("Failed to start pok8s-agent", errno);
+  if (pid == 0) {
+    std::string sysroot(kSysroot);
+    if (::chroot(sysroot.c_str()) != 0 || ::chdir("/") != 0) ::_exit(127);
+    std::vector<char*> argv;
+    std::string arg0 = "pok8s-agent";
+    argv.push_back(arg0.data());
+    std::vector<std::string> copy = args;
+    for (auto& a : copy) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(std::string(kAgentPath).c_str(), argv.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) throw_errno("Failed to wait for pok8s-agent", errno);
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+}
+
+// True when `path` in the image is an executable file, symlinks followed inside the image.
+bool image_has_executable(std::string_view path) {
+  UniqueFd root = util::open_file(std::string(kSysroot), O_RDONLY | O_DIRECTORY);
+  struct open_how how {};
+  how.flags = O_PATH | O_CLOEXEC;
+  how.resolve = RESOLVE_IN_ROOT;
+  std::string rel(path);
+  long fd = ::syscall(SYS_openat2, root.get(), rel.c_str(), &how, sizeof how);
+  if (fd < 0) return false;
+  UniqueFd file(static_cast<int>(fd));
+  struct stat st {};
+  return ::fstat(file.get(), &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 0111);
+}
+
+// Removes the initramfs's files (they live in the rootfs tmpfs and would take memory for
+// ever), never crossing into another mount: /sysroot and whatever is still mounted stay.
+void remove_initramfs_contents(int dirfd, dev_t root_dev) {
+  UniqueFd dup_fd(::dup(dirfd));
+  if (!dup_fd.valid()) return;
+  DIR* dir = ::fdopendir(dup_fd.get());
+  if (!dir) return;
+  dup_fd.release();
+  std::unique_ptr<DIR, int (*)(DIR*)> guard(dir, ::closedir);
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(dir)) {
+    std::string name = e->d_name;
+    if (name != "." && name != "..") names.push_back(std::move(name));
+  }
+  for (const auto& name : names) {
+    struct stat st {};
+    if (::fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    if (S_ISDIR(st.st_mode)) {
+      if (st.st_dev != root_dev) continue;  // a mount point: not ours to empty
+      int sub = ::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (sub < 0) continue;
+      UniqueFd sub_fd(sub);
+      remove_initramfs_contents(sub_fd.get(), root_dev);
+      ::unlinkat(dirfd, name.c_str(), AT_REMOVEDIR);  // fails (kept) if a mount is below
+    } else {
+      ::unlinkat(dirfd, name.c_str(), 0);
+    }
+  }
+}
+
+void switch_root(const BootOptions& options, const Console& console) {
+  struct statfs sfs {};
+  if (::statfs("/", &sfs) != 0) throw_errno("Failed to stat the initramfs", errno);
+  if (sfs.f_type != RAMFS_MAGIC && sfs.f_type != TMPFS_MAGIC)
+    throw Error(ErrorKind::kInternal,
+                "Failed to switch root: / is not the initramfs (not ramfs or tmpfs)");
+  struct stat root_st {};
+  if (::stat("/", &root_st) != 0) throw_errno("Failed to stat /", errno);
+  {
+    UniqueFd root = util::open_file("/", O_RDONLY | O_DIRECTORY);
+    remove_initramfs_contents(root.get(), root_st.st_dev);
+  }
+  console.step("removed the initramfs contents");
+  std::string sysroot(kSysroot);
+  if (::chdir(sysroot.c_str()) != 0) throw_errno("Failed to enter " + sysroot, errno);
+  if (::mount(".", "/", nullptr, MS_MOVE, nullptr) != 0)
+    throw_errno("Failed to move " + sysroot + " to /", errno);
+  if (::chroot(".") != 0 || ::chdir("/") != 0)
+    throw_errno("Failed to change root to the image", errno);
+  console.step(fmt::format("starting {}", options.init));
+  std::string init = options.init;
+  char* argv[] = {init.data(), nullptr};
+  ::execv(init.c_str(), argv);
+  throw_errno(fmt::format("Failed to start {}", options.init), errno);
+}
+
+void boot(BootOptions& options, Console& console) {
+  for (const auto& step : early_mounts()) {
+    // A file system already there (a kernel or an earlier stage mounted it) is fine.
+    if (::mount(step.source.c_str(), step.target.c_str(), step.fstype.c_str(), step.flags,
+                step.data.empty() ? nullptr : step.data.c_str()) != 0 &&
+        errno != EBUSY)
+      throw_errno(fmt::format("Failed to mount {} on {}", step.what, step.target), errno);
+  }
+  console.open();
+  options = parse_boot_options(util::read_file("/proc/cmdline", 1 << 16));
+  console.set_debug(options.debug);
+  console.step(fmt::format("booting in {} mode from the media labelled {}",
+                           boot_mode_name(options.mode), options.media_label));
+
+  load_modules(options, console);
+
+  MediaMatch media = wait_for_media(options, console);
+  console.step(
+      fmt::format("found the media on {} ({})", media.device.string(), media.filesystem.type));
+  do_mount({"the boot media",
+            media.device.string(),
+            std::string(kMediaMount),
+            media.filesystem.type,
+            MS_RDONLY | MS_NOSUID | MS_NODEV,
+            "",
+            {},
+            ""},
+           console);
+
+  std::string image = image_file_on_media(options);
+  if (::access(image.c_str(), R_OK) != 0)
+    throw_errno(
+        fmt::format("Failed to find the image {} on {}", options.image_path, media.device.string()),
+        errno);
+  {
+    LoopDevice loop(image);
+    console.step(fmt::format("attached {} to {}", image, loop.path()));
+    auto fs = probe_filesystem(loop.path());
+    std::string type = fs ? fs->type : "squashfs";
+    do_mount({"the image " + options.image_path,
+              loop.path(),
+              std::string(kSysroot),
+              type,
+              MS_RDONLY,
+              "",
+              {},
+              ""},
+             console);
+  }
+
+  for (const auto& step : overlay_mounts(
+           [](std::string_view dir) { return is_dir(fmt::format("{}/{}", kSysroot, dir)); }))
+    do_mount(step, console);
+
+  BootState state{options.mode, options.media_label, media.device.string(), options.image_path};
+  util::write_file_atomic(std::string(kBootStateFile), boot_state_text(state));
+  console.step(fmt::format("wrote {}", kBootStateFile));
+
+  for (const auto& step : move_mounts()) do_mount(step, console);
+
+  if (image_has_executable(kAgentPath)) {
+    for (std::string stage : {"rootfs", "initramfs"}) {
+      console.step(fmt::format("running pok8s-agent stage {}", stage));
+      int status = run_agent({"stage", stage});
+      if (status != 0)
+        console.error(
+            fmt::format("Failed to run the {} stage: pok8s-agent exited with status "
+                        "{}; booting on",
+                        stage, status));
+    }
+  }
+
+  if (!image_has_executable(options.init))
+    throw Error(ErrorKind::kNotFound,
+                fmt::format("Failed to find init: the image has no executable {}", options.init));
+  switch_root(options, console);
+}
+
+[[noreturn]] void fail_boot(const BootOptions& options, const Console& console,
+                            std::string_view message) {
+  console.error(message);
+  if (options.shell) {
+    if (::access(std::string(kBusyboxPath).c_str(), X_OK) == 0) {
+      console.say("starting the emergency shell (exit to reboot)");
+      int fd = ::open("/dev/console", O_RDWR | O_NOCTTY);
+      if (fd >= 0) {
+        ::dup2(fd, 0);
+        ::dup2(fd, 1);
+        ::dup2(fd, 2);
+        if (fd > 2) ::close(fd);
+      }
+      pid_t pid = ::fork();
+      if (pid == 0) {
+        ::setsid();
+        ::ioctl(0, TIOCSCTTY, 1);
+        std::string busybox(kBusyboxPath);
+        char arg0[] = "sh";
+        char* argv[] = {arg0, nullptr};
+        ::execv(busybox.c_str(), argv);
+        ::_exit(127);
+      }
+      if (pid > 0)
+        while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+        }
+    } else {
+      console.say("no emergency shell: the initramfs has no static busybox");
+    }
+  }
+  console.say(fmt::format("rebooting in {} seconds", kRebootPause.count()));
+  std::this_thread::sleep_for(kRebootPause);
+  ::sync();
+  ::reboot(RB_AUTOBOOT);
+  // reboot(2) does not return for PID 1; should it fail, PID 1 must still not exit.
+  while (true) ::pause();
+}
+
+}  // namespace
+
+int run_init() {
+  if (::getpid() != 1) {
+    std::fputs("pok8s-init: Failed to start: not PID 1 (pok8s-init runs in an initramfs)\n",
+               stderr);
+    return 1;
+  }
+  Console console;
+  BootOptions options;
+  try {
+    boot(options, console);
+    fail_boot(options, console, "Failed to start init: switch_root returned");
+  } catch (const std::exception& e) {
+    fail_boot(options, console, e.what());
+  }
+}
+
+}  // namespace pok8s::node

@@ -1,0 +1,180 @@
+// pok8s-init for real: a Debian bookworm image (mmdebstrap fixture with its kernel) imported
+// with the pok8s CLI, its initramfs and kernel written by pok8s, its rootfs a squashfs on an
+// ISO labelled COS_LIVE, booted in QEMU under TCG. The markers come from the serial console.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "integration/qemu.h"
+#include "pok8s/boot/initramfs.h"
+#include "pok8s/boot/kernel.h"
+#include "pok8s/oci/image.h"
+#include "pok8s/rootfs/flat_tree.h"
+#include "pok8s/util/file.h"
+
+namespace fs = std::filesystem;
+using namespace pok8s;
+
+namespace {
+
+struct Shell {
+  int status = -1;
+  std::string out;
+};
+
+// Runs a shell command, capturing stdout (stderr goes to the test log).
+Shell sh(const std::string& cmd) {
+  Shell r;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  std::size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  int st = ::pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+  return r;
+}
+
+fs::path bin_dir() {
+  const char* b = std::getenv("POK8S_BIN");
+  return fs::path(b ? b : POK8S_TEST_BIN).parent_path();
+}
+
+// The init the test image boots into: it reports what pok8s-init set up, then powers off.
+constexpr const char* kTestInit = R"(#!/bin/sh
+exec >/dev/console 2>&1
+root=none
+while read -r dev mnt type opts rest; do
+  [ "$mnt" = / ] && root="$type $opts"
+done </proc/mounts
+echo "pok8s-test: root $root"
+if touch /etc/pok8s-probe 2>/dev/null; then echo "pok8s-test: etc writable"; else echo "pok8s-test: etc read-only"; fi
+if touch /usr/pok8s-probe 2>/dev/null; then echo "pok8s-test: usr writable"; else echo "pok8s-test: usr read-only"; fi
+if [ -f /run/pok8s/boot-state ]; then
+  echo "pok8s-test: boot-state present"
+  sed 's/^/pok8s-test: state /' /run/pok8s/boot-state
+else
+  echo "pok8s-test: boot-state missing"
+fi
+echo "pok8s-test: done"
+echo o >/proc/sysrq-trigger
+sleep 30
+)";
+
+class InitBoot : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    // A failure here must fail every test (gtest would otherwise report them as skipped).
+    const char* src = std::getenv("POK8S_SOURCE_DIR");
+    if (!src) src = POK8S_TEST_SOURCE_DIR;
+    Shell fixture = sh(std::string(src) + "/tests/fixtures/debian-kernel.sh");
+    if (fixture.status != 0) {
+      setup_error_ = "could not build the Debian kernel fixture (mmdebstrap)";
+      return;
+    }
+    std::string tarball = fixture.out.substr(0, fixture.out.find('\n'));
+    work_ = new util::TempDir(util::TempDir::scratch("/var/tmp"));
+    const fs::path dir = work_->path();
+    std::string layout = "oci:" + (dir / "layout").string() + ":kernel";
+    if (sh((bin_dir() / "pok8s").string() + " -q --cache " + (dir / "cache").string() +
+           " image import " + tarball + " " + layout)
+            .status != 0) {
+      setup_error_ = "pok8s image import of the fixture failed";
+      return;
+    }
+    try {
+      oci::BlobStore store(dir / "store");
+      auto source = oci::open_source(oci::ImageName::parse(layout), {});
+      oci::ResolvedImage image = oci::resolve_image(*source, store, std::nullopt);
+      oci::fetch_layers(*source, image, store, {}, {});
+      auto tree = rootfs::FlatTree::build(image, store);
+      auto kernels = boot::find_kernels(tree);
+      if (kernels.empty()) {
+        setup_error_ = "find_kernels found no kernel in the fixture";
+        return;
+      }
+      boot::InitramfsOptions options;
+      options.init_binary = bin_dir() / "pok8s-init";
+      options.mtime = 1700000000;
+      result_ = boot::write_initramfs(tree, kernels[0], options, dir / "initrd", dir / "vmlinuz");
+    } catch (const std::exception& e) {
+      setup_error_ = std::string("building the initramfs failed: ") + e.what();
+      return;
+    }
+    // The rootfs: the fixture's tree (extracted as root, owners kept) plus the test init. Its
+    // kernel and modules stay out: the initramfs has what this boot needs.
+    fs::path rootfs = dir / "rootfs", iso_root = dir / "iso-root";
+    fs::create_directories(rootfs);
+    fs::create_directories(iso_root);
+    if (sh("tar --numeric-owner -xpf " + tarball + " -C " + rootfs.string()).status != 0) {
+      setup_error_ = "extracting the fixture failed";
+      return;
+    }
+    util::write_file_atomic(rootfs / "sbin/pok8s-test-init", kTestInit, 0755);
+    if (sh("mksquashfs " + rootfs.string() + " " + (iso_root / "rootfs.squashfs").string() +
+           " -noappend -quiet -no-progress -e boot usr/lib/modules >&2")
+                .status != 0 ||
+        sh("xorriso -as mkisofs -quiet -V COS_LIVE -o " + (dir / "live.iso").string() + " " +
+           iso_root.string() + " >&2")
+                .status != 0) {
+      setup_error_ = "making the squashfs or the ISO failed";
+      return;
+    }
+    util::remove_tree(rootfs);
+  }
+  static void TearDownTestSuite() {
+    delete work_;
+    work_ = nullptr;
+  }
+  void SetUp() override { ASSERT_EQ(setup_error_, ""); }
+
+  static pok8s::testing::QemuOptions machine(const std::string& append) {
+    pok8s::testing::QemuOptions options;
+    options.kernel = work_->path() / "vmlinuz";
+    options.initrd = work_->path() / "initrd";
+    options.cdrom = work_->path() / "live.iso";
+    options.append = "console=ttyS0 panic=-1 " + append;
+    options.memory_mib = 1024;
+    return options;
+  }
+
+  static inline std::string setup_error_;
+  static inline util::TempDir* work_ = nullptr;
+  static inline boot::InitramfsResult result_;
+};
+
+}  // namespace
+
+TEST_F(InitBoot, BootsTheImageReadOnlyWithWritableOverlays) {
+  EXPECT_FALSE(result_.modules_included.empty());
+  auto vm_dir = util::TempDir::scratch(work_->path());
+  pok8s::testing::Qemu vm(machine("pok8s.init=/sbin/pok8s-test-init pok8s.debug"), vm_dir.path());
+  ASSERT_TRUE(
+      vm.wait_for("pok8s-test: done", pok8s::testing::boot_timeout(std::chrono::seconds(600))))
+      << vm.tail(80);
+  std::string serial = vm.serial();
+  EXPECT_NE(serial.find("pok8s-test: root squashfs ro,"), std::string::npos) << vm.tail(80);
+  EXPECT_NE(serial.find("pok8s-test: etc writable"), std::string::npos) << vm.tail(80);
+  EXPECT_NE(serial.find("pok8s-test: usr read-only"), std::string::npos) << vm.tail(80);
+  EXPECT_NE(serial.find("pok8s-test: boot-state present"), std::string::npos) << vm.tail(80);
+  EXPECT_NE(serial.find("pok8s-test: state media_label=COS_LIVE"), std::string::npos)
+      << vm.tail(80);
+  EXPECT_NE(serial.find("pok8s-test: state image=/rootfs.squashfs"), std::string::npos)
+      << vm.tail(80);
+  EXPECT_TRUE(vm.wait_exit(pok8s::testing::boot_timeout(std::chrono::seconds(120)))) << vm.tail(20);
+}
+
+TEST_F(InitBoot, SaysClearlyWhenTheMediaIsMissing) {
+  auto vm_dir = util::TempDir::scratch(work_->path());
+  pok8s::testing::Qemu vm(machine("pok8s.media=NOPE pok8s.wait=2"), vm_dir.path());
+  EXPECT_TRUE(
+      vm.wait_for("pok8s-init: Failed to find the boot media: no block device with the label NOPE",
+                  pok8s::testing::boot_timeout(std::chrono::seconds(600))))
+      << vm.tail(40);
+}
