@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <functional>
 
+#include "build_command.h"
 #include "convert_command.h"
 #include "global_options.h"
 #include "image_commands.h"
@@ -27,6 +28,7 @@ int main(int argc, char** argv) {
   std::function<int()> run;
   cli::add_image_commands(app, global, run);
   cli::add_convert_command(app, global, run);
+  cli::add_build_command(app, global, run);
 
   try {
     app.parse(argc, argv);

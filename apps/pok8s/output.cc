@@ -86,6 +86,40 @@ void Output::step(const std::string& text) {
   std::fprintf(stderr, "%s\n", text.c_str());
 }
 
+void Output::detail(const std::string& text) {
+  if (mode_ == OutputMode::kQuiet) return;
+  if (mode_ == OutputMode::kJson) {
+    std::fputs((nlohmann::json{{"event", "output"}, {"line", text}}.dump() + "\n").c_str(), stderr);
+    return;
+  }
+  if (!tty_) {
+    std::fprintf(stderr, "  | %s\n", text.c_str());
+    return;
+  }
+  std::fprintf(stderr, "\r\033[K  | %.100s", text.c_str());
+  line_open_ = true;
+}
+
+void Output::progress_bytes(const std::string& step, std::uint64_t done, std::uint64_t total) {
+  if (mode_ == OutputMode::kQuiet) return;
+  auto now = std::chrono::steady_clock::now();
+  bool finished = total != 0 && done >= total;
+  auto every =
+      mode_ == OutputMode::kJson ? std::chrono::milliseconds(1000) : std::chrono::milliseconds(100);
+  if (!finished && now - last_progress_ < every) return;
+  last_progress_ = now;
+  if (mode_ == OutputMode::kJson) {
+    nlohmann::json j = {{"event", "progress"}, {"step", step}, {"done", done}, {"total", total}};
+    std::fputs((j.dump() + "\n").c_str(), stderr);
+    return;
+  }
+  if (!tty_) return;
+  int percent = total ? static_cast<int>(done * 100 / total) : 0;
+  std::fprintf(stderr, "\r\033[K  %s  %s / %s (%d%%)", step.c_str(), human_bytes(done).c_str(),
+               human_bytes(total).c_str(), percent);
+  line_open_ = true;
+}
+
 void Output::result(const std::string& human, const nlohmann::json& machine) {
   clear_line();
   if (mode_ == OutputMode::kJson) {

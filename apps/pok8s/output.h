@@ -2,6 +2,8 @@
 // --json, nothing with --quiet; and the one-line error report.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -19,6 +21,11 @@ class Output {
   oci::ProgressFn progress();
   // A step of a command ("Unpacking layer 1/3 …"); a JSON event with --json.
   void step(const std::string& text);
+  // A line of a tool's output during a step: the live line on a terminal, kept otherwise.
+  void detail(const std::string& text);
+  // Bytes done of a long step ("rootfs"): a live line on a terminal, a JSON event at most
+  // once a second with --json.
+  void progress_bytes(const std::string& step, std::uint64_t done, std::uint64_t total);
   // The final result: the human text, or the JSON object with --json.
   void result(const std::string& human, const nlohmann::json& machine);
 
@@ -27,6 +34,7 @@ class Output {
   OutputMode mode_;
   bool tty_;
   bool line_open_ = false;
+  std::chrono::steady_clock::time_point last_progress_{};
 };
 
 }  // namespace pok8s::cli

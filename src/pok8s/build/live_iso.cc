@@ -1,0 +1,281 @@
+// The live ISO pipeline: make_rootfs_image, assemble_initramfs, make_boot_images, write_iso,
+// write_manifest. The rootfs and initramfs steps are cached under <cache>/artifacts by keys
+// derived from the image digest and their options.
+#include "pok8s/build/live_iso.h"
+
+#include <fmt/format.h>
+#include <sys/stat.h>
+
+#include <ctime>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "pok8s/boot/grub.h"
+#include "pok8s/boot/initramfs.h"
+#include "pok8s/boot/kernel.h"
+#include "pok8s/config/cloud_config.h"
+#include "pok8s/convert/convert.h"
+#include "pok8s/convert/download.h"
+#include "pok8s/image/fat.h"
+#include "pok8s/image/iso.h"
+#include "pok8s/rootfs/flat_tree.h"
+#include "pok8s/rootfs/image_file.h"
+#include "pok8s/util/error.h"
+#include "pok8s/util/sha256.h"
+
+namespace pok8s::build {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// Bumped when a step's output for the same inputs changes (a writer fix, a new layout).
+constexpr int kRootfsStepVersion = 1;
+constexpr int kInitramfsStepVersion = 1;
+constexpr const char* kInitInImage = "usr/lib/pok8s/pok8s-init";
+
+std::string sha256_hex(std::string_view s) {
+  util::Sha256 h;
+  h.update(s);
+  return h.hex_digest();
+}
+
+std::string compression_name(image::SquashfsCompression c) {
+  switch (c) {
+    case image::SquashfsCompression::kZstd:
+      return "zstd";
+    case image::SquashfsCompression::kXz:
+      return "xz";
+    case image::SquashfsCompression::kGzip:
+      return "gzip";
+  }
+  return "?";
+}
+
+std::optional<std::int64_t> parse_rfc3339(const std::string& text) {
+  std::tm tm{};
+  const char* end = ::strptime(text.c_str(), "%Y-%m-%dT%H:%M:%S", &tm);
+  if (!end) return std::nullopt;
+  return static_cast<std::int64_t>(::timegm(&tm));
+}
+
+bool cached(const util::Path& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+struct Build {
+  const oci::ResolvedImage& image;
+  oci::BlobStore& store;
+  const LiveIsoOptions& options;
+  util::Path cache;
+  std::int64_t timestamp = 0;
+  std::vector<rootfs::LayerBlob> layers;
+  std::optional<rootfs::FlatTree> tree;
+
+  void log(std::string_view line) const {
+    if (options.log) options.log(line);
+  }
+  const rootfs::FlatTree& flat() {
+    if (!tree) tree = rootfs::FlatTree::build(layers);
+    return *tree;
+  }
+};
+
+// The squashfs of the whole image, keyed by its manifest digest and the writer's options.
+util::Path make_rootfs_image(Build& b, bool& was_cached) {
+  json key = {{"step", "rootfs"},
+              {"v", kRootfsStepVersion},
+              {"image", b.image.manifest_digest().str()},
+              {"compression", compression_name(b.options.compression)},
+              {"level", b.options.compression_level ? *b.options.compression_level : -1},
+              {"time", b.timestamp}};
+  util::Path out = b.cache / "rootfs" / (sha256_hex(key.dump()) + ".squashfs");
+  was_cached = cached(out);
+  if (was_cached) {
+    b.log("Rootfs image: cached");
+    return out;
+  }
+  b.log("Writing the squashfs rootfs image from the image's layers");
+  util::make_dirs(out.parent_path());
+  image::SquashfsOptions o;
+  o.compression = b.options.compression;
+  o.level = b.options.compression_level;
+  o.mkfs_time = b.timestamp;
+  if (b.options.progress)
+    o.progress = [&](std::uint64_t done, std::uint64_t total) {
+      b.options.progress("rootfs", done, total);
+    };
+  image::write_squashfs(b.flat(), out, o);
+  return out;
+}
+
+struct BootFiles {
+  util::Path kernel;
+  util::Path initrd;
+  std::string kernel_version;
+};
+
+// pok8s's initramfs from the image's own pok8s-init and kernel modules.
+BootFiles assemble_initramfs(Build& b, bool& was_cached) {
+  auto kernels = boot::find_kernels(b.flat());
+  if (kernels.empty())
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to build a live ISO of {}: the image has no kernel (is it "
+                            "converted? run pok8s convert first)",
+                            b.image.source_name));
+  const boot::KernelInfo& kernel = kernels.front();
+  json key = {{"step", "initramfs"},
+              {"v", kInitramfsStepVersion},
+              {"image", b.image.manifest_digest().str()},
+              {"kernel", kernel.version},
+              {"time", b.timestamp}};
+  util::Path dir = b.cache / "initramfs" / sha256_hex(key.dump());
+  BootFiles files{dir / "kernel", dir / "initrd", kernel.version};
+  was_cached = cached(files.kernel) && cached(files.initrd);
+  if (was_cached) {
+    b.log(fmt::format("Kernel {} and initramfs: cached", kernel.version));
+    return files;
+  }
+  b.log(fmt::format("Assembling the initramfs for kernel {}", kernel.version));
+  auto init = rootfs::read_image_file(b.flat(), b.layers, kInitInImage, 256u << 20);
+  if (!init)
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to build a live ISO of {}: the image has no /{} (is it "
+                            "converted? run pok8s convert first)",
+                            b.image.source_name, kInitInImage));
+  util::make_dirs(dir);
+  util::TempDir scratch = util::TempDir::scratch(b.cache);
+  util::Path init_path = scratch.path() / "pok8s-init";
+  util::write_file_atomic(init_path, *init, 0755);
+  boot::InitramfsOptions o;
+  o.init_binary = init_path;
+  o.mtime = b.timestamp;
+  // The initrd is renamed into place last: a kernel without its initrd is not a cache hit.
+  boot::write_initramfs(b.flat(), kernel, o, files.initrd, files.kernel);
+  return files;
+}
+
+std::string grub_config(const std::string& label) {
+  std::string base = fmt::format("console=tty0 console=ttyS0,115200 pok8s.media={}", label);
+  std::vector<boot::LiveMenuEntry> entries = {
+      {"pok8s (live)", "/boot/kernel", "/boot/initrd", base + " pok8s.mode=live"},
+      {"pok8s (live, debug)", "/boot/kernel", "/boot/initrd",
+       base + " pok8s.mode=live pok8s.debug pok8s.shell"},
+  };
+  return boot::live_grub_config(entries, 5);
+}
+
+BuiltArtifact describe(const util::Path& file) {
+  struct stat st {};
+  if (::stat(file.c_str(), &st) != 0) throw_errno("Failed to read " + file.string(), errno);
+  return {file.filename().string(), static_cast<std::uint64_t>(st.st_size),
+          convert::file_sha256(file)};
+}
+
+}  // namespace
+
+std::string artifact_base_name(const oci::ResolvedImage& image) {
+  const auto& l = image.config.labels;
+  auto get = [&](const char* k) -> std::string {
+    auto it = l.find(std::string("io.pok8s.") + k);
+    return it == l.end() || it->second.empty() ? "unknown" : it->second;
+  };
+  std::string name = fmt::format("{}-{}-{}-{}-{}-{}", get("flavor"), get("flavor-release"),
+                                 get("variant"), get("arch"), get("model"), get("version"));
+  for (char& c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_') c = '-';
+  return name;
+}
+
+LiveIsoResult build_live_iso(const oci::ResolvedImage& image, oci::BlobStore& store,
+                             const LiveIsoOptions& options) {
+  if (!convert::is_converted(image))
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to build a live ISO of {}: it is not a pok8s image (convert "
+                            "it first, or pass --version to build so it is converted)",
+                            image.source_name));
+  // A bad cloud-config is refused before any work, naming file, line and key.
+  std::string cloud_config;
+  if (options.cloud_config) {
+    config::validate_cloud_config(*options.cloud_config);
+    cloud_config = util::read_file(*options.cloud_config, 1u << 20);
+  }
+  Build b{image, store, options, {}, 0, rootfs::layer_blobs(image, store), std::nullopt};
+  b.cache = (options.cache_dir.empty() ? store.root() : options.cache_dir) / "artifacts";
+  if (options.source_date_epoch)
+    b.timestamp = *options.source_date_epoch;
+  else if (auto t = parse_rfc3339(image.config.created))
+    b.timestamp = *t;
+  else
+    b.timestamp = static_cast<std::int64_t>(std::time(nullptr));
+
+  LiveIsoResult result;
+  util::Path rootfs = make_rootfs_image(b, result.rootfs_cached);
+  BootFiles boot_files = assemble_initramfs(b, result.initramfs_cached);
+  result.kernel_version = boot_files.kernel_version;
+
+  b.log("Preparing GRUB for UEFI and BIOS");
+  boot::GrubImages grub = boot::make_grub_images(b.cache / "..", options.volume_label);
+  util::TempDir scratch = util::TempDir::scratch(b.cache);
+  util::Path efi_img = scratch.path() / "efi.img";
+  image::write_fat_image({{"EFI/BOOT/BOOTX64.EFI", grub.efi_binary}}, "", b.timestamp, efi_img);
+  util::Path cfg = scratch.path() / "grub.cfg";
+  util::write_file_atomic(cfg, grub_config(options.volume_label));
+
+  std::vector<image::IsoFile> files = {
+      {"boot/kernel", boot_files.kernel},
+      {"boot/initrd", boot_files.initrd},
+      {"boot/grub/grub.cfg", cfg},
+      {"boot/grub/i386-pc/eltorito.img", grub.bios_eltorito},
+      {"EFI/BOOT/BOOTX64.EFI", grub.efi_binary},
+      {"rootfs.squashfs", rootfs},
+  };
+  if (options.cloud_config) {
+    util::Path copy = scratch.path() / "config.yaml";
+    util::write_file_atomic(copy, cloud_config);
+    files.push_back({"config.yaml", copy});
+  }
+
+  json inputs = {{"image", image.manifest_digest().str()},
+                 {"artifact", "iso"},
+                 {"rootfs", rootfs.filename().string()},
+                 {"initramfs", boot_files.initrd.parent_path().filename().string()},
+                 {"grub", convert::file_sha256(grub.efi_binary)},
+                 {"cloudConfig", sha256_hex(cloud_config)},
+                 {"label", options.volume_label},
+                 {"time", b.timestamp}};
+  result.build_id = sha256_hex(inputs.dump()).substr(0, 16);
+
+  std::string name = artifact_base_name(image);
+  util::make_dirs(options.output_dir);
+  util::Path iso = options.output_dir / (name + ".iso");
+  b.log(fmt::format("Writing {}", iso.string()));
+  image::IsoOptions iso_options;
+  iso_options.volume_id = options.volume_label;
+  iso_options.timestamp = b.timestamp;
+  iso_options.bios_boot_image = "boot/grub/i386-pc/eltorito.img";
+  iso_options.hybrid_mbr = grub.bios_hybrid_mbr;
+  iso_options.efi_image = efi_img;
+  if (options.progress)
+    iso_options.progress = [&](std::uint64_t done, std::uint64_t total) {
+      options.progress("iso", done, total);
+    };
+  image::write_iso(files, iso_options, iso);
+  result.artifacts.push_back(describe(iso));
+
+  json manifest = {
+      {"buildId", result.build_id},
+      {"image", {{"name", image.source_name}, {"digest", image.manifest_digest().str()}}},
+      {"kernel", result.kernel_version},
+      {"inputs", inputs},
+      {"artifacts", json::array()}};
+  for (const auto& a : result.artifacts)
+    manifest["artifacts"].push_back(
+        {{"name", a.name}, {"type", "iso"}, {"size", a.size}, {"sha256", a.sha256}});
+  result.manifest = options.output_dir / (name + ".manifest.json");
+  util::write_file_atomic(result.manifest, manifest.dump(2) + "\n");
+  return result;
+}
+
+}  // namespace pok8s::build
