@@ -334,6 +334,8 @@ LayerWriter::LayerWriter(int out_fd, std::string what) : out_fd_(out_fd), what_(
   tar_.reset(archive_write_new());
   if (archive_write_set_format_pax_restricted(tar_.get()) != ARCHIVE_OK ||
       archive_write_add_filter_none(tar_.get()) != ARCHIVE_OK ||
+      // Names are bytes, as the kernel has them; no translation through the locale.
+      archive_write_set_format_option(tar_.get(), "pax", "hdrcharset", "BINARY") != ARCHIVE_OK ||
       archive_write_open(tar_.get(), this, nullptr, &LayerWriter::on_tar, nullptr) != ARCHIVE_OK)
     fail(tar_.get(), "starting the tar");
 }
