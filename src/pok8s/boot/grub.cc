@@ -3,7 +3,6 @@
 #include "pok8s/boot/grub.h"
 
 #include <fcntl.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,6 +13,7 @@
 #include <cstdlib>
 
 #include "pok8s/util/error.h"
+#include "pok8s/util/process.h"
 #include "pok8s/util/sha256.h"
 
 namespace pok8s::boot {
@@ -45,49 +45,6 @@ struct Platform {
 constexpr Platform kEfi{"x86_64-efi", "x86_64-efi", "BOOTX64.EFI", "efi_gop"};
 constexpr Platform kBios{"i386-pc", "i386-pc-eltorito", "eltorito.img", "biosdisk"};
 constexpr std::string_view kHybridMbr = "boot_hybrid.img";
-
-struct ToolResult {
-  int status = 0;
-  std::string output;  // stdout and stderr, the first 64 KiB
-};
-
-// Runs a tool found in PATH with stdin from /dev/null and captures what it prints. Throws only
-// when the tool cannot be started.
-ToolResult run_tool(const std::vector<std::string>& args) {
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) throw_errno("Failed to create a pipe for " + args[0], errno);
-  util::UniqueFd read_end(fds[0]);
-  util::UniqueFd write_end(fds[1]);
-
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, write_end.get(), 1);
-  posix_spawn_file_actions_adddup2(&actions, write_end.get(), 2);
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = 0;
-  int err = ::posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (err != 0) throw_errno("Failed to run " + args[0], err);
-  write_end.reset();
-
-  ToolResult result;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = ::read(read_end.get(), buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    if (result.output.size() < 65536) result.output.append(buf, static_cast<std::size_t>(n));
-  }
-  int wstatus = 0;
-  while (::waitpid(pid, &wstatus, 0) < 0) {
-    if (errno != EINTR) throw_errno("Failed to wait for " + args[0], errno);
-  }
-  result.status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
-  return result;
-}
 
 std::string trimmed(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
@@ -184,7 +141,7 @@ GrubImages make_grub_images(const util::Path& cache_dir, std::string_view volume
                   fmt::format("Failed to make GRUB images: no GRUB for {} ({} is missing)", p->name,
                               kernel.string()));
   }
-  ToolResult version = run_tool({"grub-mkimage", "--version"});
+  util::ProcessResult version = util::run_process({"grub-mkimage", "--version"});
   if (version.status != 0)
     throw Error(ErrorKind::kNotFound,
                 fmt::format("Failed to make GRUB images: grub-mkimage --version exited with {}",
@@ -211,7 +168,7 @@ GrubImages make_grub_images(const util::Path& cache_dir, std::string_view volume
                                      "-o",
                                      (tmp.path() / p->output).string()};
     for (auto& m : modules_for(*p)) args.push_back(std::move(m));
-    ToolResult r = run_tool(args);
+    util::ProcessResult r = util::run_process(args);
     if (r.status != 0)
       throw Error(ErrorKind::kIo, fmt::format("Failed to make GRUB image {}: grub-mkimage exited "
                                               "with {}: {}",

@@ -4,7 +4,6 @@
 #include "pok8s/image/fat.h"
 
 #include <fcntl.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,6 +16,7 @@
 #include <set>
 
 #include "pok8s/util/error.h"
+#include "pok8s/util/process.h"
 
 namespace pok8s::image {
 
@@ -31,61 +31,6 @@ constexpr std::uint64_t kMaxClusters = 60000;
 constexpr std::size_t kMaxLabelLength = 11;
 // A file on FAT is at most 4 GiB - 1 (32-bit size field).
 constexpr std::uint64_t kMaxFatFileBytes = 0xffffffffull;
-
-struct ToolResult {
-  int status = 0;
-  std::string output;  // stdout and stderr, the first 64 KiB
-};
-
-// Runs a tool found in PATH with `env` as its whole environment, stdin from /dev/null, and
-// captures what it prints. Throws only when the tool cannot be started.
-ToolResult run_tool(const std::vector<std::string>& args, const std::vector<std::string>& env) {
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) throw_errno("Failed to create a pipe for " + args[0], errno);
-  util::UniqueFd read_end(fds[0]);
-  util::UniqueFd write_end(fds[1]);
-
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, write_end.get(), 1);
-  posix_spawn_file_actions_adddup2(&actions, write_end.get(), 2);
-
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  std::vector<char*> envp;
-  for (const auto& e : env) envp.push_back(const_cast<char*>(e.c_str()));
-  envp.push_back(nullptr);
-
-  pid_t pid = 0;
-  int err = ::posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  if (err != 0) throw_errno("Failed to run " + args[0], err);
-  write_end.reset();
-
-  ToolResult result;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = ::read(read_end.get(), buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    if (result.output.size() < 65536) result.output.append(buf, static_cast<std::size_t>(n));
-  }
-  int wstatus = 0;
-  while (::waitpid(pid, &wstatus, 0) < 0) {
-    if (errno != EINTR) throw_errno("Failed to wait for " + args[0], errno);
-  }
-  result.status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
-  return result;
-}
-
-// The last non-empty line a tool printed: mtools says what went wrong there.
-std::string last_line(std::string_view text) {
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
-  auto pos = text.rfind('\n');
-  return std::string(pos == std::string_view::npos ? text : text.substr(pos + 1));
-}
 
 // The components of a path inside the image; refuses anything that is not a plain name.
 std::vector<std::string> split_fat_path(std::string_view path, const util::Path& out) {
@@ -225,10 +170,10 @@ void write_fat_image(const std::vector<FatFile>& files, std::string_view label,
   };
   std::string image = tmp.path().string();
   auto run = [&](std::vector<std::string> args, const std::string& what) {
-    ToolResult r = run_tool(args, env);
+    util::ProcessResult r = util::run_process(args, {.env = env});
     if (r.status != 0)
-      fail(ErrorKind::kIo,
-           fmt::format("{}: {} exited with {}: {}", what, args[0], r.status, last_line(r.output)));
+      fail(ErrorKind::kIo, fmt::format("{}: {} exited with {}: {}", what, args[0], r.status,
+                                       util::last_line(r.output)));
   };
 
   std::vector<std::string> format = {"mformat",
