@@ -142,6 +142,21 @@ bool Qemu::wait_for(std::string_view marker, std::chrono::seconds timeout) {
   }) && output_.find(marker) != std::string::npos;
 }
 
+std::optional<std::string> Qemu::wait_for_line(std::string_view marker,
+                                               std::chrono::seconds timeout) {
+  std::unique_lock lock(mutex_);
+  auto complete = [&] {
+    auto at = output_.find(marker);
+    return at != std::string::npos && output_.find('\n', at) != std::string::npos;
+  };
+  if (!changed_.wait_for(lock, timeout, [&] { return complete() || exited_; }) || !complete())
+    return std::nullopt;
+  auto at = output_.find(marker);
+  std::string line = output_.substr(at, output_.find('\n', at) - at);
+  while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+  return line;
+}
+
 bool Qemu::wait_exit(std::chrono::seconds timeout) {
   std::unique_lock lock(mutex_);
   return changed_.wait_for(lock, timeout, [&] { return exited_; });

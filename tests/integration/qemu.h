@@ -42,6 +42,9 @@ class Qemu {
   // Waits until `marker` has appeared on the serial console, the machine has exited, or
   // `timeout` has passed; true if the marker appeared.
   bool wait_for(std::string_view marker, std::chrono::seconds timeout);
+  // Waits for a whole line containing `marker` and returns it from the marker on (without the
+  // line end), or nullopt like wait_for.
+  std::optional<std::string> wait_for_line(std::string_view marker, std::chrono::seconds timeout);
   // Waits for the machine to power off by itself; true if it did within `timeout`.
   bool wait_exit(std::chrono::seconds timeout);
   // Types `text` on the serial console.
