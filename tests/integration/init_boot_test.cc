@@ -149,6 +149,23 @@ class InitBoot : public ::testing::Test {
   static inline boot::InitramfsResult result_;
 };
 
+// The lines pok8s-init and the test init printed, and the kernel's words about init, for a
+// failure message that shows what happened before the console's tail.
+std::string boot_story(const std::string& serial) {
+  std::string out;
+  std::size_t start = 0;
+  while (start < serial.size()) {
+    auto end = serial.find('\n', start);
+    if (end == std::string::npos) end = serial.size();
+    std::string line = serial.substr(start, end - start);
+    if (line.find("pok8s") != std::string::npos || line.find("init") != std::string::npos ||
+        line.find("Kernel panic") != std::string::npos)
+      out += line + "\n";
+    start = end + 1;
+  }
+  return out;
+}
+
 }  // namespace
 
 TEST_F(InitBoot, BootsTheImageReadOnlyWithWritableOverlays) {
@@ -157,7 +174,8 @@ TEST_F(InitBoot, BootsTheImageReadOnlyWithWritableOverlays) {
   pok8s::testing::Qemu vm(machine("pok8s.init=/sbin/pok8s-test-init pok8s.debug"), vm_dir.path());
   ASSERT_TRUE(
       vm.wait_for("pok8s-test: done", pok8s::testing::boot_timeout(std::chrono::seconds(600))))
-      << vm.tail(80);
+      << boot_story(vm.serial()) << "---\n"
+      << vm.tail(30);
   std::string serial = vm.serial();
   EXPECT_NE(serial.find("pok8s-test: root squashfs ro,"), std::string::npos) << vm.tail(80);
   EXPECT_NE(serial.find("pok8s-test: etc writable"), std::string::npos) << vm.tail(80);

@@ -50,6 +50,25 @@ std::string overlay_name(std::string_view dir) {
   return name;
 }
 
+// Reads a file to its end: /proc files report a size of 0, so util::read_file's fstat-sized
+// read would return nothing.
+std::string read_to_end(const std::string& path, std::size_t limit) {
+  UniqueFd fd = util::open_file(path, O_RDONLY);
+  std::string out;
+  char buf[4096];
+  while (true) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw_errno("Failed to read " + path, errno);
+    if (n == 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+    if (out.size() > limit)
+      throw Error(ErrorKind::kInvalidInput,
+                  fmt::format("Failed to read {}: more than {} bytes", path, limit));
+  }
+  return out;
+}
+
 bool is_plain_absolute(std::string_view path) {
   if (!path.starts_with('/')) return false;
   std::string_view rest = path.substr(1);
@@ -287,7 +306,9 @@ bool is_dir(const std::string& path) {
 
 // Loads one module with finit_module(2). Already loaded (or builtin) is fine.
 void load_module(const std::string& path, const Console& console) {
+  // /sys/module knows modules by their names with "_" for "-".
   std::string name = util::Path(path).stem().string();
+  std::replace(name.begin(), name.end(), '-', '_');
   if (is_dir("/sys/module/" + name)) {
     console.step(fmt::format("module {} is already loaded", name));
     return;
@@ -467,7 +488,7 @@ void boot(BootOptions& options, Console& console) {
       throw_errno(fmt::format("Failed to mount {} on {}", step.what, step.target), errno);
   }
   console.open();
-  options = parse_boot_options(util::read_file("/proc/cmdline", 1 << 16));
+  options = parse_boot_options(read_to_end("/proc/cmdline", 1 << 16));
   console.set_debug(options.debug);
   console.step(fmt::format("booting in {} mode from the media labelled {}",
                            boot_mode_name(options.mode), options.media_label));
