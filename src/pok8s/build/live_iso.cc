@@ -116,8 +116,22 @@ struct BootFiles {
   std::string kernel_version;
 };
 
-// pok8s's initramfs from the image's own pok8s-init and kernel modules.
+// pok8s's initramfs from the image's own pok8s-init and kernel modules (its newest kernel).
+// The key needs no look into the image, so a cache hit reads no layer at all.
 BootFiles assemble_initramfs(Build& b, bool& was_cached) {
+  json key = {{"step", "initramfs"},
+              {"v", kInitramfsStepVersion},
+              {"image", b.image.manifest_digest().str()},
+              {"time", b.timestamp}};
+  util::Path dir = b.cache / "initramfs" / sha256_hex(key.dump());
+  BootFiles files{dir / "kernel", dir / "initrd", {}};
+  util::Path version_file = dir / "kernel-version";
+  was_cached = cached(files.kernel) && cached(files.initrd) && cached(version_file);
+  if (was_cached) {
+    files.kernel_version = util::read_file(version_file, 4096);
+    b.log(fmt::format("Kernel {} and initramfs: cached", files.kernel_version));
+    return files;
+  }
   auto kernels = boot::find_kernels(b.flat());
   if (kernels.empty())
     throw Error(ErrorKind::kInvalidInput,
@@ -125,18 +139,7 @@ BootFiles assemble_initramfs(Build& b, bool& was_cached) {
                             "converted? run pok8s convert first)",
                             b.image.source_name));
   const boot::KernelInfo& kernel = kernels.front();
-  json key = {{"step", "initramfs"},
-              {"v", kInitramfsStepVersion},
-              {"image", b.image.manifest_digest().str()},
-              {"kernel", kernel.version},
-              {"time", b.timestamp}};
-  util::Path dir = b.cache / "initramfs" / sha256_hex(key.dump());
-  BootFiles files{dir / "kernel", dir / "initrd", kernel.version};
-  was_cached = cached(files.kernel) && cached(files.initrd);
-  if (was_cached) {
-    b.log(fmt::format("Kernel {} and initramfs: cached", kernel.version));
-    return files;
-  }
+  files.kernel_version = kernel.version;
   b.log(fmt::format("Assembling the initramfs for kernel {}", kernel.version));
   auto init = rootfs::read_image_file(b.flat(), b.layers, kInitInImage, 256u << 20);
   if (!init)
@@ -151,8 +154,9 @@ BootFiles assemble_initramfs(Build& b, bool& was_cached) {
   boot::InitramfsOptions o;
   o.init_binary = init_path;
   o.mtime = b.timestamp;
-  // The initrd is renamed into place last: a kernel without its initrd is not a cache hit.
   boot::write_initramfs(b.flat(), kernel, o, files.initrd, files.kernel);
+  // Written last: only a complete entry is a cache hit.
+  util::write_file_atomic(version_file, kernel.version);
   return files;
 }
 
