@@ -30,8 +30,9 @@ using rootfs::LayerReader;
 constexpr std::uint64_t kMaxInitramfsBytes = 1ull << 30;
 // One module or busybox, compressed or not; the largest modules (GPU drivers) are ~30 MiB.
 constexpr std::uint64_t kMaxFileBytes = 256ull << 20;
-// Level 19: an initramfs is built once and read at every boot, and ends up inside UKIs.
-constexpr const char* kZstdLevel = "19";
+// Level 15: within a tenth of level 19's size at a third of its time (measured on Debian's
+// modules: 3.96 vs 3.59 MB, 2.4 vs 6.5 s); the result is cached per image anyway.
+constexpr const char* kZstdLevel = "15";
 
 struct ArchiveReadDeleter {
   void operator()(archive* a) const { archive_read_free(a); }
