@@ -22,6 +22,7 @@
 #include "pok8s/rootfs/image_file.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/sha256.h"
+#include "pok8s/util/time.h"
 
 namespace pok8s::build {
 namespace {
@@ -50,13 +51,6 @@ std::string compression_name(image::SquashfsCompression c) {
       return "gzip";
   }
   return "?";
-}
-
-std::optional<std::int64_t> parse_rfc3339(const std::string& text) {
-  std::tm tm{};
-  const char* end = ::strptime(text.c_str(), "%Y-%m-%dT%H:%M:%S", &tm);
-  if (!end) return std::nullopt;
-  return static_cast<std::int64_t>(::timegm(&tm));
 }
 
 bool cached(const util::Path& p) {
@@ -209,7 +203,7 @@ LiveIsoResult build_live_iso(const oci::ResolvedImage& image, oci::BlobStore& st
   b.cache = (options.cache_dir.empty() ? store.root() : options.cache_dir) / "artifacts";
   if (options.source_date_epoch)
     b.timestamp = *options.source_date_epoch;
-  else if (auto t = parse_rfc3339(image.config.created))
+  else if (auto t = util::parse_rfc3339(image.config.created))
     b.timestamp = *t;
   else
     b.timestamp = static_cast<std::int64_t>(std::time(nullptr));

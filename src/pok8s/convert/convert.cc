@@ -24,6 +24,7 @@
 #include "pok8s/util/error.h"
 #include "pok8s/util/install_paths.h"
 #include "pok8s/util/sha256.h"
+#include "pok8s/util/time.h"
 
 namespace pok8s::convert {
 namespace {
@@ -284,15 +285,6 @@ std::string compute_build_id(const Work& w) {
   return h.hex_digest().substr(0, 16);
 }
 
-std::string rfc3339(std::int64_t epoch) {
-  std::time_t t = static_cast<std::time_t>(epoch);
-  std::tm tm{};
-  ::gmtime_r(&t, &tm);
-  char out[32];
-  std::strftime(out, sizeof out, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return out;
-}
-
 oci::ResolvedImage commit_layer(const Work& w, const rootfs::TreeSnapshot& snapshot,
                                 const std::map<std::string, std::string>& labels) {
   w.log("Writing the converted layer");
@@ -301,7 +293,7 @@ oci::ResolvedImage commit_layer(const Work& w, const rootfs::TreeSnapshot& snaps
   layer_options.since = &snapshot;
   auto layer = rootfs::write_tree_layer(w.root, w.store, "the converted image", layer_options);
 
-  std::string created = rfc3339(w.options.source_date_epoch.value_or(std::time(nullptr)));
+  std::string created = util::rfc3339(w.options.source_date_epoch.value_or(std::time(nullptr)));
   json config = w.base.config.raw;
   config["created"] = created;
   config["rootfs"]["diff_ids"].push_back(layer.diff_id.str());

@@ -17,6 +17,7 @@
 #include "pok8s/rootfs/layer_writer.h"
 #include "pok8s/util/archive_filters.h"
 #include "pok8s/util/error.h"
+#include "pok8s/util/time.h"
 
 namespace pok8s::rootfs {
 
@@ -110,15 +111,6 @@ void restream_tar(LayerWriter& out, const util::Path& file, const ImportOptions&
   }
 }
 
-std::string rfc3339(std::int64_t epoch) {
-  std::time_t t = static_cast<std::time_t>(epoch);
-  std::tm tm{};
-  ::gmtime_r(&t, &tm);
-  char out[32];
-  std::strftime(out, sizeof out, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return out;
-}
-
 }  // namespace
 
 oci::ResolvedImage import_rootfs(const std::string& source, oci::BlobStore& store,
@@ -150,8 +142,8 @@ oci::ResolvedImage import_rootfs(const std::string& source, oci::BlobStore& stor
   }
 
   std::string created = options.source_date_epoch
-                            ? rfc3339(*options.source_date_epoch)
-                            : rfc3339(static_cast<std::int64_t>(std::time(nullptr)));
+                            ? util::rfc3339(*options.source_date_epoch)
+                            : util::rfc3339(static_cast<std::int64_t>(std::time(nullptr)));
   json config = {
       {"architecture", options.platform.architecture},
       {"os", options.platform.os},
