@@ -490,29 +490,38 @@ class SquashfsWriter {
       check_entry(sqfs_block_processor_begin_file(proc_.get(), &inode.file_inode, nullptr, 0), e,
                   "starting its data");
       std::uint64_t done = 0;
-      for (;;) {
-        std::size_t n = 0;
-        try {
-          n = reader.read(buffer);
-        } catch (const Error& err) {
-          fail_entry(e, err.kind(), err.what());
+      try {
+        for (;;) {
+          std::size_t n = 0;
+          try {
+            n = reader.read(buffer);
+          } catch (const Error& err) {
+            fail_entry(e, err.kind(), err.what());
+          }
+          if (n == 0) break;
+          check_entry(sqfs_block_processor_append(proc_.get(), buffer.data(), n), e,
+                      "compressing its data");
+          done += n;
+          data_bytes_ += n;
+          report();
         }
-        if (n == 0) break;
-        check_entry(sqfs_block_processor_append(proc_.get(), buffer.data(), n), e,
-                    "compressing its data");
-        done += n;
-        data_bytes_ += n;
-        report();
+        if (done != e.meta.size)
+          fail_entry(e, ErrorKind::kFormat,
+                     fmt::format("the layer holds {} bytes of data, the header says {}", done,
+                                 e.meta.size));
+      } catch (...) {
+        // Close the file so the block processor owns (and frees) its partial block.
+        (void)sqfs_block_processor_end_file(proc_.get());
+        throw;
       }
-      if (done != e.meta.size)
-        fail_entry(
-            e, ErrorKind::kFormat,
-            fmt::format("the layer holds {} bytes of data, the header says {}", done, e.meta.size));
       check_entry(sqfs_block_processor_end_file(proc_.get()), e, "finishing its data");
     };
     try {
       tree_.read_files(write_file);
     } catch (const Error& err) {
+      // libsquashfs 1.2 frees a pending fragment block only when finishing: finish into the
+      // temporary file, which is removed anyway, so an abandoned image leaks nothing.
+      (void)sqfs_block_processor_finish(proc_.get());
       // The flat view's own refusals (a layer changed since it was built) get our context.
       if (std::string_view(err.what()).starts_with(kErrorPrefix)) throw;
       fail(err.kind(), err.what());

@@ -354,7 +354,9 @@ StepOutcome run_step(const config::Step& step, const StageEvent& where,
       }
     });
   if (!step.users.empty()) attempt([&] { apply_users(step.users, context.root); });
-  for (const auto& [key, value] : step.sysctl) attempt([&] { write_sysctl(key, value, context); });
+  // Named copies: clang 14 cannot capture structured bindings in a lambda.
+  for (const auto& entry : step.sysctl)
+    attempt([&] { write_sysctl(entry.first, entry.second, context); });
   if (!step.systemctl.empty()) {
     if (detect_service_manager(context) == ServiceManager::kOpenRC)
       openrc(step.systemctl, context, fail, note);
