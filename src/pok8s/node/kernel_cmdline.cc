@@ -42,6 +42,7 @@ std::vector<KernelParameter> parse_kernel_cmdline(std::string_view cmdline) {
       else
         word.push_back(cmdline[i]);
     }
+    if (word.empty()) continue;  // a pair of quotes alone is no parameter
     KernelParameter param;
     if (auto eq = word.find('='); eq != std::string::npos) {
       param.key = word.substr(0, eq);

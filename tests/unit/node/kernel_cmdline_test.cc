@@ -18,6 +18,12 @@ TEST(KernelCmdline, SplitsOnWhitespaceAndKeepsQuotedValues) {
   EXPECT_EQ(params[3].key, "ro");
 }
 
+TEST(KernelCmdline, EmptyQuotesAreNoParameter) {
+  auto params = parse_kernel_cmdline("a \"\" \"\"\"\" b");
+  ASSERT_EQ(params.size(), 2u);
+  EXPECT_EQ(params[1].key, "b");
+}
+
 TEST(KernelCmdline, ValueMayContainEquals) {
   auto params = parse_kernel_cmdline("root=LABEL=COS_LIVE");
   ASSERT_EQ(params.size(), 1u);
