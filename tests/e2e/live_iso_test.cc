@@ -149,4 +149,32 @@ TEST_F(LiveIso, ChangingOnlyTheCloudConfigReusesTheRootfsImage) {
   EXPECT_NE(result["artifacts"][0]["sha256"], file_sha256(iso_));
 }
 
+TEST_F(LiveIso, DropsToTheEmergencyShellOnlyWhenAsked) {
+  // The ISO's own kernel and initramfs, booted directly with a media label that does not exist.
+  util::TempDir vm_dir = util::TempDir::scratch("/var/tmp");
+  util::Path kernel = vm_dir.path() / "kernel", initrd = vm_dir.path() / "initrd";
+  auto x = util::run_process({"osirrox", "-indev", iso_.string(), "-extract", "/boot/kernel",
+                              kernel.string(), "-extract", "/boot/initrd", initrd.string()});
+  ASSERT_EQ(x.status, 0) << x.output;
+  QemuOptions options;
+  options.kernel = kernel;
+  options.initrd = initrd;
+  options.append = "console=ttyS0 pok8s.media=NOPE pok8s.wait=2 pok8s.shell";
+  {
+    Qemu vm(options, vm_dir.path());
+    ASSERT_TRUE(
+        vm.wait_for("no block device with the label NOPE", boot_timeout(std::chrono::seconds(180))))
+        << vm.tail(40);
+    ASSERT_TRUE(vm.wait_for("starting the emergency shell", std::chrono::seconds(30)))
+        << vm.tail(40);
+    // The shell is the image's static busybox: it computes what we type.
+    vm.send("echo SHELL-$((6*7))\n");
+    EXPECT_TRUE(vm.wait_for("SHELL-42", std::chrono::seconds(60))) << vm.tail(40);
+  }
+  options.append = "console=ttyS0 pok8s.media=NOPE pok8s.wait=2";
+  Qemu vm(options, vm_dir.path());
+  ASSERT_TRUE(vm.wait_for("rebooting in", boot_timeout(std::chrono::seconds(180)))) << vm.tail(40);
+  EXPECT_EQ(vm.serial().find("starting the emergency shell"), std::string::npos) << vm.tail(40);
+}
+
 }  // namespace
