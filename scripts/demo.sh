@@ -36,7 +36,9 @@ stages:
   boot:
     - name: Say hello on the console
       commands:
-        - . /etc/pok8s-release; echo "pok8s demo: $NAME $VERSION on $FLAVOR $FLAVOR_RELEASE is up" > /dev/console
+        - |
+          . /etc/pok8s-release
+          echo "pok8s demo: $NAME $VERSION on $FLAVOR $FLAVOR_RELEASE is up" > /dev/console
 YAML
 
 echo
