@@ -22,7 +22,6 @@ namespace pok8s::rootfs {
 
 namespace {
 
-
 constexpr std::size_t kMaxEntries = 4'000'000;
 constexpr std::size_t kMaxPath = 4096;
 constexpr std::size_t kMaxDepth = 512;  // each level holds a directory descriptor open
@@ -67,8 +66,8 @@ TreeStamp stamp_of(const struct stat& st) {
   auto ns = [](const timespec& t) {
     return static_cast<std::int64_t>(t.tv_sec) * 1'000'000'000 + t.tv_nsec;
   };
-  return {st.st_ino, ns(st.st_ctim), ns(st.st_mtim), static_cast<std::uint64_t>(st.st_size),
-          st.st_mode, st.st_uid, st.st_gid};
+  return {st.st_ino,  ns(st.st_ctim), ns(st.st_mtim), static_cast<std::uint64_t>(st.st_size),
+          st.st_mode, st.st_uid,      st.st_gid};
 }
 
 class TreeWalker {
@@ -259,7 +258,9 @@ class TreeWalker {
 // Two libarchive writers in a chain: a pax tar whose bytes are hashed for the diffID, fed into
 // a raw writer with the gzip filter whose output is hashed for the digest and written to a file.
 // C callbacks cannot carry exceptions through libarchive, so failures are parked and rethrown.
-bool TreeStamp::directory() const { return S_ISDIR(mode); }
+bool TreeStamp::directory() const {
+  return S_ISDIR(mode);
+}
 
 void write_tree(LayerWriter& out, const util::Path& root, const TreeLayerOptions& options) {
   TreeWalker(out, root, options).run();

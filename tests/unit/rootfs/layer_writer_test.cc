@@ -104,7 +104,8 @@ TEST_F(DiffLayer, HoldsOnlyChangesWithWhiteoutsForRemovals) {
 
 TEST_F(DiffLayer, UntouchedTreeGivesAnEmptyLayer) {
   TreeSnapshot snap = snapshot_tree(tree);
-  auto diff = write_tree_layer(tree, store, "diff", {.source_date_epoch = std::nullopt, .since = &snap});
+  auto diff =
+      write_tree_layer(tree, store, "diff", {.source_date_epoch = std::nullopt, .since = &snap});
   EXPECT_TRUE(layer_names(store.path_for(diff.digest)).empty());
 }
 
