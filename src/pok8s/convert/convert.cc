@@ -305,25 +305,8 @@ oci::ResolvedImage commit_layer(const Work& w, const rootfs::TreeSnapshot& snaps
   for (const auto& [k, v] : labels) labels_json[k] = v;
   std::string config_bytes = config.dump();
 
-  oci::Manifest manifest = w.base.manifest.to_oci();
-  manifest.config.media_type = std::string(oci::media_type::kOciConfig);
-  manifest.config.digest = oci::Digest::sha256_of(config_bytes);
-  manifest.config.size = static_cast<std::int64_t>(config_bytes.size());
-  oci::Descriptor desc;
-  desc.media_type = std::string(oci::media_type::kOciLayerGzip);
-  desc.digest = layer.digest;
-  desc.size = static_cast<std::int64_t>(layer.size);
-  manifest.layers.push_back(desc);
-  w.store.put(manifest.config.digest, config_bytes, "the converted image's config");
-
-  oci::ResolvedImage image;
-  image.source_name = "the converted " + w.base.source_name;
-  image.manifest_doc.bytes = manifest.to_json();
-  image.manifest_doc.media_type = manifest.media_type;
-  image.manifest = oci::Manifest::parse(image.manifest_doc.bytes, manifest.media_type);
-  image.config_bytes = std::move(config_bytes);
-  image.config = oci::ImageConfig::parse(image.config_bytes);
-  return image;
+  return rootfs::image_with_layer(w.base.manifest.to_oci(), std::move(config_bytes), layer, w.store,
+                                  "the converted " + w.base.source_name);
 }
 
 std::string image_arch(const oci::ResolvedImage& base) {

@@ -156,26 +156,7 @@ oci::ResolvedImage import_rootfs(const std::string& source, oci::BlobStore& stor
   if (!options.labels.empty()) config["config"]["Labels"] = options.labels;
   std::string config_bytes = config.dump();
 
-  oci::Manifest manifest;
-  manifest.media_type = std::string(oci::media_type::kOciManifest);
-  manifest.config.media_type = std::string(oci::media_type::kOciConfig);
-  manifest.config.digest = oci::Digest::sha256_of(config_bytes);
-  manifest.config.size = static_cast<std::int64_t>(config_bytes.size());
-  oci::Descriptor layer_desc;
-  layer_desc.media_type = std::string(oci::media_type::kOciLayerGzip);
-  layer_desc.digest = layer.digest;
-  layer_desc.size = static_cast<std::int64_t>(layer.size);
-  manifest.layers.push_back(layer_desc);
-  store.put(manifest.config.digest, config_bytes, "the config of " + source);
-
-  oci::ResolvedImage image;
-  image.source_name = source;
-  image.manifest_doc.bytes = manifest.to_json();
-  image.manifest_doc.media_type = manifest.media_type;
-  image.manifest = oci::Manifest::parse(image.manifest_doc.bytes, manifest.media_type);
-  image.config_bytes = std::move(config_bytes);
-  image.config = oci::ImageConfig::parse(image.config_bytes);
-  return image;
+  return image_with_layer({}, std::move(config_bytes), layer, store, source);
 }
 
 }  // namespace pok8s::rootfs

@@ -314,6 +314,30 @@ LayerBlobInfo write_tree_layer(const util::Path& root, oci::BlobStore& store,
   return layer;
 }
 
+oci::ResolvedImage image_with_layer(oci::Manifest manifest, std::string config_bytes,
+                                    const LayerBlobInfo& layer, oci::BlobStore& store,
+                                    std::string source_name) {
+  manifest.media_type = std::string(oci::media_type::kOciManifest);
+  manifest.config.media_type = std::string(oci::media_type::kOciConfig);
+  manifest.config.digest = oci::Digest::sha256_of(config_bytes);
+  manifest.config.size = static_cast<std::int64_t>(config_bytes.size());
+  oci::Descriptor desc;
+  desc.media_type = std::string(oci::media_type::kOciLayerGzip);
+  desc.digest = layer.digest;
+  desc.size = static_cast<std::int64_t>(layer.size);
+  manifest.layers.push_back(desc);
+  store.put(manifest.config.digest, config_bytes, "the config of " + source_name);
+
+  oci::ResolvedImage image;
+  image.source_name = std::move(source_name);
+  image.manifest_doc.bytes = manifest.to_json();
+  image.manifest_doc.media_type = manifest.media_type;
+  image.manifest = oci::Manifest::parse(image.manifest_doc.bytes, manifest.media_type);
+  image.config_bytes = std::move(config_bytes);
+  image.config = oci::ImageConfig::parse(image.config_bytes);
+  return image;
+}
+
 void LayerWriter::WriteFree::operator()(archive* a) const {
   archive_write_free(a);
 }

@@ -14,6 +14,7 @@
 
 #include "pok8s/oci/blob_store.h"
 #include "pok8s/oci/digest.h"
+#include "pok8s/oci/image.h"
 #include "pok8s/util/file.h"
 #include "pok8s/util/sha256.h"
 
@@ -98,6 +99,12 @@ void write_tree(LayerWriter& out, const util::Path& root, const TreeLayerOptions
 // Writes `root` (or its changes) as a gzip layer into `store`; `what` names it in errors.
 LayerBlobInfo write_tree_layer(const util::Path& root, oci::BlobStore& store,
                                const std::string& what, const TreeLayerOptions& options);
+
+// The image made of `manifest`'s layers plus `layer` (a gzip layer already in `store`) with the
+// config `config_bytes`, which is stored: what import and convert return to be written out.
+oci::ResolvedImage image_with_layer(oci::Manifest manifest, std::string config_bytes,
+                                    const LayerBlobInfo& layer, oci::BlobStore& store,
+                                    std::string source_name);
 
 // Only file capabilities and user attributes describe the image; security.selinux and
 // trusted.* belong to the host the tree was made on.
