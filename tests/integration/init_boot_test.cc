@@ -12,6 +12,7 @@
 #include <string>
 
 #include "integration/qemu.h"
+#include "integration/shell.h"
 #include "pok8s/boot/initramfs.h"
 #include "pok8s/boot/kernel.h"
 #include "pok8s/oci/image.h"
@@ -21,25 +22,10 @@
 namespace fs = std::filesystem;
 using namespace pok8s;
 
+using pok8s::testing::sh;
+using pok8s::testing::Shell;
+
 namespace {
-
-struct Shell {
-  int status = -1;
-  std::string out;
-};
-
-// Runs a shell command, capturing stdout (stderr goes to the test log).
-Shell sh(const std::string& cmd) {
-  Shell r;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  std::size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  int st = ::pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-  return r;
-}
 
 fs::path bin_dir() {
   const char* b = std::getenv("POK8S_BIN");
