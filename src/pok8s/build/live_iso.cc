@@ -15,7 +15,6 @@
 #include "pok8s/boot/kernel.h"
 #include "pok8s/config/cloud_config.h"
 #include "pok8s/convert/convert.h"
-#include "pok8s/convert/download.h"
 #include "pok8s/image/fat.h"
 #include "pok8s/image/iso.h"
 #include "pok8s/rootfs/flat_tree.h"
@@ -34,12 +33,6 @@ using nlohmann::json;
 constexpr int kRootfsStepVersion = 1;
 constexpr int kInitramfsStepVersion = 1;
 constexpr const char* kInitInImage = "usr/lib/pok8s/pok8s-init";
-
-std::string sha256_hex(std::string_view s) {
-  util::Sha256 h;
-  h.update(s);
-  return h.hex_digest();
-}
 
 std::string compression_name(image::SquashfsCompression c) {
   switch (c) {
@@ -84,7 +77,7 @@ util::Path make_rootfs_image(Build& b, bool& was_cached) {
               {"compression", compression_name(b.options.compression)},
               {"level", b.options.compression_level ? *b.options.compression_level : -1},
               {"time", b.timestamp}};
-  util::Path out = b.cache / "rootfs" / (sha256_hex(key.dump()) + ".squashfs");
+  util::Path out = b.cache / "rootfs" / (util::sha256_hex(key.dump()) + ".squashfs");
   was_cached = cached(out);
   if (was_cached) {
     b.log("Rootfs image: cached");
@@ -117,7 +110,7 @@ BootFiles assemble_initramfs(Build& b, bool& was_cached) {
               {"v", kInitramfsStepVersion},
               {"image", b.image.manifest_digest().str()},
               {"time", b.timestamp}};
-  util::Path dir = b.cache / "initramfs" / sha256_hex(key.dump());
+  util::Path dir = b.cache / "initramfs" / util::sha256_hex(key.dump());
   BootFiles files{dir / "kernel", dir / "initrd", {}};
   util::Path version_file = dir / "kernel-version";
   was_cached = cached(files.kernel) && cached(files.initrd) && cached(version_file);
@@ -168,7 +161,7 @@ BuiltArtifact describe(const util::Path& file) {
   struct stat st {};
   if (::stat(file.c_str(), &st) != 0) throw_errno("Failed to read " + file.string(), errno);
   return {file.filename().string(), static_cast<std::uint64_t>(st.st_size),
-          convert::file_sha256(file)};
+          util::file_sha256(file)};
 }
 
 }  // namespace
@@ -239,11 +232,11 @@ LiveIsoResult build_live_iso(const oci::ResolvedImage& image, oci::BlobStore& st
                  {"artifact", "iso"},
                  {"rootfs", rootfs.filename().string()},
                  {"initramfs", boot_files.initrd.parent_path().filename().string()},
-                 {"grub", convert::file_sha256(grub.efi_binary)},
-                 {"cloudConfig", sha256_hex(cloud_config)},
+                 {"grub", util::file_sha256(grub.efi_binary)},
+                 {"cloudConfig", util::sha256_hex(cloud_config)},
                  {"label", options.volume_label},
                  {"time", b.timestamp}};
-  result.build_id = sha256_hex(inputs.dump()).substr(0, 16);
+  result.build_id = util::sha256_hex(inputs.dump()).substr(0, 16);
 
   std::string name = artifact_base_name(image);
   util::make_dirs(options.output_dir);

@@ -105,7 +105,7 @@ void verify_kubernetes_binary(Work& w) {
     return;
   }
   w.kubernetes_binary = o.kubernetes_binary;
-  std::string actual = file_sha256(w.kubernetes_binary);
+  std::string actual = util::file_sha256(w.kubernetes_binary);
   if (!o.kubernetes_sha256.empty() && actual != o.kubernetes_sha256)
     throw Error(ErrorKind::kSignature,
                 fmt::format("Failed to verify {}: its sha256 is {}, expected {}",
@@ -276,13 +276,12 @@ std::string compute_build_id(const Work& w) {
                  {"packages", o.packages},
                  {"recipe", util::read_file(o.data_dir / "recipes" /
                                             (std::string(family_name(w.distro.family)) + ".yaml"))},
-                 {"agent", file_sha256(o.agent_binary)},
-                 {"init", file_sha256(o.init_binary)}};
+                 {"agent", util::file_sha256(o.agent_binary)},
+                 {"init", util::file_sha256(o.init_binary)}};
   if (o.variant == "standard")
-    inputs["kubernetes"] = {o.kubernetes, o.kubernetes_version, file_sha256(w.kubernetes_binary)};
-  util::Sha256 h;
-  h.update(inputs.dump());
-  return h.hex_digest().substr(0, 16);
+    inputs["kubernetes"] = {o.kubernetes, o.kubernetes_version,
+                            util::file_sha256(w.kubernetes_binary)};
+  return util::sha256_hex(inputs.dump()).substr(0, 16);
 }
 
 oci::ResolvedImage commit_layer(const Work& w, const rootfs::TreeSnapshot& snapshot,

@@ -44,20 +44,6 @@ size_t on_data(char* data, size_t size, size_t count, void* user) {
 
 }  // namespace
 
-std::string file_sha256(const util::Path& path) {
-  util::UniqueFd fd = util::open_file(path, O_RDONLY);
-  util::Sha256 hash;
-  std::vector<char> buf(1 << 20);
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw_errno("Failed to read " + path.string(), errno);
-    if (n == 0) break;
-    hash.update(std::as_bytes(std::span(buf.data(), static_cast<std::size_t>(n))));
-  }
-  return hash.hex_digest();
-}
-
 void download_verified(const std::string& url, const std::string& sha256_hex,
                        const util::Path& dest, std::uint64_t limit) {
   if (!url.starts_with("https://") && !url.starts_with("http://"))

@@ -14,7 +14,4 @@ namespace pok8s::convert {
 void download_verified(const std::string& url, const std::string& sha256_hex,
                        const util::Path& dest, std::uint64_t limit = 1ull << 30);
 
-// The sha256 of a file, as lowercase hex.
-std::string file_sha256(const util::Path& path);
-
 }  // namespace pok8s::convert

@@ -1,7 +1,12 @@
 // SHA-256 on OpenSSL's EVP interface.
 #include "pok8s/util/sha256.h"
 
+#include <fcntl.h>
 #include <openssl/evp.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <vector>
 
 #include "pok8s/util/error.h"
 
@@ -45,6 +50,20 @@ std::string sha256_hex(std::string_view data) {
   Sha256 h;
   h.update(data);
   return h.hex_digest();
+}
+
+std::string file_sha256(const Path& path) {
+  UniqueFd fd = open_file(path, O_RDONLY);
+  Sha256 hash;
+  std::vector<char> buf(1 << 20);
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw_errno("Failed to read " + path.string(), errno);
+    if (n == 0) break;
+    hash.update(std::as_bytes(std::span(buf.data(), static_cast<std::size_t>(n))));
+  }
+  return hash.hex_digest();
 }
 
 }  // namespace pok8s::util

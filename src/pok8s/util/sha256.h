@@ -7,6 +7,8 @@
 #include <string>
 #include <string_view>
 
+#include "pok8s/util/file.h"
+
 namespace pok8s::util {
 
 class Sha256 {
@@ -29,5 +31,8 @@ class Sha256 {
 };
 
 std::string sha256_hex(std::string_view data);
+
+// The sha256 of a file's contents, as lowercase hex.
+std::string file_sha256(const Path& path);
 
 }  // namespace pok8s::util
