@@ -47,19 +47,24 @@ std::string read_file(const Path& path, std::uint64_t limit) {
   UniqueFd fd = open_file(path, O_RDONLY);
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) throw_errno("Failed to stat " + path.string(), errno);
-  if (static_cast<std::uint64_t>(st.st_size) > limit)
-    throw Error(ErrorKind::kInvalidInput,
-                fmt::format("Failed to read {}: {} bytes exceeds the limit of {}", path.string(),
-                            st.st_size, limit));
+  auto too_big = [&](std::uint64_t size) {
+    return Error(ErrorKind::kInvalidInput,
+                 fmt::format("Failed to read {}: {} bytes exceeds the limit of {}", path.string(),
+                             size, limit));
+  };
+  if (static_cast<std::uint64_t>(st.st_size) > limit) throw too_big(st.st_size);
+  // Read to the end, not to st_size: files in /proc and /sys say 0 and have content.
   std::string out;
-  out.resize(static_cast<std::size_t>(st.st_size));
+  out.resize(static_cast<std::size_t>(st.st_size) + 4096);
   std::size_t done = 0;
-  while (done < out.size()) {
+  for (;;) {
+    if (done == out.size()) out.resize(out.size() * 2);
     ssize_t n = ::read(fd.get(), out.data() + done, out.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw_errno("Failed to read " + path.string(), errno);
     if (n == 0) break;
     done += static_cast<std::size_t>(n);
+    if (done > limit) throw too_big(done);
   }
   out.resize(done);
   return out;

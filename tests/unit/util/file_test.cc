@@ -69,6 +69,17 @@ TEST(ReadFile, RefusesFilesOverTheLimit) {
   EXPECT_THROW(util::read_file(scratch.path() / "big", 10), Error);
 }
 
+TEST(ReadFile, ReadsPseudoFilesThatReportNoSize) {
+  // /proc files have st_size 0; their content is what a reader sees.
+  std::string status = util::read_file("/proc/self/status");
+  EXPECT_NE(status.find("Pid:"), std::string::npos);
+  EXPECT_THROW(util::read_file("/proc/self/status", 16), Error);
+  std::string big(10000, 'y');
+  auto scratch = util::TempDir::scratch();
+  util::write_file_atomic(scratch.path() / "f", big);
+  EXPECT_EQ(util::read_file(scratch.path() / "f"), big);
+}
+
 TEST(Sha256, MatchesKnownVector) {
   EXPECT_EQ(util::sha256_hex("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
