@@ -2,13 +2,14 @@
 # Installs what pok8s needs from Debian's archive: `build` for building, `test` adds the real
 # tools the tests drive (a registry, skopeo, umoci, mmdebstrap, QEMU with OVMF, clang for the
 # fuzzers, squashfs-tools and xorriso as the reference pipeline and to read what pok8s writes).
+# uidmap's newuidmap/newgidmap let pok8s convert without root, in a user namespace.
 set -euo pipefail
 what=${1:-build}
 
 build_pkgs=(build-essential cmake ninja-build pkg-config git ca-certificates
   libarchive-dev libcurl4-openssl-dev libssl-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libzstd-dev libgtest-dev libgmock-dev libyaml-cpp-dev libsquashfs-dev libisofs-dev libblkid-dev
-  grub-common grub-efi-amd64-bin grub-pc-bin mtools)
+  grub-common grub-efi-amd64-bin grub-pc-bin mtools uidmap)
 # Booting what the demo builds, and the Debian base it starts from.
 boot_pkgs=(qemu-system-x86 ovmf seabios)
 demo_pkgs=(mmdebstrap mount "${boot_pkgs[@]}")

@@ -2,11 +2,13 @@
 #include "build_command.h"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include "common.h"
 #include "pok8s/build/live_iso.h"
 #include "pok8s/convert/convert.h"
 #include "pok8s/util/error.h"
+#include "pok8s/util/userns.h"
 
 namespace pok8s::cli {
 namespace {
@@ -48,6 +50,11 @@ int run_build(const GlobalOptions& g, const std::string& src, const BuildFlags& 
                               "the other convert options) to convert it first",
                               src));
     auto convert_options = c.options();
+    convert::validate_convert_options(convert_options);
+    if (::geteuid() != 0) {
+      out.step("Converting without root: continuing in a user namespace");
+      return util::run_self_in_user_namespace(g.argv);
+    }
     convert_options.log = options.log;
     image = convert::convert_image(image, store, convert_options).image;
   }

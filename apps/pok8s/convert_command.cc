@@ -2,10 +2,12 @@
 #include "convert_command.h"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include "common.h"
 #include "pok8s/convert/convert.h"
 #include "pok8s/util/error.h"
+#include "pok8s/util/userns.h"
 
 namespace pok8s::cli {
 namespace {
@@ -22,9 +24,10 @@ oci::ImageName destination(const std::string& dst, const std::string& suggested_
 
 int run_convert(const GlobalOptions& g, const std::string& src, const std::string& dst,
                 const ConvertFlags& flags, const TransportFlags& t) {
-  Output out(g.output_mode());
   auto options = flags.options();
   convert::validate_convert_options(options);
+  if (::geteuid() != 0) return util::run_self_in_user_namespace(g.argv);
+  Output out(g.output_mode());
   auto store = open_cache(g);
   out.step(fmt::format("Fetching {}", src));
   oci::ResolvedImage base = fetch_image(src, store, t, out.progress());
@@ -59,7 +62,7 @@ int run_convert(const GlobalOptions& g, const std::string& src, const std::strin
 
 void add_convert_command(CLI::App& app, GlobalOptions& g, std::function<int()>& run) {
   CLI::App* cmd = app.add_subcommand(
-      "convert", "Turn a distribution image into an immutable, bootable OS image (needs root)");
+      "convert", "Turn a distribution image into an immutable, bootable OS image");
   auto src = std::make_shared<std::string>();
   auto dst = std::make_shared<std::string>();
   auto flags = std::make_shared<ConvertFlags>();

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "output.h"
 
@@ -11,6 +12,7 @@ struct GlobalOptions {
   std::string cache_dir;  // empty: the XDG cache directory
   bool json = false;
   bool quiet = false;
+  std::vector<std::string> argv;  // as given, to run pok8s again in a user namespace
   OutputMode output_mode() const {
     return json ? OutputMode::kJson : quiet ? OutputMode::kQuiet : OutputMode::kHuman;
   }

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("pok8s ") + POK8S_VERSION);
   app.require_subcommand(1);
   cli::GlobalOptions global;
+  global.argv.assign(argv, argv + argc);
   app.add_option("--cache", global.cache_dir,
                  "Blob cache directory (default: $XDG_CACHE_HOME/pok8s)")
       ->envname("POK8S_CACHE");

@@ -25,6 +25,7 @@
 #include "pok8s/util/install_paths.h"
 #include "pok8s/util/sha256.h"
 #include "pok8s/util/time.h"
+#include "pok8s/util/userns.h"
 
 namespace pok8s::convert {
 namespace {
@@ -397,7 +398,9 @@ ConvertResult convert_image(const oci::ResolvedImage& base, oci::BlobStore& stor
   w.root = scratch.path() / "rootfs";
   w.log("Unpacking the base image");
   rootfs::ApplyOptions apply;
-  apply.devices = true;
+  // Device nodes stay in the base layer; in a user namespace they cannot be made, and a node
+  // missing from both the snapshot and the result is no change.
+  apply.devices = !util::in_user_namespace();
   rootfs::unpack_image(base, store, w.root, apply);
   rootfs::TreeSnapshot snapshot = rootfs::snapshot_tree(w.root);
 

@@ -1,6 +1,8 @@
 // The sandbox: fork, unshare mount and pid namespaces, fork again to be pid 1 there, mount the
 // minimal API filesystems inside the tree, chroot and exec. Between fork and exec only system
-// calls run (everything is prepared before), since the parent may have threads.
+// calls run (everything is prepared before), since the parent may have threads. In a user
+// namespace (pok8s convert without root) sysfs and device nodes cannot be made: the host's are
+// bound instead.
 #include "pok8s/convert/sandbox.h"
 
 #include <fcntl.h>
@@ -47,8 +49,9 @@ constexpr DevNode kDevNodes[] = {{"null", 1, 3},   {"zero", 1, 5},    {"full", 1
 struct Plan {
   std::string root, proc, sys, dev, dev_pts, dev_shm, tmp, run;
   std::vector<std::string> dev_nodes;
-  std::string resolv_target;  // where in the tree the host's resolv.conf goes
-  bool resolv_bind = false;   // bind mount over an existing file (else write into /run)
+  std::vector<std::string> host_dev_nodes;  // bound over dev_nodes in a user namespace
+  std::string resolv_target;                // where in the tree the host's resolv.conf goes
+  bool resolv_bind = false;  // bind mount over an existing file (else write into /run)
   std::string resolv_host;
   std::string resolv_content;         // for the /run case
   std::vector<std::string> run_dirs;  // directories to create under the tmpfs /run
@@ -67,15 +70,31 @@ void mount_or_fail(const char* src, const char* target, const char* type, unsign
   mount_or_fail(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr, "making mounts private");
   mount_or_fail("proc", plan.proc.c_str(), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr,
                 "mounting /proc");
-  mount_or_fail("sysfs", plan.sys.c_str(), "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                nullptr, "mounting /sys");
+  constexpr unsigned long kSysFlags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+  if (::mount("sysfs", plan.sys.c_str(), "sysfs", kSysFlags, nullptr) != 0) {
+    // In a user namespace sysfs cannot be mounted (it belongs to the host's network
+    // namespace): the host's, bound and made read-only, is what the tools see.
+    if (errno != EPERM) child_fail("mounting /sys");
+    mount_or_fail("/sys", plan.sys.c_str(), nullptr, MS_BIND | MS_REC, nullptr,
+                  "binding the host's /sys");
+    (void)::mount(nullptr, plan.sys.c_str(), nullptr, MS_REMOUNT | MS_BIND | kSysFlags, nullptr);
+  }
   mount_or_fail("tmpfs", plan.dev.c_str(), "tmpfs", MS_NOSUID, "mode=0755,size=16m",
                 "mounting /dev");
   for (std::size_t i = 0; i < plan.dev_nodes.size(); ++i) {
     const DevNode& node = kDevNodes[i];
-    if (::mknod(plan.dev_nodes[i].c_str(), S_IFCHR | 0666, makedev(node.major, node.minor)) != 0)
-      child_fail("creating a device node");
-    ::chmod(plan.dev_nodes[i].c_str(), 0666);
+    const char* path = plan.dev_nodes[i].c_str();
+    if (::mknod(path, S_IFCHR | 0666, makedev(node.major, node.minor)) == 0) {
+      ::chmod(path, 0666);
+      continue;
+    }
+    // Only the initial namespace may make device nodes: bind the host's over an empty file.
+    if (errno != EPERM) child_fail("creating a device node");
+    int fd = ::open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0) child_fail("creating a device node's mount point");
+    ::close(fd);
+    mount_or_fail(plan.host_dev_nodes[i].c_str(), path, nullptr, MS_BIND, nullptr,
+                  "binding a host device node");
   }
   if (::mkdir(plan.dev_pts.c_str(), 0755) != 0) child_fail("creating /dev/pts");
   mount_or_fail("devpts", plan.dev_pts.c_str(), "devpts", MS_NOSUID | MS_NOEXEC,
@@ -133,7 +152,10 @@ Plan make_plan(const util::Path& root, const std::vector<std::string>& argv,
   }
   plan.dev_pts = plan.dev + "/pts";
   plan.dev_shm = plan.dev + "/shm";
-  for (const auto& node : kDevNodes) plan.dev_nodes.push_back(plan.dev + "/" + node.name);
+  for (const auto& node : kDevNodes) {
+    plan.dev_nodes.push_back(plan.dev + "/" + node.name);
+    plan.host_dev_nodes.push_back(std::string("/dev/") + node.name);
+  }
 
   // DNS: bind the host's file over a regular one; follow a symlink only into /run, which is
   // our tmpfs (systemd-resolved's stub link); else leave name resolution to the image.
@@ -176,7 +198,7 @@ SandboxResult run_in_root(const util::Path& root, const std::vector<std::string>
   if (::geteuid() != 0)
     throw Error(ErrorKind::kUnsupported,
                 fmt::format("Failed to run {} in the image: installing packages into an image "
-                            "needs root (run pok8s convert as root)",
+                            "needs root, or the user namespace pok8s convert makes without it",
                             argv[0]));
   Plan plan = make_plan(root, argv, options);
   int pipe_fds[2];
