@@ -8,8 +8,8 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
-#include <set>
 
+#include "pok8s/config/strict_yaml.h"
 #include "pok8s/util/error.h"
 
 namespace pok8s::config {
@@ -83,67 +83,6 @@ constexpr std::string_view kUnsupportedUserKeys[] = {
     "no_create_home", "no_user_group",          "system",
     "no_log_init",    "ssh_import_github_user", "ssh_import_id"};
 constexpr std::string_view kSystemctlKeys[] = {"enable", "disable", "start", "mask"};
-
-bool contains(std::span<const std::string_view> list, std::string_view key) {
-  return std::find(list.begin(), list.end(), key) != list.end();
-}
-
-std::size_t edit_distance(std::string_view a, std::string_view b) {
-  std::vector<std::size_t> prev(b.size() + 1), cur(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j) prev[j] = j;
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      std::size_t subst = prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1);
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, subst});
-    }
-    std::swap(prev, cur);
-  }
-  return prev[b.size()];
-}
-
-// "; did you mean "commands"?" when one known word is close to `key`.
-std::string did_you_mean(std::string_view key, std::span<const std::string_view> known) {
-  if (key.size() > 64) return {};
-  std::string_view best;
-  std::size_t best_distance = 3;
-  for (auto word : known) {
-    std::size_t d = edit_distance(key, word);
-    if (d < best_distance && d <= std::max<std::size_t>(1, word.size() / 3)) {
-      best = word;
-      best_distance = d;
-    }
-  }
-  return best.empty() ? std::string() : fmt::format("; did you mean \"{}\"?", best);
-}
-
-std::string printable(std::string_view text) {
-  std::string out;
-  for (char c : text.substr(0, 64)) {
-    auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f)
-      out += fmt::format("\\x{:02x}", u);
-    else
-      out.push_back(c);
-  }
-  if (text.size() > 64) out += "…";
-  return out;
-}
-
-const char* type_name(const YAML::Node& node) {
-  switch (node.Type()) {
-    case YAML::NodeType::Map:
-      return "a map";
-    case YAML::NodeType::Sequence:
-      return "a list";
-    case YAML::NodeType::Scalar:
-      return "a string";
-    case YAML::NodeType::Null:
-      return "empty";
-    default:
-      return "undefined";
-  }
-}
 
 bool is_octal_digits(std::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '7'; });
@@ -259,19 +198,17 @@ std::optional<std::string> decode_base64(std::string_view text) {
   return out;
 }
 
-class Parser {
+// The cloud-config half of the parser; the generic strictness comes from StrictYaml.
+class Parser : private StrictYaml {
  public:
-  explicit Parser(std::string_view source) : source_(source) {}
+  explicit Parser(std::string_view source)
+      : StrictYaml("cloud-config", source,
+                   {kMaxCloudConfigNodes, kMaxCloudConfigListLength, kMaxCloudConfigDepth}) {}
 
   CloudConfig parse(std::string_view text) {
     CloudConfig config;
-    config.source = source_;
-    YAML::Node root;
-    try {
-      root = YAML::Load(std::string(text));
-    } catch (const YAML::Exception& e) {
-      fail_at(e.mark.line, e.msg);
-    }
+    config.source = source();
+    YAML::Node root = load(text);
     if (root.IsNull()) return config;
     count(root);
     if (!root.IsMap())
@@ -298,132 +235,6 @@ class Parser {
   }
 
  private:
-  [[noreturn]] void fail_at(int line, const std::string& message) const {
-    if (line >= 0)
-      throw Error(
-          ErrorKind::kInvalidInput,
-          fmt::format("Failed to read cloud-config {}: line {}: {}", source_, line + 1, message));
-    throw Error(ErrorKind::kInvalidInput,
-                fmt::format("Failed to read cloud-config {}: {}", source_, message));
-  }
-  [[noreturn]] void fail(const YAML::Node& at, const std::string& message) const {
-    fail_at(at.Mark().line, message);
-  }
-
-  void count(const YAML::Node& node) {
-    if (++nodes_ > kMaxCloudConfigNodes)
-      fail(node, fmt::format("more than {} YAML nodes", kMaxCloudConfigNodes));
-  }
-
-  void check_length(const YAML::Node& node, const std::string& path) {
-    if (node.size() > kMaxCloudConfigListLength)
-      fail(node, fmt::format("{} has {} entries, more than the limit of {}", path, node.size(),
-                             kMaxCloudConfigListLength));
-  }
-
-  void check_depth(const YAML::Node& node, const std::string& path, std::size_t depth) {
-    count(node);
-    if (depth > kMaxCloudConfigDepth)
-      fail(node, fmt::format("{} nests deeper than {} levels", path, kMaxCloudConfigDepth));
-    if (node.IsMap() || node.IsSequence()) {
-      check_length(node, path);
-      for (auto it = node.begin(); it != node.end(); ++it) {
-        if (node.IsMap()) {
-          check_depth(it->first, path, depth + 1);
-          check_depth(it->second, path, depth + 1);
-        } else {
-          check_depth(*it, path, depth + 1);
-        }
-      }
-    }
-  }
-
-  // Calls `fn(key, key_node, value)` for each entry of the map `node` at `path`, refusing
-  // non-scalar and duplicate keys.
-  template <typename Fn>
-  void for_each_key(const YAML::Node& node, const std::string& path, Fn&& fn) {
-    check_length(node, path.empty() ? "the document" : path);
-    std::set<std::string> seen;
-    for (auto it = node.begin(); it != node.end(); ++it) {
-      // Copies: the iterator hands out a temporary pair (Node copies share the same data).
-      YAML::Node key_node = it->first;
-      YAML::Node value = it->second;
-      count(key_node);
-      count(value);
-      if (!key_node.IsScalar())
-        fail(key_node, fmt::format("a key in {} must be a string, not {}",
-                                   path.empty() ? "the document" : path, type_name(key_node)));
-      const std::string& key = key_node.Scalar();
-      if (!seen.insert(key).second)
-        fail(key_node, fmt::format("duplicate key \"{}\"{}", printable(key), in(path)));
-      fn(key, key_node, value);
-    }
-  }
-
-  static std::string in(const std::string& path) { return path.empty() ? "" : " in " + path; }
-  static std::string join(const std::string& path, std::string_view key) {
-    return path.empty() ? std::string(key) : fmt::format("{}.{}", path, key);
-  }
-  static std::string index(const std::string& path, std::size_t i) {
-    return fmt::format("{}[{}]", path, i);
-  }
-
-  [[noreturn]] void unknown_key(const YAML::Node& key_node, const std::string& key,
-                                const std::string& path, std::span<const std::string_view> known,
-                                std::span<const std::string_view> unsupported = {}) {
-    if (contains(unsupported, key))
-      fail(key_node, fmt::format("key \"{}\"{} is not supported by pok8s", key, in(path)));
-    fail(key_node,
-         fmt::format("unknown key \"{}\"{}{}", printable(key), in(path), did_you_mean(key, known)));
-  }
-
-  void expect(const YAML::Node& node, YAML::NodeType::value type, const std::string& path,
-              const char* what) {
-    if (node.Type() != type)
-      fail(node, fmt::format("{} must be {}, not {}", path, what, type_name(node)));
-  }
-
-  std::string read_string(const YAML::Node& node, const std::string& path) {
-    if (node.IsNull()) return {};
-    if (!node.IsScalar())
-      fail(node, fmt::format("{} must be a string, not {}", path, type_name(node)));
-    return node.Scalar();
-  }
-
-  // A string used on one line of a system file (passwd fields, environment values).
-  std::string read_line_string(const YAML::Node& node, const std::string& path, bool allow_colon) {
-    std::string s = read_string(node, path);
-    if (s.find('\n') != s.npos || s.find('\0') != s.npos || (!allow_colon && s.find(':') != s.npos))
-      fail(node, fmt::format("{} must be one line{}", path, allow_colon ? "" : " without ':'"));
-    return s;
-  }
-
-  bool read_bool(const YAML::Node& node, const std::string& path) {
-    if (node.IsScalar()) {
-      const std::string& s = node.Scalar();
-      if (s == "true" || s == "True" || s == "TRUE" || s == "yes" || s == "on") return true;
-      if (s == "false" || s == "False" || s == "FALSE" || s == "no" || s == "off") return false;
-    }
-    fail(node,
-         fmt::format("{} must be true or false, not {}", path,
-                     node.IsScalar() ? "\"" + printable(node.Scalar()) + "\"" : type_name(node)));
-  }
-
-  std::vector<std::string> read_string_list(const YAML::Node& node, const std::string& path) {
-    std::vector<std::string> out;
-    if (node.IsNull()) return out;
-    expect(node, YAML::NodeType::Sequence, path, "a list of strings");
-    check_length(node, path);
-    for (std::size_t i = 0; i < node.size(); ++i) {
-      count(node[i]);
-      if (!node[i].IsScalar())
-        fail(node[i],
-             fmt::format("{} must be a string, not {}", index(path, i), type_name(node[i])));
-      out.push_back(node[i].Scalar());
-    }
-    return out;
-  }
-
   std::uint32_t read_id(const YAML::Node& node, const std::string& path) {
     std::string s = read_string(node, path);
     std::uint32_t value = 0;
@@ -765,9 +576,6 @@ class Parser {
                  });
     return spec;
   }
-
-  std::string source_;
-  std::size_t nodes_ = 0;
 };
 
 }  // namespace
