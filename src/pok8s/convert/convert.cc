@@ -15,8 +15,10 @@
 #include <regex>
 
 #include "pok8s/convert/download.h"
+#include "pok8s/convert/image_files.h"
 #include "pok8s/convert/recipe.h"
 #include "pok8s/convert/sandbox.h"
+#include "pok8s/convert/toppings.h"
 #include "pok8s/rootfs/apply.h"
 #include "pok8s/rootfs/flat_tree.h"
 #include "pok8s/rootfs/image_file.h"
@@ -116,6 +118,15 @@ void verify_kubernetes_binary(Work& w) {
 void install_packages(const Work& w) {
   std::vector<std::string> packages = w.recipe.packages_for(w.arch);
   packages.insert(packages.end(), w.options.packages.begin(), w.options.packages.end());
+  if (w.options.toppings.wireguard) {
+    auto it = w.recipe.topping_packages.find("wireguard");
+    if (it == w.recipe.topping_packages.end())
+      throw Error(ErrorKind::kUnsupported,
+                  fmt::format("Failed to add the WireGuard topping: the {} recipe names no "
+                              "packages for it (toppings.wireguard)",
+                              w.recipe.name));
+    packages.insert(packages.end(), it->second.begin(), it->second.end());
+  }
   auto sandbox = w.sandbox();
   if (!w.recipe.update.empty()) {
     w.log(fmt::format("Updating the package lists ({})", w.recipe.update[0]));
@@ -127,29 +138,6 @@ void install_packages(const Work& w) {
   run_in_root_checked(w.root, argv, sandbox,
                       fmt::format("install packages into {}", w.base.source_name));
   if (!w.recipe.clean.empty()) run_in_root_checked(w.root, w.recipe.clean, sandbox, "clean up");
-}
-
-// Writes a file at an absolute image path, refusing to follow the image's symlinks out of it.
-void put_file(const util::Path& root, std::string_view path, std::string_view content,
-              unsigned mode) {
-  std::string rel(path.substr(path.find_first_not_of('/')));
-  util::Path target = root / rel;
-  for (util::Path p = target.parent_path(); p != root && p.string().size() > root.string().size();
-       p = p.parent_path()) {
-    struct stat st {};
-    if (::lstat(p.c_str(), &st) == 0 && S_ISLNK(st.st_mode))
-      throw Error(ErrorKind::kInvalidInput,
-                  fmt::format("Failed to write /{}: /{} in the image is a symlink", rel,
-                              p.lexically_relative(root).string()));
-  }
-  util::make_dirs(target.parent_path());
-  util::write_file_atomic(target, content, mode);
-  ::chmod(target.c_str(), mode);
-}
-
-void copy_into(const util::Path& root, std::string_view path, const util::Path& source,
-               unsigned mode) {
-  put_file(root, path, util::read_file(source, 512u << 20), mode);
 }
 
 void remove_matching(const util::Path& root, const std::string& pattern) {
@@ -223,6 +211,39 @@ void add_framework(const Work& w) {
   }
 }
 
+void add_toppings(const Work& w) {
+  const auto& t = w.options.toppings;
+  if (t.manifests.empty() && !t.wireguard && !t.cluster) return;
+  w.log("Adding the toppings (manifests, WireGuard, cluster join)");
+  std::string kubernetes = w.options.variant == "standard" ? w.options.kubernetes : "";
+  auto services = write_toppings(w.root, t, kubernetes, w.recipe.init, w.options.data_dir);
+  auto sandbox = w.sandbox();
+  if (w.recipe.init == InitSystem::kSystemd) {
+    std::vector<std::string> argv = {"systemctl", "enable"};
+    for (const auto& s : services) argv.push_back(s.name);
+    if (argv.size() > 2)
+      run_in_root_checked(w.root, argv, sandbox, "enable the toppings' services");
+  } else {
+    for (const auto& s : services)
+      run_in_root_checked(w.root, {"rc-update", "add", s.name, s.runlevel}, sandbox,
+                          "enable " + s.name);
+  }
+}
+
+// What the toppings put into the image, for the build id.
+json toppings_inputs(const ConvertOptions& o) {
+  json manifests = json::array();
+  for (const auto& f : manifest_files(o.toppings))
+    manifests.push_back({f.filename().string(), util::file_sha256(f)});
+  json out = {{"manifests", manifests}};
+  if (o.toppings.wireguard)
+    out["wireguard"] = util::sha256_hex(wireguard_config(*o.toppings.wireguard));
+  if (o.toppings.cluster)
+    out["cluster"] =
+        util::sha256_hex(k3s_join_config(*o.toppings.cluster) + "\n" + o.toppings.cluster->token);
+  return out;
+}
+
 void add_kubernetes(const Work& w) {
   const auto& o = w.options;
   if (o.variant != "standard") return;
@@ -275,6 +296,7 @@ std::string compute_build_id(const Work& w) {
                  {"model", o.model},
                  {"arch", w.arch},
                  {"packages", o.packages},
+                 {"toppings", toppings_inputs(o)},
                  {"recipe", util::read_file(o.data_dir / "recipes" /
                                             (std::string(family_name(w.distro.family)) + ".yaml"))},
                  {"agent", util::file_sha256(o.agent_binary)},
@@ -346,6 +368,7 @@ void validate_convert_options(const ConvertOptions& o) {
   if (!o.kubernetes_sha256.empty() &&
       !std::regex_match(o.kubernetes_sha256, std::regex("[0-9a-f]{64}")))
     bad_option("--k8s-sha256", "expected 64 lowercase hex digits");
+  validate_toppings(o.toppings, o.variant == "standard" ? o.kubernetes : "");
   if (o.variant != "standard") {
     if (!o.kubernetes_binary.empty())
       bad_option("--k8s-binary", "only the standard variant has Kubernetes");
@@ -413,6 +436,7 @@ ConvertResult convert_image(const oci::ResolvedImage& base, oci::BlobStore& stor
                             base.source_name, w.recipe.name));
   add_framework(w);
   add_kubernetes(w);
+  add_toppings(w);
   clear_identity(w);
   auto values = release_values(w);
   std::string release = release_file_text(values);

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "pok8s/config/build_spec.h"
 #include "pok8s/convert/family.h"
 #include "pok8s/oci/blob_store.h"
 #include "pok8s/oci/image.h"
@@ -27,6 +28,7 @@ struct ConvertOptions {
   std::string model = "generic";
   std::string arch;  // amd64 | arm64; default: the image's
   std::vector<std::string> packages;
+  config::Toppings toppings;  // manifests, WireGuard, cluster join (from a build spec)
   std::optional<std::int64_t> source_date_epoch;
   util::Path data_dir;                        // share/pok8s; default util::data_dir()
   util::Path agent_binary;                    // default util::node_binary("pok8s-agent")

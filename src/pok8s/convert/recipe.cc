@@ -66,8 +66,9 @@ Recipe parse_recipe(std::string_view text, std::string_view name) {
     throw Error(ErrorKind::kFormat,
                 fmt::format("Failed to read recipe {}: line {}: {}", name, e.mark.line + 1, e.msg));
   }
-  only_keys(name, root, "the recipe",
-            {"family", "init", "package_manager", "packages", "services", "files", "remove"});
+  only_keys(
+      name, root, "the recipe",
+      {"family", "init", "package_manager", "packages", "toppings", "services", "files", "remove"});
   Recipe recipe;
   recipe.name = name;
   if (!root["family"]) refuse(name, root, "the recipe has no family");
@@ -99,6 +100,12 @@ Recipe parse_recipe(std::string_view text, std::string_view name) {
     for (const auto& kv : packages)
       recipe.packages[kv.first.as<std::string>()] =
           strings(name, kv.second, "packages." + kv.first.as<std::string>());
+  }
+  if (auto toppings = root["toppings"]) {
+    only_keys(name, toppings, "toppings", {"wireguard"});
+    for (const auto& kv : toppings)
+      recipe.topping_packages[kv.first.as<std::string>()] =
+          strings(name, kv.second, "toppings." + kv.first.as<std::string>());
   }
   if (root["services"]) recipe.services = strings(name, root["services"], "services");
   if (auto files = root["files"]) {

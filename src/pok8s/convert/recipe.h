@@ -30,6 +30,8 @@ struct Recipe {
   std::vector<std::string> install;  // the package names are appended
   std::vector<std::string> clean;
   std::map<std::string, std::vector<std::string>> packages;  // "all" and per architecture
+  // What a build spec topping needs from the family's archive ("wireguard": wireguard-tools).
+  std::map<std::string, std::vector<std::string>> topping_packages;
   std::vector<std::string> services;
   std::vector<RecipeFile> files;
   std::vector<std::string> remove;  // absolute paths; a trailing "*" matches a name prefix
