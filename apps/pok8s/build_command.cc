@@ -6,6 +6,8 @@
 
 #include "common.h"
 #include "pok8s/build/live_iso.h"
+#include "pok8s/build/spec_build.h"
+#include "pok8s/config/build_spec.h"
 #include "pok8s/convert/convert.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/userns.h"
@@ -14,12 +16,16 @@ namespace pok8s::cli {
 namespace {
 
 struct BuildFlags {
+  std::string spec;  // -f: a build spec instead of SRC and the flags
   std::string artifact = "iso";
   std::string output;
   std::string config;
   std::string compression = "zstd";
   int level = 0;
 };
+
+nlohmann::json artifacts_json(const build::LiveIsoResult& r, const util::Path& dir,
+                              std::string& human);
 
 int run_build(const GlobalOptions& g, const std::string& src, const BuildFlags& b,
               const ConvertFlags& c, const TransportFlags& t) {
@@ -31,15 +37,8 @@ int run_build(const GlobalOptions& g, const std::string& src, const BuildFlags& 
   options.compression = image::parse_squashfs_compression(b.compression);
   if (b.level > 0) options.compression_level = b.level;
   options.source_date_epoch = source_date_epoch();
-  options.log = [&out](std::string_view line) {
-    if (line.starts_with("  | "))
-      out.detail(std::string(line.substr(4)));
-    else
-      out.step(std::string(line));
-  };
-  options.progress = [&out](std::string_view step, std::uint64_t done, std::uint64_t total) {
-    out.progress_bytes(std::string(step), done, total);
-  };
+  options.log = out.log();
+  options.progress = out.byte_progress();
 
   out.step(fmt::format("Fetching {}", src));
   oci::ResolvedImage image = fetch_image(src, store, t, out.progress());
@@ -61,12 +60,7 @@ int run_build(const GlobalOptions& g, const std::string& src, const BuildFlags& 
   build::LiveIsoResult r = build::build_live_iso(image, store, options);
   std::string human =
       fmt::format("Built {} (kernel {}, build id {})\n", src, r.kernel_version, r.build_id);
-  nlohmann::json artifacts = nlohmann::json::array();
-  for (const auto& a : r.artifacts) {
-    human += fmt::format("  {}  {}  sha256:{}\n", (util::Path(b.output) / a.name).string(),
-                         human_size(static_cast<std::int64_t>(a.size)), a.sha256);
-    artifacts.push_back({{"name", a.name}, {"size", a.size}, {"sha256", a.sha256}});
-  }
+  nlohmann::json artifacts = artifacts_json(r, b.output, human);
   human += fmt::format("Manifest: {}", r.manifest.string());
   out.result(human, {{"source", src},
                      {"buildId", r.build_id},
@@ -74,6 +68,54 @@ int run_build(const GlobalOptions& g, const std::string& src, const BuildFlags& 
                      {"artifacts", artifacts},
                      {"manifest", r.manifest.string()},
                      {"cached", {{"rootfs", r.rootfs_cached}, {"initramfs", r.initramfs_cached}}}});
+  return 0;
+}
+
+nlohmann::json artifacts_json(const build::LiveIsoResult& r, const util::Path& dir,
+                              std::string& human) {
+  nlohmann::json artifacts = nlohmann::json::array();
+  for (const auto& a : r.artifacts) {
+    human += fmt::format("  {}  {}  sha256:{}\n", (dir / a.name).string(),
+                         human_size(static_cast<std::int64_t>(a.size)), a.sha256);
+    artifacts.push_back({{"name", a.name}, {"size", a.size}, {"sha256", a.sha256}});
+  }
+  return artifacts;
+}
+
+int run_spec_build(const GlobalOptions& g, const BuildFlags& b, const TransportFlags& t) {
+  Output out(g.output_mode());
+  config::BuildSpec spec = config::load_build_spec(b.spec);
+  build::check_buildable(spec);
+  auto store = open_cache(g);
+  out.step(fmt::format("Fetching {}", spec.base));
+  oci::ResolvedImage base = fetch_image(spec.base, store, t, out.progress());
+  build::SpecIdentity identity = build::identify_spec(spec, base, POK8S_VERSION);
+  bool convert = build::spec_needs_conversion(spec, base);
+  if (convert) convert::validate_convert_options(build::spec_convert_options(spec));
+  if (convert && ::geteuid() != 0) {
+    out.step("Converting without root: continuing in a user namespace");
+    return util::run_self_in_user_namespace(g.argv);
+  }
+  out.step(fmt::format("Building spec {} (build id {})", b.spec, identity.id));
+  build::SpecBuildOptions options;
+  options.output_dir = b.output;
+  options.source_date_epoch = source_date_epoch();
+  options.log = out.log();
+  options.progress = out.byte_progress();
+  build::SpecBuildResult r = build::build_spec(spec, base, identity, store, options);
+  std::string human =
+      fmt::format("Built {} (spec id {}, kernel {})\n", b.spec, identity.id, r.iso.kernel_version);
+  nlohmann::json artifacts = artifacts_json(r.iso, b.output, human);
+  human += fmt::format("Manifest: {}", r.iso.manifest.string());
+  out.result(human, {{"spec", b.spec},
+                     {"specId", identity.id},
+                     {"buildId", r.iso.build_id},
+                     {"kernel", r.iso.kernel_version},
+                     {"artifacts", artifacts},
+                     {"manifest", r.iso.manifest.string()},
+                     {"converted", r.converted},
+                     {"cached",
+                      {{"rootfs", r.iso.rootfs_cached}, {"initramfs", r.iso.initramfs_cached}}}});
   return 0;
 }
 
@@ -86,8 +128,12 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
   auto b = std::make_shared<BuildFlags>();
   auto c = std::make_shared<ConvertFlags>();
   auto t = std::make_shared<TransportFlags>();
-  cmd->add_option("SRC", *src, "A pok8s image, or a distribution image to convert first")
-      ->required();
+  auto* src_opt =
+      cmd->add_option("SRC", *src, "A pok8s image, or a distribution image to convert first");
+  auto* spec_opt = cmd->add_option("-f,--file", b->spec,
+                                   "A build spec (YAML, docs/build-spec.md): base, conversion, "
+                                   "toppings, artifacts and cloud-config in one file");
+  src_opt->excludes(spec_opt);
   cmd->add_option("--artifact", b->artifact, "What to build")
       ->check(CLI::IsMember({"iso"}))
       ->default_val("iso");
@@ -96,10 +142,22 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
   cmd->add_option("--compression", b->compression, "Rootfs compression: zstd or xz")
       ->check(CLI::IsMember({"zstd", "xz", "gzip"}))
       ->default_val("zstd");
-  cmd->add_option("--compression-level", b->level, "Compression level (default: the codec's)");
+  cmd->add_option("--compression-level", b->level,
+                  "Compression level (default: 9 for zstd, else the codec's)");
   c->add_to(cmd, false);
   t->add_to(cmd);
-  cmd->callback([&run, &g, src, b, c, t] {
+  cmd->callback([&run, &g, cmd, src, b, c, t] {
+    if (!b->spec.empty()) {
+      // The spec says everything the flags would; both at once would leave one of them unused.
+      for (const char* flag : {"--artifact", "--config", "--compression", "--compression-level",
+                               "--version", "--variant", "--k8s", "--k8s-version", "--k8s-binary",
+                               "--k8s-sha256", "--model", "--arch", "--packages"})
+        if (cmd->count(flag) > 0)
+          throw CLI::ValidationError(flag, "comes from the build spec given with -f");
+      run = [&g, b, t] { return run_spec_build(g, *b, *t); };
+      return;
+    }
+    if (src->empty()) throw CLI::RequiredError("SRC or -f SPEC");
     run = [&g, src, b, c, t] { return run_build(g, *src, *b, *c, *t); };
   });
 }

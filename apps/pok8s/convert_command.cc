@@ -31,12 +31,7 @@ int run_convert(const GlobalOptions& g, const std::string& src, const std::strin
   auto store = open_cache(g);
   out.step(fmt::format("Fetching {}", src));
   oci::ResolvedImage base = fetch_image(src, store, t, out.progress());
-  options.log = [&out](std::string_view line) {
-    if (line.starts_with("  | "))
-      out.detail(std::string(line.substr(4)));
-    else
-      out.step(std::string(line));
-  };
+  options.log = out.log();
   convert::ConvertResult r = convert::convert_image(base, store, options);
   oci::ImageName to = destination(dst, r.suggested_tag);
   out.step(fmt::format("Writing {}", to.str()));

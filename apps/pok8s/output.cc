@@ -132,4 +132,19 @@ void Output::result(const std::string& human, const nlohmann::json& machine) {
   std::fflush(stdout);
 }
 
+std::function<void(std::string_view)> Output::log() {
+  return [this](std::string_view line) {
+    if (line.starts_with("  | "))
+      detail(std::string(line.substr(4)));
+    else
+      step(std::string(line));
+  };
+}
+
+std::function<void(std::string_view, std::uint64_t, std::uint64_t)> Output::byte_progress() {
+  return [this](std::string_view name, std::uint64_t done, std::uint64_t total) {
+    progress_bytes(std::string(name), done, total);
+  };
+}
+
 }  // namespace pok8s::cli

@@ -4,8 +4,10 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 
 #include "pok8s/oci/image.h"
 
@@ -26,6 +28,10 @@ class Output {
   // Bytes done of a long step ("rootfs"): a live line on a terminal, a JSON event at most
   // once a second with --json.
   void progress_bytes(const std::string& step, std::uint64_t done, std::uint64_t total);
+  // The library's log callback: its lines are steps, and "  | "-prefixed lines are details.
+  std::function<void(std::string_view)> log();
+  // The library's byte progress callback (step name, done, total), as progress_bytes.
+  std::function<void(std::string_view, std::uint64_t, std::uint64_t)> byte_progress();
   // The final result: the human text, or the JSON object with --json.
   void result(const std::string& human, const nlohmann::json& machine);
 

@@ -47,10 +47,8 @@ class LiveIso : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     auto fail = [](std::string why) { setup_error_ = std::move(why); };
-    auto fixture = util::run_process(
-        {"bash", std::string(POK8S_TEST_SOURCE_DIR) + "/tests/fixtures/debian-base.sh"});
-    if (fixture.status != 0) return fail("the Debian fixture failed:\n" + fixture.output);
-    std::string tar = util::last_line(fixture.output);
+    std::string tar = debian_fixture(setup_error_);
+    if (tar.empty()) return;
     work_ = new util::TempDir(util::TempDir::scratch("/var/tmp"));
     util::Path w = work_->path();
     layout_ = "oci:" + (w / "layout").string();

@@ -28,4 +28,16 @@ inline util::ProcessResult run_pok8s(const std::string& cache, std::vector<std::
   return util::run_process(argv, {.env = env, .output_limit = 4u << 20});
 }
 
+// The Debian bookworm fixture tarball (made with mmdebstrap, cached): its path, or empty with
+// the script's output in `error`.
+inline std::string debian_fixture(std::string& error) {
+  auto r = util::run_process(
+      {"bash", std::string(POK8S_TEST_SOURCE_DIR) + "/tests/fixtures/debian-base.sh"});
+  if (r.status != 0) {
+    error = "the Debian fixture failed:\n" + r.output;
+    return {};
+  }
+  return util::last_line(r.output);
+}
+
 }  // namespace pok8s::testing

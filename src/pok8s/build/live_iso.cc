@@ -71,11 +71,14 @@ struct Build {
 
 // The squashfs of the whole image, keyed by its manifest digest and the writer's options.
 util::Path make_rootfs_image(Build& b, bool& was_cached) {
+  std::optional<int> level = b.options.compression_level;
+  if (!level && b.options.compression == image::SquashfsCompression::kZstd) level = 9;
   json key = {{"step", "rootfs"},
               {"v", kRootfsStepVersion},
               {"image", b.image.manifest_digest().str()},
               {"compression", compression_name(b.options.compression)},
-              {"level", b.options.compression_level ? *b.options.compression_level : -1},
+              {"level", level ? *level : -1},
+              {"block", b.options.block_size},
               {"time", b.timestamp}};
   util::Path out = b.cache / "rootfs" / (util::sha256_hex(key.dump()) + ".squashfs");
   was_cached = cached(out);
@@ -87,7 +90,8 @@ util::Path make_rootfs_image(Build& b, bool& was_cached) {
   util::make_dirs(out.parent_path());
   image::SquashfsOptions o;
   o.compression = b.options.compression;
-  o.level = b.options.compression_level;
+  o.level = level;
+  o.block_size = b.options.block_size;
   o.mkfs_time = b.timestamp;
   if (b.options.progress)
     o.progress = [&](std::uint64_t done, std::uint64_t total) {
@@ -261,6 +265,10 @@ LiveIsoResult build_live_iso(const oci::ResolvedImage& image, oci::BlobStore& st
       {"kernel", result.kernel_version},
       {"inputs", inputs},
       {"artifacts", json::array()}};
+  if (!options.spec_id.empty()) {
+    manifest["specId"] = options.spec_id;
+    manifest["spec"] = options.spec;
+  }
   for (const auto& a : result.artifacts)
     manifest["artifacts"].push_back(
         {{"name", a.name}, {"type", "iso"}, {"size", a.size}, {"sha256", a.sha256}});

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -22,10 +23,18 @@ struct LiveIsoOptions {
   util::Path output_dir;                   // receives <name>.iso and <name>.manifest.json
   std::optional<util::Path> cloud_config;  // validated, then /config.yaml on the ISO
   image::SquashfsCompression compression = image::SquashfsCompression::kZstd;
+  // Unset: zstd at level 9, else the codec's default. With 1 MiB blocks, zstd 9 makes a smaller
+  // Debian rootfs than mksquashfs's defaults (128 KiB, zstd 15) with a sixth of the CPU time
+  // (docs/benchmarks.md).
   std::optional<int> compression_level;
+  std::uint32_t block_size = 1u << 20;
   std::optional<std::int64_t> source_date_epoch;  // default: the image's creation time
   util::Path cache_dir;                           // step results; default: the blob store's
   std::string volume_label = "COS_LIVE";
+  // The build spec this ISO was made from, if any: its id and canonical form go into the
+  // manifest.
+  std::string spec_id;
+  nlohmann::json spec;
   std::function<void(std::string_view)> log;  // one line per step
   // Progress of the long steps: step name, bytes done, bytes total.
   std::function<void(std::string_view, std::uint64_t, std::uint64_t)> progress;
