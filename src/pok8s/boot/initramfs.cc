@@ -8,12 +8,14 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <functional>
 #include <map>
 #include <memory>
 #include <set>
+#include <thread>
 
 #include "pok8s/boot/modules.h"
 #include "pok8s/util/archive_filters.h"
@@ -43,26 +45,6 @@ struct ArchiveWriteDeleter {
 struct EntryDeleter {
   void operator()(archive_entry* e) const { archive_entry_free(e); }
 };
-
-// Thrown from a read_files callback once every wanted file has been seen, so the rest of
-// the layer is not decompressed.
-struct StopReading {};
-
-// Calls `fn` for each file of `tree` whose data entry is in `wanted` (paths of entries
-// holding data), in one pass over the layers that stops after the last of them.
-void read_selected(const FlatTree& tree, const std::set<std::string>& wanted,
-                   const std::function<void(const FlatEntry&, LayerReader&)>& fn) {
-  if (wanted.empty()) return;
-  std::size_t left = wanted.size();
-  try {
-    tree.read_files([&](const FlatEntry& entry, LayerReader& reader) {
-      if (!wanted.contains(entry.path)) return;
-      fn(entry, reader);
-      if (--left == 0) throw StopReading{};
-    });
-  } catch (const StopReading&) {
-  }
-}
 
 std::string read_all(LayerReader& reader, const FlatEntry& entry, std::uint64_t limit) {
   if (entry.meta.size > limit)
@@ -171,6 +153,11 @@ class CpioTree {
     check(archive_write_add_filter_zstd(a.get()), "zstd filter");
     check(archive_write_set_filter_option(a.get(), "zstd", "compression-level", kZstdLevel),
           "zstd level");
+    // zstd's multi-threaded mode: its output is the same for any number of workers (but not the
+    // same as single-threaded), so the initramfs stays reproducible across machines.
+    std::string threads = std::to_string(std::max(2u, std::thread::hardware_concurrency()));
+    check(archive_write_set_filter_option(a.get(), "zstd", "threads", threads.c_str()),
+          "zstd threads");
     // No padding after the zstd frame: the file ends where the compressed stream does.
     check(archive_write_set_bytes_in_last_block(a.get(), 1), "block size");
     check(archive_write_open_fd(a.get(), fd), "open");
@@ -277,7 +264,7 @@ InitramfsResult write_initramfs(const FlatTree& tree, const KernelInfo& kernel,
   std::string dep_text, builtin_text;
   std::set<std::string> wanted{dep_entry->path};
   if (builtin_entry) wanted.insert(builtin_entry->path);
-  read_selected(tree, wanted, [&](const FlatEntry& e, LayerReader& r) {
+  tree.read_files(wanted, [&](const FlatEntry& e, LayerReader& r) {
     if (e.path == dep_entry->path) dep_text = read_all(r, e, limits.max_bytes);
     if (builtin_entry && e.path == builtin_entry->path)
       builtin_text = read_all(r, e, limits.max_bytes);
@@ -309,7 +296,7 @@ InitramfsResult write_initramfs(const FlatTree& tree, const KernelInfo& kernel,
   const std::string modroot = "lib/modules/" + kernel.version + "/";
   util::TempFile kernel_tmp(kernel_out);
   bool kernel_written = false;
-  read_selected(tree, wanted, [&](const FlatEntry& e, LayerReader& r) {
+  tree.read_files(wanted, [&](const FlatEntry& e, LayerReader& r) {
     if (e.path == kernel_entry->path) {
       r.copy_to(kernel_tmp.fd(), "/" + e.path);
       kernel_written = true;

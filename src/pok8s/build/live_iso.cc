@@ -8,6 +8,8 @@
 
 #include <ctime>
 #include <filesystem>
+#include <future>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "pok8s/boot/grub.h"
@@ -31,7 +33,7 @@ using nlohmann::json;
 
 // Bumped when a step's output for the same inputs changes (a writer fix, a new layout).
 constexpr int kRootfsStepVersion = 1;
-constexpr int kInitramfsStepVersion = 1;
+constexpr int kInitramfsStepVersion = 2;  // 2: multi-threaded zstd
 constexpr const char* kInitInImage = "usr/lib/pok8s/pok8s-init";
 
 std::string compression_name(image::SquashfsCompression c) {
@@ -59,11 +61,21 @@ struct Build {
   std::int64_t timestamp = 0;
   std::vector<rootfs::LayerBlob> layers;
   std::optional<rootfs::FlatTree> tree;
+  // The rootfs and initramfs steps run at once: the caller's callbacks are called under
+  // `report_mutex`, and the flat view is built once, by whichever step asks first.
+  std::mutex report_mutex;
+  std::mutex tree_mutex;
 
-  void log(std::string_view line) const {
+  void log(std::string_view line) {
+    std::lock_guard lock(report_mutex);
     if (options.log) options.log(line);
   }
+  void progress(std::string_view step, std::uint64_t done, std::uint64_t total) {
+    std::lock_guard lock(report_mutex);
+    if (options.progress) options.progress(step, done, total);
+  }
   const rootfs::FlatTree& flat() {
+    std::lock_guard lock(tree_mutex);
     if (!tree) tree = rootfs::FlatTree::build(layers);
     return *tree;
   }
@@ -95,7 +107,7 @@ util::Path make_rootfs_image(Build& b, bool& was_cached) {
   o.mkfs_time = b.timestamp;
   if (b.options.progress)
     o.progress = [&](std::uint64_t done, std::uint64_t total) {
-      b.options.progress("rootfs", done, total);
+      b.progress("rootfs", done, total);
     };
   image::write_squashfs(b.flat(), out, o);
   return out;
@@ -196,7 +208,7 @@ LiveIsoResult build_live_iso(const oci::ResolvedImage& image, oci::BlobStore& st
     config::validate_cloud_config(*options.cloud_config);
     cloud_config = util::read_file(*options.cloud_config, 1u << 20);
   }
-  Build b{image, store, options, {}, 0, rootfs::layer_blobs(image, store), std::nullopt};
+  Build b{image, store, options, {}, 0, rootfs::layer_blobs(image, store), std::nullopt, {}, {}};
   b.cache = (options.cache_dir.empty() ? store.root() : options.cache_dir) / "artifacts";
   if (options.source_date_epoch)
     b.timestamp = *options.source_date_epoch;
@@ -206,8 +218,16 @@ LiveIsoResult build_live_iso(const oci::ResolvedImage& image, oci::BlobStore& st
     b.timestamp = static_cast<std::int64_t>(std::time(nullptr));
 
   LiveIsoResult result;
+  // The squashfs leaves a core idle part of the time (reading layers is one thread), which the
+  // initramfs (decompressing the layers again for the modules) fills.
+  auto initramfs = std::async(std::launch::async, [&] {
+    bool was_cached = false;
+    BootFiles files = assemble_initramfs(b, was_cached);
+    return std::pair{files, was_cached};
+  });
   util::Path rootfs = make_rootfs_image(b, result.rootfs_cached);
-  BootFiles boot_files = assemble_initramfs(b, result.initramfs_cached);
+  auto [boot_files, initramfs_cached] = initramfs.get();
+  result.initramfs_cached = initramfs_cached;
   result.kernel_version = boot_files.kernel_version;
 
   b.log("Preparing GRUB for UEFI and BIOS");

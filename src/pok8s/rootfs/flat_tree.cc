@@ -272,11 +272,29 @@ FlatTree FlatTree::build(const oci::ResolvedImage& image, const oci::BlobStore& 
 }
 
 void FlatTree::read_files(const std::function<void(const FlatEntry&, LayerReader&)>& fn) const {
+  read_wanted(nullptr, fn);
+}
+
+void FlatTree::read_files(const std::set<std::string>& paths,
+                          const std::function<void(const FlatEntry&, LayerReader&)>& fn) const {
+  read_wanted(&paths, fn);
+}
+
+void FlatTree::read_wanted(const std::set<std::string>* paths,
+                           const std::function<void(const FlatEntry&, LayerReader&)>& fn) const {
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     std::map<std::uint64_t, const FlatEntry*> wanted;
-    for (const auto& [path, entry] : entries_)
+    auto consider = [&](const FlatEntry& entry) {
       if (entry.meta.type == EntryType::kFile && entry.layer == i && entry.entry_index > 0)
         wanted[entry.entry_index] = &entry;
+    };
+    if (paths) {
+      for (const auto& p : *paths)
+        if (auto it = entries_.find(p); it != entries_.end()) consider(it->second);
+    } else {
+      for (const auto& [path, entry] : entries_) consider(entry);
+    }
+    // A layer holding none of the wanted files is not decompressed at all.
     if (wanted.empty()) continue;
     const LayerBlob& layer = layers_[i];
     LayerReader reader(layer.path, layer.what, limits_);

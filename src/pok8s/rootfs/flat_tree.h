@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -50,8 +51,14 @@ class FlatTree {
   // called back: they are entries() of type kHardlink naming the file that has the data.
   // Device nodes are kept in the view (an image builder can write them without root).
   void read_files(const std::function<void(const FlatEntry&, LayerReader&)>& fn) const;
+  // As read_files, for the regular files at `paths` (entry paths; others are ignored) only:
+  // layers holding none of them are not read, and each is read up to the last of them.
+  void read_files(const std::set<std::string>& paths,
+                  const std::function<void(const FlatEntry&, LayerReader&)>& fn) const;
 
  private:
+  void read_wanted(const std::set<std::string>* paths,
+                   const std::function<void(const FlatEntry&, LayerReader&)>& fn) const;
   std::vector<LayerBlob> layers_;
   Limits limits_;
   std::map<std::string, FlatEntry> entries_;

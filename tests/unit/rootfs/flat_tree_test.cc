@@ -217,6 +217,25 @@ TEST_F(Flat, ReadFilesDeliversEachSurvivingFileOnce) {
   EXPECT_EQ(tree.entries().at("d").meta.link_target, "c");
 }
 
+TEST_F(Flat, ReadFilesForSomePathsOpensOnlyTheLayersHoldingThem) {
+  auto a = test::write_layer(scratch(), "a", LayerBuilder().file("a", "1").file("b", "2").tar());
+  auto b = test::write_layer(scratch(), "b", LayerBuilder().file("x", "new").file("y", "y").tar());
+  auto tree =
+      rootfs::FlatTree::build({{a.path, "layer 1", a.diff_id}, {b.path, "layer 2", b.diff_id}});
+  // Layer 1 is gone: asking only for files of layer 2 must not touch it.
+  fs::remove(a.path);
+  std::map<std::string, std::string> seen;
+  tree.read_files({"x", "no-such-file"}, [&](const rootfs::FlatEntry& e, rootfs::LayerReader& r) {
+    std::string out;
+    std::byte buf[100];
+    while (std::size_t n = r.read(buf)) out.append(reinterpret_cast<const char*>(buf), n);
+    seen[e.path] = out;
+  });
+  EXPECT_EQ(seen, (std::map<std::string, std::string>{{"x", "new"}}));
+  EXPECT_THROW(tree.read_files({"a"}, [](const rootfs::FlatEntry&, rootfs::LayerReader&) {}),
+               Error);
+}
+
 TEST_F(Flat, KeepsDevicesAndOwnershipFromHeadersWithoutRoot) {
   auto w = test::write_layer(scratch(), "dev",
                              LayerBuilder()
