@@ -173,11 +173,10 @@ std::string grub_config(const std::string& label) {
   return boot::live_grub_config(entries, 5);
 }
 
-BuiltArtifact describe(const util::Path& file) {
+BuiltArtifact describe(const util::Path& file, std::string sha256) {
   struct stat st {};
   if (::stat(file.c_str(), &st) != 0) throw_errno("Failed to read " + file.string(), errno);
-  return {file.filename().string(), static_cast<std::uint64_t>(st.st_size),
-          util::file_sha256(file)};
+  return {file.filename().string(), static_cast<std::uint64_t>(st.st_size), std::move(sha256)};
 }
 
 }  // namespace
@@ -276,8 +275,8 @@ LiveIsoResult build_live_iso(const oci::ResolvedImage& image, oci::BlobStore& st
     iso_options.progress = [&](std::uint64_t done, std::uint64_t total) {
       options.progress("iso", done, total);
     };
-  image::write_iso(files, iso_options, iso);
-  result.artifacts.push_back(describe(iso));
+  std::string iso_sha256 = image::write_iso(files, iso_options, iso);
+  result.artifacts.push_back(describe(iso, std::move(iso_sha256)));
 
   json manifest = {
       {"buildId", result.build_id},

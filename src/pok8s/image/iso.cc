@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "pok8s/util/error.h"
+#include "pok8s/util/sha256.h"
 
 namespace pok8s::image {
 
@@ -151,8 +152,8 @@ void set_attributes(IsoNode* node, mode_t mode, std::int64_t timestamp) {
 
 }  // namespace
 
-void write_iso(const std::vector<IsoFile>& files, const IsoOptions& options,
-               const util::Path& out) {
+std::string write_iso(const std::vector<IsoFile>& files, const IsoOptions& options,
+                      const util::Path& out) {
   auto fail = [&](ErrorKind kind, const std::string& reason) {
     throw Error(kind, fmt::format("Failed to write ISO {}: {}", out.string(), reason));
   };
@@ -356,8 +357,11 @@ void write_iso(const std::vector<IsoFile>& files, const IsoOptions& options,
   std::uint64_t done = 0;
   std::vector<unsigned char> buf(kWriteChunk);
   std::size_t fill = 0;
+  util::Sha256 hash;
   auto flush = [&] {
-    util::write_all(tmp.fd(), std::as_bytes(std::span(buf.data(), fill)), tmp.path().string());
+    auto bytes = std::as_bytes(std::span(buf.data(), fill));
+    util::write_all(tmp.fd(), bytes, tmp.path().string());
+    hash.update(bytes);
     done += fill;
     fill = 0;
     if (options.progress) options.progress(done, total);
@@ -375,6 +379,7 @@ void write_iso(const std::vector<IsoFile>& files, const IsoOptions& options,
   source.set_finished();
   drain_messages();
   tmp.commit();
+  return hash.hex_digest();
 }
 
 }  // namespace pok8s::image

@@ -41,7 +41,8 @@ struct IsoOptions {
 
 // Writes the ISO holding `files` (and their parent directories) to `out`. Files are owned by
 // root, read-only (executable where the source is), and sorted by name; `out` appears only
-// once complete.
-void write_iso(const std::vector<IsoFile>& files, const IsoOptions& options, const util::Path& out);
+// once complete. Returns the sha256 (hex) of what was written, hashed on the way out.
+std::string write_iso(const std::vector<IsoFile>& files, const IsoOptions& options,
+                      const util::Path& out);
 
 }  // namespace pok8s::image

@@ -99,7 +99,9 @@ TEST_F(IsoTest, WritesVolumeIdAndFilesWithRockRidgeNames) {
   image::IsoOptions o;
   o.timestamp = kTimestamp;
   fs::path iso = dir_.path() / "live.iso";
-  image::write_iso(files_, o, iso);
+  // The hash is taken as the bytes go out: it is the written file's.
+  std::string sha256 = image::write_iso(files_, o, iso);
+  EXPECT_EQ(sha256, util::file_sha256(iso));
 
   Shell pvd = sh("xorriso -indev " + iso.string() + " -pvd_info");
   ASSERT_EQ(pvd.status, 0) << pvd.out;
