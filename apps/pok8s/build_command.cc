@@ -82,7 +82,8 @@ nlohmann::json artifacts_json(const build::LiveIsoResult& r, const util::Path& d
   return artifacts;
 }
 
-int run_spec_build(const GlobalOptions& g, const BuildFlags& b, const TransportFlags& t) {
+int run_spec_build(const GlobalOptions& g, const BuildFlags& b, const ConvertFlags& c,
+                   const TransportFlags& t) {
   Output out(g.output_mode());
   config::BuildSpec spec = config::load_build_spec(b.spec);
   build::check_buildable(spec);
@@ -100,6 +101,7 @@ int run_spec_build(const GlobalOptions& g, const BuildFlags& b, const TransportF
   build::SpecBuildOptions options;
   options.output_dir = b.output;
   options.source_date_epoch = source_date_epoch();
+  options.reuse_conversion = !c.no_cache;
   options.log = out.log();
   options.progress = out.byte_progress();
   build::SpecBuildResult r = build::build_spec(spec, base, identity, store, options);
@@ -114,6 +116,7 @@ int run_spec_build(const GlobalOptions& g, const BuildFlags& b, const TransportF
                      {"artifacts", artifacts},
                      {"manifest", r.iso.manifest.string()},
                      {"converted", r.converted},
+                     {"conversionCached", r.conversion_cached},
                      {"cached",
                       {{"rootfs", r.iso.rootfs_cached}, {"initramfs", r.iso.initramfs_cached}}}});
   return 0;
@@ -154,7 +157,7 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
                                "--k8s-sha256", "--model", "--arch", "--packages"})
         if (cmd->count(flag) > 0)
           throw CLI::ValidationError(flag, "comes from the build spec given with -f");
-      run = [&g, b, t] { return run_spec_build(g, *b, *t); };
+      run = [&g, b, c, t] { return run_spec_build(g, *b, *c, *t); };
       return;
     }
     if (src->empty()) throw CLI::RequiredError("SRC or -f SPEC");

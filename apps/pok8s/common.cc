@@ -49,6 +49,8 @@ void ConvertFlags::add_to(CLI::App* cmd, bool version_required) {
   cmd->add_option("--arch", arch, "amd64 or arm64 (default: the image's)");
   cmd->add_option("--packages", packages, "Extra distribution packages, comma-separated")
       ->delimiter(',');
+  cmd->add_flag("--no-cache", no_cache,
+                "Convert again even when a conversion with the same inputs is in the cache");
 }
 
 convert::ConvertOptions ConvertFlags::options() const {
@@ -62,6 +64,7 @@ convert::ConvertOptions ConvertFlags::options() const {
   o.model = model;
   o.arch = arch;
   o.packages = packages;
+  o.reuse_cached = !no_cache;
   o.source_date_epoch = source_date_epoch();
   return o;
 }

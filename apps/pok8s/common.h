@@ -69,6 +69,7 @@ struct ConvertFlags {
   std::string model = "generic";
   std::string arch;
   std::vector<std::string> packages;
+  bool no_cache = false;
 
   void add_to(CLI::App* cmd, bool version_required);
   convert::ConvertOptions options() const;

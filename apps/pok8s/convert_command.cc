@@ -47,6 +47,7 @@ int run_convert(const GlobalOptions& g, const std::string& src, const std::strin
               {"manifestDigest", digest.str()},
               {"suggestedTag", r.suggested_tag},
               {"buildId", r.build_id},
+              {"cached", r.cached},
               {"family", convert::family_name(r.distro.family)},
               {"flavor", r.flavor},
               {"layer", {{"digest", layer.digest.str()}, {"size", layer.size}}}});

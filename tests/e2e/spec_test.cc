@@ -113,6 +113,20 @@ TEST_F(Spec, TheManifestCarriesTheSpecIdAndItsCanonicalForm) {
   EXPECT_EQ(spec.dump().find(work_->path().string()), std::string::npos) << spec.dump(2);
 }
 
+TEST_F(Spec, TheSameSpecAgainReusesTheConversionAndGivesTheSameIso) {
+  util::Path w = work_->path();
+  auto r = run_pok8s((w / "cache").string(), {"--json", "build", "-f", (w / "spec.yaml").string(),
+                                              "-o", (w / "out-again").string()});
+  ASSERT_EQ(r.status, 0) << r.output;
+  auto start = r.output.find("{\n");
+  ASSERT_NE(start, std::string::npos) << r.output;
+  auto again = nlohmann::json::parse(r.output.substr(start, r.output.rfind('}') - start + 1));
+  EXPECT_FALSE(result_["conversionCached"].get<bool>());
+  EXPECT_TRUE(again["conversionCached"].get<bool>()) << r.output;
+  EXPECT_EQ(again["specId"], result_["specId"]);
+  EXPECT_EQ(again["artifacts"][0]["sha256"], result_["artifacts"][0]["sha256"]);
+}
+
 TEST_F(Spec, OptionsTheEngineCannotBuildAreRefusedBeforeAnyWork) {
   util::Path w = work_->path();
   std::string text = util::read_file(w / "spec.yaml");

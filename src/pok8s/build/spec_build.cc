@@ -77,8 +77,11 @@ SpecBuildResult build_spec(const config::BuildSpec& spec, const oci::ResolvedIma
     auto convert_options = spec_convert_options(spec);
     convert_options.source_date_epoch = options.source_date_epoch;
     convert_options.log = options.log;
-    result.image = convert::convert_image(base, store, convert_options).image;
+    convert_options.reuse_cached = options.reuse_conversion;
+    auto converted = convert::convert_image(base, store, convert_options);
+    result.image = converted.image;
     result.converted = true;
+    result.conversion_cached = converted.cached;
   }
   LiveIsoOptions iso;
   iso.output_dir = options.output_dir;

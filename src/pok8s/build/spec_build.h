@@ -44,6 +44,7 @@ convert::ConvertOptions spec_convert_options(const config::BuildSpec& spec);
 struct SpecBuildOptions {
   util::Path output_dir;
   std::optional<std::int64_t> source_date_epoch;
+  bool reuse_conversion = true;  // an earlier conversion with the same inputs, from the store
   std::function<void(std::string_view)> log;
   std::function<void(std::string_view, std::uint64_t, std::uint64_t)> progress;
 };
@@ -51,7 +52,8 @@ struct SpecBuildOptions {
 struct SpecBuildResult {
   oci::ResolvedImage image;  // the converted image the artifacts were made from
   LiveIsoResult iso;
-  bool converted = false;  // whether this build converted the base
+  bool converted = false;          // whether the base needed converting
+  bool conversion_cached = false;  // ... and an earlier conversion was reused
 };
 
 // Builds `spec` from its fetched `base` (blobs in `store`): converts when needed, then writes

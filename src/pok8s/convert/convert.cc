@@ -331,6 +331,54 @@ oci::ResolvedImage commit_layer(const Work& w, const rootfs::TreeSnapshot& snaps
                                   "the converted " + w.base.source_name);
 }
 
+// Conversions are remembered by their inputs: <store>/converted/<key>.json names the image
+// (its manifest, whose blobs are in the store) and what convert_image returned with it.
+util::Path memo_path(const Work& w) {
+  std::string key =
+      w.build_id + "/" +
+      (w.options.source_date_epoch ? std::to_string(*w.options.source_date_epoch) : "");
+  return w.store.root() / "converted" / (util::sha256_hex(key) + ".json");
+}
+
+std::optional<ConvertResult> load_memo(const Work& w) {
+  util::Path path = memo_path(w);
+  if (!w.options.reuse_cached || !fs::exists(path)) return std::nullopt;
+  try {
+    json memo = json::parse(util::read_file(path, 1u << 20));
+    ConvertResult r;
+    r.image.source_name = "the converted " + w.base.source_name;
+    r.image.manifest_doc.bytes = memo.at("manifest").get<std::string>();
+    r.image.manifest_doc.media_type = memo.at("mediaType").get<std::string>();
+    r.image.manifest =
+        oci::Manifest::parse(r.image.manifest_doc.bytes, r.image.manifest_doc.media_type);
+    for (const auto& layer : r.image.manifest.layers)
+      if (!w.store.has(layer.digest)) return std::nullopt;
+    if (!w.store.has(r.image.manifest.config.digest)) return std::nullopt;
+    r.image.config_bytes = w.store.read(r.image.manifest.config.digest, 64u << 20);
+    r.image.config = oci::ImageConfig::parse(r.image.config_bytes);
+    r.distro = w.distro;
+    r.flavor = w.distro.id;
+    r.build_id = w.build_id;
+    r.release_file = memo.at("release").get<std::string>();
+    r.suggested_tag = memo.at("tag").get<std::string>();
+    r.cached = true;
+    return r;
+  } catch (const std::exception&) {
+    // A damaged memo (or a blob gone from the store) only costs a conversion.
+    return std::nullopt;
+  }
+}
+
+void save_memo(const Work& w, const ConvertResult& r) {
+  json memo = {{"manifest", r.image.manifest_doc.bytes},
+               {"mediaType", r.image.manifest_doc.media_type},
+               {"release", r.release_file},
+               {"tag", r.suggested_tag}};
+  util::Path path = memo_path(w);
+  util::make_dirs(path.parent_path());
+  util::write_file_atomic(path, memo.dump());
+}
+
 std::string image_arch(const oci::ResolvedImage& base) {
   std::string a = base.config.platform.architecture;
   return a.empty() ? oci::Platform::host().architecture : a;
@@ -415,6 +463,10 @@ ConvertResult convert_image(const oci::ResolvedImage& base, oci::BlobStore& stor
                     family_name(w.distro.family), w.recipe.name));
   verify_kubernetes_binary(w);
   w.build_id = compute_build_id(w);
+  if (auto cached = load_memo(w)) {
+    w.log(fmt::format("Converted image: cached (build id {})", w.build_id));
+    return *cached;
+  }
 
   util::make_dirs(store.root() / "tmp");
   util::TempDir scratch = util::TempDir::scratch(store.root() / "tmp");
@@ -459,6 +511,7 @@ ConvertResult convert_image(const oci::ResolvedImage& base, oci::BlobStore& stor
   }
   labels["org.opencontainers.image.version"] = options.version;
   result.image = commit_layer(w, snapshot, labels);
+  save_memo(w, result);
   return result;
 }
 

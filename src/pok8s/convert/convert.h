@@ -29,6 +29,9 @@ struct ConvertOptions {
   std::string arch;  // amd64 | arm64; default: the image's
   std::vector<std::string> packages;
   config::Toppings toppings;  // manifests, WireGuard, cluster join (from a build spec)
+  // Reuse an earlier conversion with the same build id (every input the same) from the store;
+  // false converts again (newer packages from the archive, say).
+  bool reuse_cached = true;
   std::optional<std::int64_t> source_date_epoch;
   util::Path data_dir;                        // share/pok8s; default util::data_dir()
   util::Path agent_binary;                    // default util::node_binary("pok8s-agent")
@@ -43,6 +46,7 @@ struct ConvertResult {
   std::string suggested_tag;  // <flavor>:<release>-<variant>-<arch>-<model>-<version>
   std::string build_id;
   std::string release_file;  // the /etc/pok8s-release written
+  bool cached = false;       // an earlier conversion with the same inputs was reused
 };
 
 // Checks the options that need no image (values, the Kubernetes binary's presence); throws
