@@ -8,6 +8,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <limits>
@@ -255,6 +256,13 @@ bool is_http_url(std::string_view s) {
     rest = s.substr(7);
   else
     return false;
+  // The path and query hold only what RFC 3986 allows unescaped (and %-escapes): no spaces,
+  // quotes, backslashes or control characters, so the URL means one thing to every reader.
+  std::string_view path = rest.substr(std::min(rest.find('/'), rest.size()));
+  for (char c : path)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) ||
+          std::string_view("-._~:/?#[]@!$&'()*+,;=%").find(c) != std::string_view::npos))
+      return false;
   return is_host_port(rest.substr(0, rest.find('/')), false);
 }
 

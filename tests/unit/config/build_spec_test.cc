@@ -554,5 +554,19 @@ TEST_F(BuildSpecTest, ToYamlRoundTrips) {
   EXPECT_EQ(again, s);
 }
 
+TEST_F(BuildSpecTest, RefusesABinaryUrlWithSpacesQuotesOrControlCharacters) {
+  const std::string k8s =
+      "kubernetes: {distribution: k3s, version: v1.31.2+k3s1, sha256: " + std::string(64, 'a') +
+      ", binary: ";
+  for (const char* url : {"'http://x/a b'", "'http://x/a\"b'", "'https://x/a\\\\b'",
+                          "'http://x/`id`'", "'http://x/a<b>'"})
+    EXPECT_NE(error_of(std::string(kMinimal) + k8s + url + "}\n").find("kubernetes.binary"),
+              std::string::npos)
+        << url;
+  EXPECT_EQ(error_of(std::string(kMinimal) + k8s +
+                     "'https://github.com/k3s-io/k3s/releases/download/v1.31.2%2Bk3s1/k3s?x=1'}\n"),
+            "");
+}
+
 }  // namespace
 }  // namespace pok8s::config
