@@ -2,20 +2,25 @@
 # Installs what pok8s needs from Debian's archive: `build` for building, `test` adds the real
 # tools the tests drive (a registry, skopeo, umoci, mmdebstrap, QEMU with OVMF, clang for the
 # fuzzers, squashfs-tools and xorriso as the reference pipeline and to read what pok8s writes).
-# uidmap's newuidmap/newgidmap let pok8s convert without root, in a user namespace.
+# uidmap's newuidmap/newgidmap let pok8s convert without root, in a user namespace. The service
+# (`pok8s serve`) needs SQLite, libpq and cpp-httplib; its tests a PostgreSQL server, Chromium
+# and Node.js for the web builder, and wrk for its benchmark.
 set -euo pipefail
 what=${1:-build}
 
 build_pkgs=(build-essential cmake ninja-build pkg-config git ca-certificates
   libarchive-dev libcurl4-openssl-dev libssl-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libzstd-dev libgtest-dev libgmock-dev libyaml-cpp-dev libsquashfs-dev libisofs-dev libblkid-dev
-  grub-common grub-efi-amd64-bin grub-pc-bin mtools uidmap)
+  grub-common grub-efi-amd64-bin grub-pc-bin mtools uidmap libsqlite3-dev libpq-dev libcpp-httplib-dev)
 # Booting what the demo builds, and the Debian base it starts from.
 boot_pkgs=(qemu-system-x86 ovmf seabios)
 demo_pkgs=(mmdebstrap mount "${boot_pkgs[@]}")
 test_pkgs=(mmdebstrap mount docker-registry apache2-utils skopeo umoci clang libclang-rt-14-dev
   python3 python3-cryptography libbenchmark-dev time bc "${boot_pkgs[@]}" squashfs-tools xorriso
-  cpio busybox-static systemd)
+  cpio busybox-static systemd postgresql chromium openssl wrk)
+# The browser test runs Playwright (from npm) on Node.js; a machine may already have a Node.js of
+# its own (not Debian's), then it is used as it is.
+command -v npm >/dev/null 2>&1 || test_pkgs+=(nodejs npm)
 
 pkgs=("${build_pkgs[@]}")
 case "$what" in

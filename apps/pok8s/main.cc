@@ -10,6 +10,7 @@
 #include "global_options.h"
 #include "image_commands.h"
 #include "pok8s/util/error.h"
+#include "serve_command.h"
 
 int main(int argc, char** argv) {
   using namespace pok8s;
@@ -30,6 +31,7 @@ int main(int argc, char** argv) {
   cli::add_image_commands(app, global, run);
   cli::add_convert_command(app, global, run);
   cli::add_build_command(app, global, run);
+  cli::add_serve_commands(app, global, run);
 
   try {
     app.parse(argc, argv);

@@ -85,6 +85,14 @@ bool ChildProcess::running() {
   return true;
 }
 
+void ChildProcess::crash() {
+  if (pid_ <= 0) return;
+  ::kill(-pid_, SIGKILL);
+  int status = 0;
+  ::waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
 void ChildProcess::stop() {
   if (pid_ <= 0) return;
   ::kill(-pid_, SIGTERM);

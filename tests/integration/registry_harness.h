@@ -30,6 +30,8 @@ class ChildProcess {
 
   bool running();
   void stop();
+  // SIGKILL to the group at once, like a crash, and reaps the process.
+  void crash();
 
  private:
   pid_t pid_ = -1;

@@ -38,6 +38,17 @@ Path data_dir() {
 #endif
 }
 
+Path web_dir() {
+  if (const char* env = std::getenv("POK8S_WEB_DIR"); env && *env) return Path(env);
+  if (auto exe = exe_dir(); !exe.empty() && is_dir(exe / "../share/pok8s/web"))
+    return (exe / "../share/pok8s/web").lexically_normal();
+#ifdef POK8S_SOURCE_WEB_DIR
+  return Path(POK8S_SOURCE_WEB_DIR);
+#else
+  return data_dir() / "web";
+#endif
+}
+
 Path node_binary(std::string_view name) {
   std::vector<Path> candidates;
   if (const char* env = std::getenv("POK8S_LIBEXEC_DIR"); env && *env)
