@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test, from a fresh Debian 12 machine: install what is missing, build (release with
 # -Werror, ASan+UBSan, libFuzzer), run the unit tier under the sanitizers, short fuzz runs,
-# then the whole suite (unit + integration against a real registry, skopeo and umoci).
+# then the whole suite (unit + integration against a real registry, PostgreSQL, skopeo and umoci;
+# boots in QEMU; the web builder in Chromium).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh test || exit 1
@@ -38,6 +39,9 @@ if cmake --preset fuzz >/dev/null && cmake --build --preset fuzz -j "$jobs"; the
 else
   status=1
 fi
+
+step "Installing the browser test's Playwright from npm (tests/browser/package-lock.json)"
+npm ci --prefix tests/browser --no-audit --no-fund || status=1
 
 step "Building the release preset (-Werror)"
 if cmake --preset release >/dev/null && cmake --build --preset release -j "$jobs"; then
