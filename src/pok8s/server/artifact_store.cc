@@ -181,19 +181,16 @@ class RegistryStore : public ArtifactStore {
   }
 
   std::optional<util::Path> locate(std::string_view build_id, const StoredArtifact& a) override {
-    auto digest = oci::Digest::try_parse("sha256:" + a.sha256);
-    if (!oci::is_valid_tag(build_id) || !digest) return std::nullopt;
-    auto head = pull_.head_manifest(std::string(build_id));
-    if (!head) return std::nullopt;
-    // By digest, so the bytes are checked against what the tag pointed at.
-    oci::RawDocument doc = pull_.get_manifest(head->digest);
-    auto layer = find_layer(doc, build_id, a.name);
-    if (!layer || layer->digest != *digest || layer->size < 0 ||
-        static_cast<std::uint64_t>(layer->size) != a.size)
-      return std::nullopt;
+    auto layer = stored_layer(build_id, a);
+    if (!layer) return std::nullopt;
     fetch_into_cache(*layer,
                      fmt::format("artifact {} of build {} from {}", a.name, build_id, spec_));
-    return cache_.path_for(*digest);
+    return cache_.path_for(layer->digest);
+  }
+
+  // The manifest alone answers: nothing is downloaded.
+  bool contains(std::string_view build_id, const StoredArtifact& a) override {
+    return stored_layer(build_id, a).has_value();
   }
 
   std::string describe() const override { return spec_; }
@@ -244,6 +241,21 @@ class RegistryStore : public ArtifactStore {
 
   // The layer titled `name` in a build's manifest; nothing when the manifest is not a pok8s
   // build's or has no such layer. Throws kFormat when it is not a manifest at all.
+  // The layer of the build's manifest that holds `a`, if its name, digest and size match.
+  std::optional<oci::Descriptor> stored_layer(std::string_view build_id, const StoredArtifact& a) {
+    auto digest = oci::Digest::try_parse("sha256:" + a.sha256);
+    if (!oci::is_valid_tag(build_id) || !digest) return std::nullopt;
+    auto head = pull_.head_manifest(std::string(build_id));
+    if (!head) return std::nullopt;
+    // By digest, so the bytes are checked against what the tag pointed at.
+    oci::RawDocument doc = pull_.get_manifest(head->digest);
+    auto layer = find_layer(doc, build_id, a.name);
+    if (!layer || layer->digest != *digest || layer->size < 0 ||
+        static_cast<std::uint64_t>(layer->size) != a.size)
+      return std::nullopt;
+    return layer;
+  }
+
   std::optional<oci::Descriptor> find_layer(const oci::RawDocument& doc, std::string_view build_id,
                                             std::string_view name) {
     std::string where = fmt::format("the manifest of build {} in {}", build_id, spec_);

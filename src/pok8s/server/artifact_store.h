@@ -1,5 +1,6 @@
 // Where finished builds' artifacts live, so that any server can serve any build: a directory
-// (local, or shared between hosts). A build's artifacts appear all at once or not at all.
+// (local, or shared between hosts) or an OCI registry. A build's artifacts appear all at once or
+// not at all.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +29,10 @@ class ArtifactStore {
                    const std::vector<StoredArtifact>& artifacts) = 0;
   // A local file holding the artifact, or nullopt when the store does not have it.
   virtual std::optional<util::Path> locate(std::string_view build_id, const StoredArtifact& a) = 0;
+  // Whether the store has the artifact, without fetching it.
+  virtual bool contains(std::string_view build_id, const StoredArtifact& a) {
+    return locate(build_id, a).has_value();
+  }
   // What the store is, for logs ("dir:/var/lib/pok8s/artifacts").
   virtual std::string describe() const = 0;
 };

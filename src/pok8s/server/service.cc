@@ -470,8 +470,8 @@ struct Service::Impl {
 
   bool artifacts_present(const BuildRecord& b) {
     for (const auto& a : json::parse(b.artifacts, nullptr, false))
-      if (!store->locate(b.id, {a.value("name", ""), a.value("size", std::uint64_t{0}),
-                                a.value("sha256", "")}))
+      if (!store->contains(b.id, {a.value("name", ""), a.value("size", std::uint64_t{0}),
+                                  a.value("sha256", "")}))
         return false;
     return true;
   }
