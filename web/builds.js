@@ -104,13 +104,15 @@ export async function showBuild(id, view) {
   const log = h('pre', { class: 'log', testid: 'build-log', tabindex: 0, 'aria-label': 'Build log' });
   const cancel = h('button', { type: 'button', class: 'danger', testid: 'cancel-build', hidden: true, onclick: () => doCancel() }, 'Cancel build');
   const clone = h('button', { type: 'button', testid: 'clone-build', onclick: () => doClone() }, 'Clone and edit');
+  // "Build queued." and the like say what just happened; they go once the build moves on.
+  const flashNote = flash ? h('p', { class: 'notice', testid: 'flash' }, flash) : null;
   let record = null;
   let logLines = 0;
   let pending = [];
 
   fill(view.main,
     h('h1', {}, 'Build ', h('code', {}, id), ' ', state),
-    flash ? h('p', { class: 'notice', testid: 'flash' }, flash) : null,
+    flashNote,
     h('div', { class: 'progress' }, progress, ' ', percent, ' ', step),
     h('div', { class: 'buttons' }, cancel, clone, h('a', { href: '#/builds' }, 'All builds')),
     actionError, buildError, meta, artifacts,
@@ -147,6 +149,7 @@ export async function showBuild(id, view) {
 
   function showState(s) {
     fill(state, stateBadge(s, 'build-state'));
+    if (flashNote && flash === 'Build queued.' && s !== 'queued') flashNote.remove();
     cancel.hidden = !ACTIVE.includes(s) || !!(record && record.cancelRequested);
   }
 

@@ -53,14 +53,6 @@ std::string missing_browser_tools() {
   return {};
 }
 
-// The conversion of the Debian base is the slow part; a cache kept between runs makes reruns quick.
-util::Path test_cache() {
-  const char* xdg = std::getenv("XDG_CACHE_HOME");
-  const char* home = std::getenv("HOME");
-  util::Path root = xdg && *xdg ? util::Path(xdg) : util::Path(home ? home : "/tmp") / ".cache";
-  return root / "pok8s-test" / "browser-cache";
-}
-
 // The caller's environment with `extra` ("NAME=value") set in place of any value it had.
 std::vector<std::string> environment_with(const std::vector<std::string>& extra) {
   std::vector<std::string> env;
@@ -115,13 +107,8 @@ TEST(WebBuilder, WalksTheWizardToADownloadedIsoWhoseSha256MatchesTheManifest) {
   TestRegistry registry;
   util::TempDir work = util::TempDir::scratch("/var/tmp");
   const util::Path w = work.path();
-  const util::Path cache = test_cache();
-  const std::string layout = "oci:" + (w / "layout").string();
-  auto r = run_pok8s(cache.string(), {"image", "import", tar, layout + ":base"});
-  ASSERT_EQ(r.status, 0) << r.output;
-  r = run_pok8s(cache.string(), {"image", "copy", layout + ":base", registry.docker("debian:12"),
-                                 "--tls-verify=false"});
-  ASSERT_EQ(r.status, 0) << r.output;
+  const util::Path cache = test_cache_dir("browser-cache");
+  push_debian_bases(tar, registry, w / "layout", cache);
 
   // A k3s "release" on 127.0.0.1, with its sha256 as the wizard asks for it.
   util::make_dirs(w / "release");

@@ -33,18 +33,8 @@ class ScaleOut : public ::testing::Test {
       registry_ = new TestRegistry();
       work_ = new util::TempDir(util::TempDir::scratch("/var/tmp"));
       util::Path w = work_->path();
-      const char* xdg = std::getenv("XDG_CACHE_HOME");
-      cache_ = util::Path(xdg && *xdg ? xdg : std::string(std::getenv("HOME")) + "/.cache") /
-               "pok8s-test" / "service-cache";
-      std::string layout = "oci:" + (w / "layout").string();
-      auto step = [&](std::vector<std::string> args) {
-        auto r = run_pok8s(cache_.string(), std::move(args));
-        if (r.status != 0) throw std::runtime_error(r.output);
-      };
-      step({"image", "import", tar, layout + ":base"});
-      step({"convert", layout + ":base", layout, "--version", "v0.3.0"});
-      step({"image", "copy", layout + ":12-core-amd64-generic-v0.3.0",
-            registry_->docker("pok8s/debian:v0.3.0"), "--tls-verify=false"});
+      cache_ = test_cache_dir("service-cache");
+      push_debian_bases(tar, *registry_, w / "layout", cache_, "v0.3.0");
       store_ = registry_->docker("pok8s/builds");
       service_ = new TestService(w / "server", cache_,
                                  {"--db", postgres_->url(), "--store", store_, "--jobs", "0",

@@ -143,6 +143,29 @@ void TestService::kill() {
   process_.crash();
 }
 
+util::Path test_cache_dir(const std::string& name) {
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  const char* home = std::getenv("HOME");
+  util::Path root = xdg && *xdg ? util::Path(xdg) : util::Path(home ? home : "/tmp") / ".cache";
+  return root / "pok8s-test" / name;
+}
+
+void push_debian_bases(const std::string& tar, const TestRegistry& registry,
+                       const util::Path& layout, const util::Path& cache,
+                       const std::string& version) {
+  auto step = [&](std::vector<std::string> args) {
+    auto r = run_pok8s(cache.string(), std::move(args));
+    if (r.status != 0) throw Error(ErrorKind::kIo, "pok8s failed:\n" + r.output);
+  };
+  std::string oci = "oci:" + layout.string();
+  step({"image", "import", tar, oci + ":base"});
+  step({"image", "copy", oci + ":base", registry.docker("debian:12"), "--tls-verify=false"});
+  if (version.empty()) return;
+  step({"convert", oci + ":base", oci, "--version", version});
+  step({"image", "copy", oci + ":12-core-amd64-generic-" + version,
+        registry.docker("pok8s/debian:" + version), "--tls-verify=false"});
+}
+
 nlohmann::json wait_for_build(ApiClient& api, const std::string& id,
                               const std::vector<std::string>& states, int timeout_s) {
   nlohmann::json b;

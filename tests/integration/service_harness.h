@@ -67,6 +67,17 @@ class TestService {
   std::string login_token_;
 };
 
+// $XDG_CACHE_HOME/pok8s-test/NAME: a blob cache kept between runs, so the conversion of the
+// Debian base (the slow part of these tests) happens once per machine.
+util::Path test_cache_dir(const std::string& name);
+
+// The bases the service tests build from, in `registry`: the Debian fixture `tar` imported into
+// the OCI layout `layout` and pushed as debian:12, and, when `version` is given, converted with
+// it and pushed as pok8s/debian:VERSION. Throws with pok8s's output when a step fails.
+void push_debian_bases(const std::string& tar, const TestRegistry& registry,
+                       const util::Path& layout, const util::Path& cache,
+                       const std::string& version = "");
+
 // Waits until build `id` is in one of `states` (or `timeout_s` passes); returns the build.
 nlohmann::json wait_for_build(ApiClient& api, const std::string& id,
                               const std::vector<std::string>& states, int timeout_s);

@@ -35,21 +35,8 @@ class ServiceApi : public ::testing::Test {
       registry_ = new TestRegistry();
       work_ = new util::TempDir(util::TempDir::scratch("/var/tmp"));
       util::Path w = work_->path();
-      // The conversion is the slow part; a cache kept between runs makes reruns quick.
-      const char* xdg = std::getenv("XDG_CACHE_HOME");
-      cache_ = util::Path(xdg && *xdg ? xdg : std::string(std::getenv("HOME")) + "/.cache") /
-               "pok8s-test" / "service-cache";
-      std::string layout = "oci:" + (w / "layout").string();
-      auto step = [&](std::vector<std::string> args) {
-        auto r = run_pok8s(cache_.string(), std::move(args));
-        if (r.status != 0) throw std::runtime_error(r.output);
-      };
-      step({"image", "import", tar, layout + ":base"});
-      step({"image", "copy", layout + ":base", registry_->docker("debian:12"),
-            "--tls-verify=false"});
-      step({"convert", layout + ":base", layout, "--version", kVersion});
-      step({"image", "copy", layout + ":12-core-amd64-generic-" + std::string(kVersion),
-            registry_->docker("pok8s/debian:v0.3.0"), "--tls-verify=false"});
+      cache_ = test_cache_dir("service-cache");
+      push_debian_bases(tar, *registry_, w / "layout", cache_, kVersion);
       service_ =
           new TestService(w / "data", cache_,
                           {"--tls-verify=false", "--max-body", "1M", "--template",

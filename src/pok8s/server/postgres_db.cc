@@ -10,19 +10,17 @@
 #include <utility>
 
 #include "pok8s/server/sql.h"
+#include "pok8s/server/sql_detail.h"
 #include "pok8s/util/error.h"
 
 namespace pok8s::server {
 
-namespace detail {
-// Defined in sql.cc.
-std::string one_line(std::string_view text);
-std::string statement_excerpt(std::string_view sql);
-std::string url_password(const std::string& url);
-std::string without_password(const std::string& url);
-}  // namespace detail
-
 namespace {
+
+using detail::failed_to_run;
+using detail::InTransactionBody;
+using detail::t_transaction_of;
+using detail::throw_nested;
 
 // Enough for a server's request threads and its build workers; PostgreSQL's default limit is
 // 100 connections, shared by every server and worker.
@@ -52,10 +50,6 @@ using ConninfoPtr = std::unique_ptr<PQconninfoOption, ConninfoFreer>;
 
 // The library never prints; what PostgreSQL says in passing (NOTICE, WARNING) is dropped.
 void ignore_notice(void*, const char*) {}
-
-std::string failed_to_run(std::string_view sql) {
-  return "Failed to run SQL \"" + detail::statement_excerpt(sql) + "\": ";
-}
 
 // The result of a statement, or the error it is mapped to: a duplicate key is kInvalidInput
 // with "already exists" (as for SQLite), everything else kIo.
@@ -327,13 +321,6 @@ class ConnectionPool {
   std::size_t open_ = 0;  // idle and leased
 };
 
-[[noreturn]] void throw_nested(std::string_view sql) {
-  throw Error(ErrorKind::kInternal,
-              failed_to_run(sql) +
-                  "inside transaction(), statements run on the SqlDb given to "
-                  "the body (transactions do not nest)");
-}
-
 // The database a transaction's body runs on: one connection, inside BEGIN.
 class PostgresTransaction final : public SqlDb {
  public:
@@ -368,22 +355,6 @@ class PostgresTransaction final : public SqlDb {
  private:
   PGconn* conn_;
   bool failed_ = false;
-};
-
-// Which database, if any, this thread is running a transaction body on: the outer database
-// would run statements outside the transaction, and could wait on the transaction's own locks.
-thread_local const SqlDb* t_transaction_of = nullptr;
-
-// Marks this thread as running `db`'s transaction body while it exists.
-class InTransactionBody {
- public:
-  explicit InTransactionBody(const SqlDb* db) : outer_(std::exchange(t_transaction_of, db)) {}
-  InTransactionBody(const InTransactionBody&) = delete;
-  InTransactionBody& operator=(const InTransactionBody&) = delete;
-  ~InTransactionBody() { t_transaction_of = outer_; }
-
- private:
-  const SqlDb* outer_;
 };
 
 class PostgresDb final : public SqlDb {

@@ -1,6 +1,7 @@
 // The dialect-neutral half of the SQL surface: reading row values, choosing a backend from the
 // service's database URL, and the message helpers both backends share.
 #include "pok8s/server/sql.h"
+#include "pok8s/server/sql_detail.h"
 
 #include <algorithm>
 #include <cctype>
@@ -12,13 +13,6 @@
 namespace pok8s::server {
 
 namespace detail {
-
-// Declared again in sqlite_db.cc and postgres_db.cc: they are no part of the interface, and
-// sql.h is the only header of this module.
-std::string one_line(std::string_view text);
-std::string statement_excerpt(std::string_view sql);
-std::string url_password(const std::string& url);
-std::string without_password(const std::string& url);
 
 // Database messages span lines (PostgreSQL adds a hint and a caret under the statement); an
 // error message is one line.
@@ -92,6 +86,19 @@ std::string without_password(const std::string& url) {
     text.replace(value, value_end - value, "***");
   }
   return text;
+}
+
+thread_local const SqlDb* t_transaction_of = nullptr;
+
+std::string failed_to_run(std::string_view sql) {
+  return "Failed to run SQL \"" + statement_excerpt(sql) + "\": ";
+}
+
+void throw_nested(std::string_view sql) {
+  throw Error(ErrorKind::kInternal,
+              failed_to_run(sql) +
+                  "inside transaction(), statements run on the SqlDb given to the body "
+                  "(transactions do not nest)");
 }
 
 }  // namespace detail

@@ -8,17 +8,17 @@
 #include <utility>
 
 #include "pok8s/server/sql.h"
+#include "pok8s/server/sql_detail.h"
 #include "pok8s/util/error.h"
 
 namespace pok8s::server {
 
-namespace detail {
-// Defined in sql.cc.
-std::string one_line(std::string_view text);
-std::string statement_excerpt(std::string_view sql);
-}  // namespace detail
-
 namespace {
+
+using detail::failed_to_run;
+using detail::InTransactionBody;
+using detail::t_transaction_of;
+using detail::throw_nested;
 
 // Long enough for a competing process (a second `pok8s serve` on the same file) to finish
 // its write; short enough that a stuck lock surfaces as an error.
@@ -34,10 +34,6 @@ struct StatementFinalizer {
 };
 using SqlitePtr = std::unique_ptr<sqlite3, SqliteCloser>;
 using StatementPtr = std::unique_ptr<sqlite3_stmt, StatementFinalizer>;
-
-std::string failed_to_run(std::string_view sql) {
-  return "Failed to run SQL \"" + detail::statement_excerpt(sql) + "\": ";
-}
 
 // A duplicate key is kInvalidInput with "already exists" in both dialects, so callers handle
 // it one way; everything else the database refuses is kIo.
@@ -253,13 +249,6 @@ class SqliteConnection {
   std::unordered_map<std::string, CachedStatement> statements_;
 };
 
-[[noreturn]] void throw_nested(std::string_view sql) {
-  throw Error(ErrorKind::kInternal,
-              failed_to_run(sql) +
-                  "inside transaction(), statements run on the SqlDb given to "
-                  "the body (transactions do not nest)");
-}
-
 // The database a transaction's body runs on: the connection, already locked and in BEGIN.
 // Like PostgreSQL, it refuses further statements once one has failed, so a body that swallows
 // an error cannot commit half its work.
@@ -303,22 +292,6 @@ class SqliteTransaction final : public SqlDb {
 
   SqliteConnection& connection_;
   bool failed_ = false;
-};
-
-// Which database, if any, this thread is running a transaction body on: a body that uses the
-// outer database instead of the one it was given would wait for its own lock forever.
-thread_local const SqlDb* t_transaction_of = nullptr;
-
-// Marks this thread as running `db`'s transaction body while it exists.
-class InTransactionBody {
- public:
-  explicit InTransactionBody(const SqlDb* db) : outer_(std::exchange(t_transaction_of, db)) {}
-  InTransactionBody(const InTransactionBody&) = delete;
-  InTransactionBody& operator=(const InTransactionBody&) = delete;
-  ~InTransactionBody() { t_transaction_of = outer_; }
-
- private:
-  const SqlDb* outer_;
 };
 
 class SqliteDb final : public SqlDb {
