@@ -147,6 +147,7 @@ class ServiceState {
   // then that one is returned (reused). Concurrent identical submissions share one build.
   Submission submit_build(BuildRecord proposed);
   std::optional<BuildRecord> build(std::string_view id);
+  // Newest first; without their spec and files (see build()).
   std::vector<BuildRecord> builds(std::optional<BuildState> state, std::int64_t limit,
                                   std::int64_t offset, std::int64_t* total);
   QueueCounts queue_counts();
