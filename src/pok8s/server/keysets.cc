@@ -125,8 +125,9 @@ nlohmann::json KeySetStore::create(std::string_view name,
     }
   }
   for (const auto& [file, key] : keys) {
+    std::string key_stem = stem(file);  // clang 14 cannot capture a structured binding
     auto it = std::find_if(certs.begin(), certs.end(),
-                           [&](const auto& c) { return stem(c.first) == stem(file); });
+                           [&](const auto& c) { return stem(c.first) == key_stem; });
     if (it == certs.end())
       refuse(name, fmt::format("{} has no certificate {}.crt beside it", file, stem(file)));
     if (X509_check_private_key(it->second.get(), key.get()) != 1)
