@@ -1,4 +1,5 @@
 // libFuzzer target: the bodies of POST /api/v1/builds come from any client of the service.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
@@ -15,10 +16,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     // inside it, and the request must survive its own JSON (the clone-and-edit round trip).
     if (request.spec.empty() || request.files.size() > limits.max_files) __builtin_trap();
     for (const auto& [name, text] : request.files) {
-      if (name.empty() || name.front() == '/' || name.find("..") != std::string::npos ||
-          name.find("//") != std::string::npos || name.starts_with("keysets") ||
-          text.size() > limits.max_file_bytes)
+      if (name.empty() || name.front() == '/' || name.find("//") != std::string::npos ||
+          name.starts_with("keysets") || text.size() > limits.max_file_bytes)
         __builtin_trap();
+      // No component may be "." or ".." ("..yaml" is a file name like any other).
+      for (std::size_t start = 0; start <= name.size();) {
+        std::size_t end = std::min(name.find('/', start), name.size());
+        std::string_view part = std::string_view(name).substr(start, end - start);
+        if (part == "." || part == "..") __builtin_trap();
+        start = end + 1;
+      }
       pok8s::server::check_request_file_name(name, limits);
     }
     auto again = pok8s::server::parse_build_request(
