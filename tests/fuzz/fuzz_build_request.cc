@@ -17,7 +17,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (request.spec.empty() || request.files.size() > limits.max_files) __builtin_trap();
     for (const auto& [name, text] : request.files) {
       if (name.empty() || name.front() == '/' || name.find("//") != std::string::npos ||
-          name.starts_with("keysets") || text.size() > limits.max_file_bytes)
+          name == "keysets" || name.starts_with("keysets/") || text.size() > limits.max_file_bytes)
         __builtin_trap();
       // No component may be "." or ".." ("..yaml" is a file name like any other).
       for (std::size_t start = 0; start <= name.size();) {
