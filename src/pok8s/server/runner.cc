@@ -13,6 +13,7 @@
 
 #include <array>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 
@@ -137,7 +138,7 @@ struct ProgressModel {
   std::string step = "starting";
   int convert_steps = 0;
 
-  bool on_step(std::string_view text) {
+  void on_step(std::string_view text) {
     std::int64_t p = permille;
     if (text.starts_with("Fetching"))
       p = 20;
@@ -153,7 +154,6 @@ struct ProgressModel {
       p = std::min<std::int64_t>(500, 100 + 25 * ++convert_steps);
     step = std::string(text.substr(0, 200));
     permille = std::max(permille, p);
-    return true;
   }
   void on_bytes(std::string_view what, std::uint64_t done, std::uint64_t total) {
     if (total == 0) return;
@@ -165,6 +165,53 @@ struct ProgressModel {
       p = 920 + static_cast<std::int64_t>(70 * f);
     permille = std::max(permille, p);
   }
+};
+
+// Keeps a worker's claim on a build alive from a thread of its own for the whole of the run:
+// writing the request, the child's output, and the artifacts' upload to the store afterwards may
+// each take longer than the heartbeat timeout, and a silent claim is taken over by another worker.
+class Heartbeat {
+ public:
+  Heartbeat(ServiceState& state, std::string id, std::string worker,
+            std::chrono::milliseconds every)
+      : thread_([this, &state, id = std::move(id), worker = std::move(worker), every] {
+          std::unique_lock lock(mutex_);
+          while (!wake_.wait_for(lock, every, [this] { return stopped_; })) {
+            lock.unlock();
+            try {
+              auto beat = state.heartbeat(id, worker);
+              if (!beat)
+                lost_ = true;
+              else if (*beat)
+                cancel_requested_ = true;
+            } catch (const std::exception&) {
+              // The database is unreachable for a moment; the next beat tries again.
+            }
+            lock.lock();
+          }
+        }) {}
+  ~Heartbeat() {
+    {
+      std::lock_guard lock(mutex_);
+      stopped_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
+  }
+  Heartbeat(const Heartbeat&) = delete;
+  Heartbeat& operator=(const Heartbeat&) = delete;
+
+  // The build is no longer this worker's (its claim was taken back).
+  bool lost() const { return lost_; }
+  bool cancel_requested() const { return cancel_requested_; }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stopped_ = false;
+  std::atomic<bool> lost_{false};
+  std::atomic<bool> cancel_requested_{false};
+  std::thread thread_;  // last: it starts once the members above exist
 };
 
 }  // namespace
@@ -247,6 +294,7 @@ void BuildRunner::event(const BuildRecord& build, std::string_view kind,
 
 void BuildRunner::run(const BuildRecord& build) {
   const std::string& worker = options_.worker_id;
+  Heartbeat heartbeat(state_, build.id, worker, options_.heartbeat_interval);
   util::Path work = options_.work_dir / build.id;
   util::remove_tree(work);
   util::make_dirs(work / "request");
@@ -328,7 +376,6 @@ void BuildRunner::run(const BuildRecord& build) {
   };
 
   auto started = std::chrono::steady_clock::now();
-  auto last_beat = started;
   std::string outcome;  // why we stopped it, if we did
   BuildState stop_state = BuildState::kFailed;
   std::optional<std::chrono::steady_clock::time_point> killed_at;
@@ -341,15 +388,11 @@ void BuildRunner::run(const BuildRecord& build) {
     } else if (now - started > options_.timeout) {
       outcome = fmt::format("timed out after {} s (the service's --build-timeout)",
                             options_.timeout.count());
-    } else if (now - last_beat >= options_.heartbeat_interval) {
-      last_beat = now;
-      auto beat = state_.heartbeat(build.id, worker);
-      if (!beat)
-        outcome = "another worker took the build over";
-      else if (*beat) {
-        outcome = "canceled";
-        stop_state = BuildState::kCanceled;
-      }
+    } else if (heartbeat.lost()) {
+      outcome = "another worker took the build over";
+    } else if (heartbeat.cancel_requested()) {
+      outcome = "canceled";
+      stop_state = BuildState::kCanceled;
     }
     if (!outcome.empty()) {
       event(build, "log", {{"line", "Stopping the build: " + outcome}});
