@@ -86,7 +86,7 @@ std::chrono::seconds parse_duration(const std::string& text) {
 }
 
 // Blocks SIGINT and SIGTERM in every thread and calls `stop` from a thread that waits for them.
-std::thread stop_on_signal(std::function<void()> stop) {
+void stop_on_signal(std::function<void()> stop) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
@@ -99,7 +99,6 @@ std::thread stop_on_signal(std::function<void()> stop) {
     stop();
   });
   t.detach();
-  return t;
 }
 
 int run_serve(const GlobalOptions& g, const ServeFlags& f) {

@@ -7,6 +7,7 @@
 
 #include <cctype>
 
+#include "pok8s/image/gpt.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/process.h"
 
@@ -23,15 +24,6 @@ constexpr std::size_t kMaxLabel = 16;
   throw Error(ErrorKind::kInvalidInput, fmt::format("Failed to make ext4 {}: {}", o.label, why));
 }
 
-bool is_uuid(std::string_view s) {
-  if (s.size() != 36) return false;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-    if (dash ? s[i] != '-' : !std::isxdigit(static_cast<unsigned char>(s[i]))) return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 void write_ext4(const util::Path& image, const util::Path& root, const Ext4Options& o) {
@@ -40,7 +32,7 @@ void write_ext4(const util::Path& image, const util::Path& root, const Ext4Optio
   for (char c : o.label)
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-')
       refuse(o, "the label may only hold letters, digits, '_' and '-'");
-  if (!is_uuid(o.uuid)) refuse(o, fmt::format("{:?} is not a UUID", o.uuid));
+  if (!is_guid(o.uuid)) refuse(o, fmt::format("{:?} is not a UUID", o.uuid));
   if (o.offset % kBlock != 0 || o.size % kBlock != 0 || o.size < kMinSize)
     refuse(o, fmt::format("the extent at {} of {} bytes is not 4 KiB aligned or under 8 MiB",
                           o.offset, o.size));

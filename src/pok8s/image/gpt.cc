@@ -23,16 +23,6 @@ constexpr std::size_t kMaxNameLength = 36;  // UTF-16 code units in a GPT entry'
   throw Error(ErrorKind::kInvalidInput, "Failed to plan the partition table: " + what);
 }
 
-bool is_guid(std::string_view s) {
-  if (s.size() != 36) return false;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-    if (dash != (s[i] == '-')) return false;
-    if (!dash && !std::isxdigit(static_cast<unsigned char>(s[i]))) return false;
-  }
-  return true;
-}
-
 std::string mib(std::uint64_t bytes) {
   return fmt::format("{} MiB", bytes / kMiB);
 }
@@ -54,6 +44,16 @@ void check(int rc, const util::Path& file, std::string_view what) {
 }
 
 }  // namespace
+
+bool is_guid(std::string_view s) {
+  if (s.size() != 36) return false;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+    if (dash != (s[i] == '-')) return false;
+    if (!dash && !std::isxdigit(static_cast<unsigned char>(s[i]))) return false;
+  }
+  return true;
+}
 
 std::string derived_uuid(std::string_view seed, std::string_view name) {
   std::string hex = util::sha256_hex(std::string(seed) + "/" + std::string(name)).substr(0, 32);

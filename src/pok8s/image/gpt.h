@@ -49,6 +49,9 @@ std::vector<PartitionExtent> plan_gpt(const GptLayout& layout);
 // truncated, to disk_size bytes; sparse). Partition contents are not touched.
 std::vector<PartitionExtent> write_gpt(const util::Path& file, const GptLayout& layout);
 
+// Whether `s` is a GUID in its text form (8-4-4-4-12 hex digits), as GPT and ext4 take it.
+bool is_guid(std::string_view s);
+
 // A GUID derived from `seed` and `name` (sha256, with the RFC 9562 version 8 and variant bits):
 // stable for the same inputs, different for different names.
 std::string derived_uuid(std::string_view seed, std::string_view name);

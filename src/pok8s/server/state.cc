@@ -9,6 +9,7 @@
 #include <chrono>
 #include <nlohmann/json.hpp>
 
+#include "pok8s/util/file.h"
 #include "pok8s/util/sha256.h"
 
 namespace pok8s::server {
@@ -133,6 +134,13 @@ std::string state_event_json(std::string_view state, std::string_view worker = "
   return j.dump();
 }
 
+// A build's change of state, as an event in the same transaction as the change itself.
+void record_state(SqlDb& db, std::string_view build_id, std::int64_t at, std::string_view state,
+                  std::string_view worker = "", std::string_view error = "") {
+  db.query("INSERT INTO events (build_id, at, kind, data) VALUES ($1, $2, 'state', $3)",
+           {std::string(build_id), at, state_event_json(state, worker, error)});
+}
+
 bool is_user_role(std::string_view role) {
   return role == "admin" || role == "user";
 }
@@ -175,11 +183,7 @@ std::string random_secret(std::string_view prefix) {
 }
 
 std::string random_id() {
-  unsigned char bytes[8];
-  random_bytes(bytes, sizeof bytes);
-  std::string out;
-  for (unsigned char b : bytes) out += fmt::format("{:02x}", b);
-  return out;
+  return util::random_hex(8);
 }
 
 bool secrets_equal(std::string_view a, std::string_view b) {
@@ -360,8 +364,7 @@ Submission ServiceState::submit_build(BuildRecord proposed) {
             {proposed.id, proposed.spec_id, proposed.spec, proposed.files, proposed.base_pinned,
              proposed.owner, proposed.base, proposed.version, proposed.kubernetes,
              proposed.artifact_kinds, proposed.created_at});
-        db.query("INSERT INTO events (build_id, at, kind, data) VALUES ($1, $2, 'state', $3)",
-                 {proposed.id, proposed.created_at, std::string(R"({"state":"queued"})")});
+        record_state(db, proposed.id, proposed.created_at, "queued");
       });
     } catch (const Error& e) {
       if (e.kind() == ErrorKind::kInvalidInput && attempt == 0) continue;
@@ -420,8 +423,7 @@ std::optional<BuildRecord> ServiceState::claim_build(std::string_view worker) {
         {std::string(worker), now});
     if (rows.empty()) return;
     id = rows[0].text(0);
-    db.query("INSERT INTO events (build_id, at, kind, data) VALUES ($1, $2, 'state', $3)",
-             {*id, now, state_event_json("running", worker)});
+    record_state(db, *id, now, "running", worker);
   });
   if (!id) return std::nullopt;
   return build(*id);
@@ -455,8 +457,7 @@ bool ServiceState::finish_build(std::string_view id, std::string_view worker, Bu
          artifacts_json.empty() ? SqlValue{} : SqlValue{std::string(artifacts_json)}});
     if (rows.empty()) return;
     done = true;
-    db.query("INSERT INTO events (build_id, at, kind, data) VALUES ($1, $2, 'state', $3)",
-             {std::string(id), now, state_event_json(build_state_name(state), "", error)});
+    record_state(db, id, now, build_state_name(state), "", error);
   });
   return done;
 }
@@ -470,8 +471,7 @@ void ServiceState::release_build(std::string_view id, std::string_view worker,
         "worker = $2 AND state = 'running' RETURNING id",
         {std::string(id), std::string(worker)});
     if (rows.empty()) return;
-    db.query("INSERT INTO events (build_id, at, kind, data) VALUES ($1, $2, 'state', $3)",
-             {std::string(id), now_ms(), state_event_json("queued", "", why)});
+    record_state(db, id, now_ms(), "queued", "", why);
   });
 }
 
@@ -488,8 +488,7 @@ BuildRecord ServiceState::cancel_build(std::string_view id) {
           "UPDATE builds SET state = 'canceled', finished_at = $2, error = 'canceled before it "
           "started' WHERE id = $1",
           {std::string(id), now});
-      db.query("INSERT INTO events (build_id, at, kind, data) VALUES ($1, $2, 'state', $3)",
-               {std::string(id), now, state_event_json("canceled", "", "")});
+      record_state(db, id, now, "canceled");
     } else if (state == BuildState::kRunning) {
       db.query("UPDATE builds SET cancel_requested = 1 WHERE id = $1", {std::string(id)});
     } else {
@@ -515,8 +514,7 @@ std::vector<std::string> ServiceState::recover_stale(std::int64_t stale_before,
         {stale_before, max_attempts, now, std::string(why)});
     for (const auto& r : rows) {
       ids.push_back(r.text(0));
-      db.query("INSERT INTO events (build_id, at, kind, data) VALUES ($1, $2, 'state', $3)",
-               {r.text(0), now, state_event_json(r.text(1), "", why)});
+      record_state(db, r.text(0), now, r.text(1), "", why);
     }
   });
   return ids;
