@@ -24,7 +24,9 @@ ProcessResult run_process(const std::vector<std::string>& args, const ProcessOpt
 
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(
+      &actions, 0, options.stdin_file.empty() ? "/dev/null" : options.stdin_file.c_str(), O_RDONLY,
+      0);
   posix_spawn_file_actions_adddup2(&actions, write_end.get(), 1);
   posix_spawn_file_actions_adddup2(&actions, write_end.get(), 2);
   std::vector<char*> argv;

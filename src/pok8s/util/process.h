@@ -18,10 +18,12 @@ struct ProcessOptions {
   // The whole environment of the tool; the caller's when empty.
   std::optional<std::vector<std::string>> env;
   std::size_t output_limit = 64u << 10;
+  // The file the tool reads as stdin (sfdisk takes its script there); /dev/null when empty.
+  std::string stdin_file{};
 };
 
-// Runs `args` (args[0] looked up on PATH) with stdin from /dev/null. Throws kIo only when the
-// tool cannot be started; its exit status is the caller's to judge.
+// Runs `args` (args[0] looked up on PATH) with stdin from `stdin_file` or /dev/null. Throws kIo
+// only when the tool cannot be started; its exit status is the caller's to judge.
 ProcessResult run_process(const std::vector<std::string>& args, const ProcessOptions& options = {});
 
 // The last non-empty line of a tool's output: where tools say what went wrong.
