@@ -5,7 +5,9 @@
 #include <fmt/format.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cctype>
+#include <filesystem>
 
 #include "pok8s/image/gpt.h"
 #include "pok8s/util/error.h"
@@ -22,6 +24,35 @@ constexpr std::size_t kMaxLabel = 16;
 
 [[noreturn]] void refuse(const Ext4Options& o, const std::string& why) {
   throw Error(ErrorKind::kInvalidInput, fmt::format("Failed to make ext4 {}: {}", o.label, why));
+}
+
+// mke2fs -d copies each inode's times from the tree, and the tree's change times (and access
+// times, which reading it for the copy moves) are the clock's, not ours: debugfs sets both to
+// the timestamp, in the file system inside the image ("FILE?offset=N", e2fsprogs' own syntax).
+void pin_inode_times(const util::Path& image, const util::Path& root, const Ext4Options& o,
+                     const std::vector<std::string>& env) {
+  std::vector<std::string> paths = {"/"};
+  for (const auto& e : std::filesystem::recursive_directory_iterator(root))
+    paths.push_back("/" + std::filesystem::relative(e.path(), root).string());
+  std::sort(paths.begin(), paths.end());
+  std::string commands;
+  for (const auto& p : paths) {
+    if (p.find_first_of("\"\n\\") != std::string::npos)
+      refuse(o, fmt::format("cannot pin the times of {:?}: its name has a quote, backslash or "
+                            "line break",
+                            p));
+    for (const char* field : {"ctime", "atime"})
+      commands += fmt::format("set_inode_field \"{}\" {} @{}\n", p, field, *o.timestamp);
+  }
+  util::TempFile script(image.parent_path() / (image.filename().string() + ".debugfs"));
+  util::write_all(script.fd(), commands, script.path().string());
+  auto r = util::run_process({"debugfs", "-w", "-f", script.path().string(),
+                              fmt::format("{}?offset={}", image.string(), o.offset)},
+                             {.env = env});
+  // debugfs reports a failed command on its output but still exits 0.
+  if (r.status != 0 || r.output.find("set_inode_field:") != std::string::npos)
+    throw Error(ErrorKind::kIo, fmt::format("Failed to make ext4 {} in {}: debugfs: {}", o.label,
+                                            image.string(), util::last_line(r.output)));
 }
 
 }  // namespace
@@ -45,6 +76,8 @@ void write_ext4(const util::Path& image, const util::Path& root, const Ext4Optio
 
   std::vector<std::string> args = {
       "mke2fs", "-q", "-F", "-t", "ext4", "-b", std::to_string(kBlock), "-L", o.label, "-U", o.uuid,
+      // GRUB 2.06 cannot read file systems with this feature, which newer mke2fs turn on.
+      "-O", "^metadata_csum_seed",
       // The hash seed defaults to random; the root is owned by root whoever runs us; inode
       // tables and the journal are written now, not lazily by the kernel at first mount.
       "-E",
@@ -63,6 +96,7 @@ void write_ext4(const util::Path& image, const util::Path& root, const Ext4Optio
   if (r.status != 0)
     throw Error(ErrorKind::kIo, fmt::format("Failed to make ext4 {} in {}: mke2fs: {}", o.label,
                                             image.string(), util::last_line(r.output)));
+  if (o.timestamp && !root.empty()) pin_inode_times(image, root, o, env);
 }
 
 }  // namespace pok8s::image

@@ -3,6 +3,7 @@
 #include "pok8s/image/ext4.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -68,6 +69,24 @@ TEST_F(Ext4, TheSameInputsGiveTheSameBytes) {
   std::string first = util::file_sha256(disk());
   write_ext4(disk(), dir_.path() / "tree", oem());
   EXPECT_EQ(util::file_sha256(disk()), first);
+}
+
+TEST_F(Ext4, TheTreesChangeAndAccessTimesDoNotLeakIn) {
+  // The caller pins modes and modification times; change and access times it cannot set.
+  util::Path file = dir_.path() / "tree/etc/pok8s.yaml";
+  write_ext4(disk(), dir_.path() / "tree", oem());
+  std::string first = util::file_sha256(disk());
+  ::sleep(1);
+  ASSERT_EQ(::chmod(file.c_str(), 0600), 0);  // a new change time, same mode as before below
+  ASSERT_EQ(::chmod(file.c_str(), 0644), 0);
+  util::read_file(file);
+  write_ext4(disk(), dir_.path() / "tree", oem());
+  EXPECT_EQ(util::file_sha256(disk()), first);
+  util::Path part = extract(disk(), extents_[1].offset, extents_[1].size, dir_.path() / "oem.img");
+  auto stat = util::run_process({"debugfs", "-R", "stat /etc/pok8s.yaml", part.string()});
+  EXPECT_NE(stat.output.find(" ctime: 0x6553f100:00000000"), std::string::npos) << stat.output;
+  auto fsck = util::run_process({"e2fsck", "-fn", part.string()});
+  EXPECT_EQ(fsck.status, 0) << fsck.output;
 }
 
 TEST_F(Ext4, RefusesWhatItCannotMake) {
