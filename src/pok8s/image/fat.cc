@@ -78,10 +78,16 @@ std::uint64_t dir_entry_bytes(const std::string& name) {
   return 32 * (1 + (name.size() + 12) / 13);
 }
 
-}  // namespace
+// What goes into the file system, checked, in a fixed order, and the space it takes.
+struct FatPlan {
+  std::map<std::string, const FatFile*> files;     // path -> file
+  std::map<std::string, std::uint64_t> dir_bytes;  // directory -> bytes of entries
+  std::uint64_t cluster = 0;                       // bytes
+  std::uint64_t need = 0;                          // smallest image, whole MiB
+};
 
-void write_fat_image(const std::vector<FatFile>& files, std::string_view label,
-                     std::int64_t timestamp, const util::Path& out) {
+FatPlan plan_fat(const std::vector<FatFile>& files, std::string_view label, std::int64_t timestamp,
+                 const util::Path& out) {
   auto fail = [&](ErrorKind kind, const std::string& reason) {
     throw Error(kind, fmt::format("Failed to write FAT image {}: {}", out.string(), reason));
   };
@@ -154,10 +160,20 @@ void write_fat_image(const std::vector<FatFile>& files, std::string_view label,
   total = round_up(total, kMiB);
   if (dir_bytes[""] > 512 * 32)
     fail(ErrorKind::kInvalidInput, "too many entries in the root directory (512 at most)");
+  return {std::move(by_path), std::move(dir_bytes), cluster, total};
+}
 
-  util::TempFile tmp(out);
-  if (::ftruncate(tmp.fd(), static_cast<off_t>(total)) != 0)
-    throw_errno("Failed to write FAT image " + out.string(), errno);
+// Formats `size` bytes at `offset` of `image` (named `out` in messages) and copies the plan's
+// files in. `offset` is also the hidden sectors count of a partition.
+void fill_fat(const FatPlan& plan, std::string_view label, std::int64_t timestamp,
+              const util::Path& image_file, std::uint64_t offset, std::uint64_t total,
+              const util::Path& out) {
+  auto fail = [&](ErrorKind kind, const std::string& reason) {
+    throw Error(kind, fmt::format("Failed to write FAT image {}: {}", out.string(), reason));
+  };
+  const auto& by_path = plan.files;
+  const auto& dir_bytes = plan.dir_bytes;
+  std::uint64_t cluster = plan.cluster;
 
   const char* path_env = std::getenv("PATH");
   std::vector<std::string> env = {
@@ -168,7 +184,9 @@ void write_fat_image(const std::vector<FatFile>& files, std::string_view label,
       "MTOOLSRC=/dev/null",  // no user configuration may change the result
       "MTOOLS_SKIP_CHECK=1",
   };
-  std::string image = tmp.path().string();
+  // mtools reads "FILE@@OFFSET" as a file system starting OFFSET bytes into FILE.
+  std::string image = image_file.string();
+  if (offset != 0) image += fmt::format("@@{}", offset);
   auto run = [&](std::vector<std::string> args, const std::string& what) {
     util::ProcessResult r = util::run_process(args, {.env = env});
     if (r.status != 0)
@@ -187,6 +205,8 @@ void write_fat_image(const std::vector<FatFile>& files, std::string_view label,
                                      "32",
                                      "-c",
                                      std::to_string(cluster / 512),
+                                     "-H",
+                                     std::to_string(offset / 512),
                                      "-N",
                                      fmt::format("{:08x}", static_cast<std::uint32_t>(timestamp))};
   if (!label.empty()) {
@@ -205,8 +225,41 @@ void write_fat_image(const std::vector<FatFile>& files, std::string_view label,
     // An absolute source cannot be mistaken for an option.
     run({"mcopy", "-i", image, std::filesystem::absolute(file->source).string(), "::/" + path},
         "copying " + path);
+}
 
+}  // namespace
+
+void write_fat_image(const std::vector<FatFile>& files, std::string_view label,
+                     std::int64_t timestamp, const util::Path& out) {
+  FatPlan plan = plan_fat(files, label, timestamp, out);
+  util::TempFile tmp(out);
+  if (::ftruncate(tmp.fd(), static_cast<off_t>(plan.need)) != 0)
+    throw_errno("Failed to write FAT image " + out.string(), errno);
+  fill_fat(plan, label, timestamp, tmp.path(), 0, plan.need, out);
   tmp.commit();
+}
+
+void write_fat_partition(const std::vector<FatFile>& files, std::string_view label,
+                         std::int64_t timestamp, const util::Path& image, std::uint64_t offset,
+                         std::uint64_t size) {
+  util::Path where = fmt::format("{} (partition {} at {})", image.string(), label, offset);
+  FatPlan plan = plan_fat(files, label, timestamp, where);
+  if (offset % 512 != 0 || size % kMiB != 0)
+    throw Error(
+        ErrorKind::kInvalidInput,
+        fmt::format("Failed to write FAT image {}: the partition is not aligned", where.string()));
+  if (plan.need > size)
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to write FAT image {}: the files need {} MiB, the partition "
+                            "has {} MiB",
+                            where.string(), plan.need / kMiB, size / kMiB));
+  // Clusters large enough to stay inside FAT16 over the whole partition.
+  while (size / plan.cluster >= kMaxClusters && plan.cluster < 32768) plan.cluster *= 2;
+  if (size / plan.cluster >= kMaxClusters)
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to write FAT image {}: {} MiB is more than FAT16 holds",
+                            where.string(), size / kMiB));
+  fill_fat(plan, label, timestamp, image, offset, size, where);
 }
 
 }  // namespace pok8s::image

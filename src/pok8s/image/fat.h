@@ -1,5 +1,5 @@
-// FAT file system images (the EFI system partition of a live ISO), built with mtools so that
-// no loop device or mount is needed; the same inputs and timestamp give the same bytes.
+// FAT file system images (the EFI system partition of a live ISO or a disk), built with mtools so
+// that no loop device or mount is needed; the same inputs and timestamp give the same bytes.
 #pragma once
 
 #include <cstdint>
@@ -24,5 +24,11 @@ struct FatFile {
 // the epoch, recorded as UTC). `out` appears only once complete.
 void write_fat_image(const std::vector<FatFile>& files, std::string_view label,
                      std::int64_t timestamp, const util::Path& out);
+
+// The same file system in a partition of a disk image: `size` bytes (whole MiB) from `offset`
+// of `image`, which must exist. Throws kInvalidInput when the files do not fit.
+void write_fat_partition(const std::vector<FatFile>& files, std::string_view label,
+                         std::int64_t timestamp, const util::Path& image, std::uint64_t offset,
+                         std::uint64_t size);
 
 }  // namespace pok8s::image

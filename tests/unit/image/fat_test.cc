@@ -119,6 +119,32 @@ TEST_F(FatTest, FitsManySmallFilesInDeepDirectories) {
   EXPECT_EQ(mods, 150u);
 }
 
+TEST_F(FatTest, WritesIntoAPartitionOfADiskImage) {
+  // A 4 MiB "disk" with the file system in its second and third MiB.
+  util::Path disk = dir_.path() / "disk.img";
+  {
+    util::UniqueFd fd = util::open_file(disk, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_EQ(::ftruncate(fd.get(), 4 << 20), 0);
+  }
+  image::write_fat_partition(files_, "COS_GRUB", kTimestamp, disk, 1 << 20, 2 << 20);
+  std::string at = disk.string() + "@@1048576";
+  Shell r = sh("mdir -i " + at + " -/ -b ::");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("::/EFI/BOOT/BOOTX64.EFI"), std::string::npos) << r.out;
+  r = sh("minfo -i " + at + " ::");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("disk label=\"COS_GRUB   \""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("hidden sectors: 2048"), std::string::npos) << r.out;
+  // Nothing outside the partition was touched: the first and last MiB are still zero.
+  std::string bytes = util::read_file(disk, 8 << 20);
+  EXPECT_EQ(bytes.find_first_not_of('\0'), std::size_t{1} << 20);
+  EXPECT_EQ(bytes.find_last_not_of('\0') < (std::size_t{3} << 20), true);
+
+  expect_error(
+      [&] { image::write_fat_partition(files_, "COS_GRUB", kTimestamp, disk, 1 << 20, 1 << 20); },
+      ErrorKind::kInvalidInput, "the partition has 1 MiB");
+}
+
 TEST_F(FatTest, RefusesBadInputAndLeavesNothingBehind) {
   fs::path out_dir = dir_.path() / "out";
   fs::create_directories(out_dir);
