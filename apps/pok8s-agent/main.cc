@@ -1,5 +1,7 @@
 // pok8s-agent, the node's cloud-config runner: parses arguments, loads configs, runs a stage,
 // prints one line per step and maps failures to exit codes (0 ok, 1 a step failed, 2 config).
+// Also reports the boot status (which image booted and why) and marks a boot as good, and
+// installs the system from the live medium to a disk.
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -9,6 +11,10 @@
 #include <vector>
 
 #include "pok8s/config/cloud_config.h"
+#include "pok8s/config/install_config.h"
+#include "pok8s/node/boot_status.h"
+#include "pok8s/node/grubenv.h"
+#include "pok8s/node/install.h"
 #include "pok8s/node/stages.h"
 #include "pok8s/util/error.h"
 
@@ -113,7 +119,10 @@ int validate_command(const std::vector<std::string>& files) {
   int rc = kExitOk;
   for (const auto& file : files) {
     try {
-      pok8s::config::validate_cloud_config(file);
+      pok8s::config::CloudConfig config = pok8s::config::validate_cloud_config(file);
+      // The install block is read here too, so a typo in it shows before an install.
+      auto install = pok8s::config::read_install_config({&config, 1});
+      for (const auto& w : install.warnings) std::fprintf(stderr, "pok8s-agent: %s\n", w.c_str());
       std::fprintf(stdout, "%s: ok\n", file.c_str());
     } catch (const pok8s::Error& e) {
       std::fprintf(stderr, "pok8s-agent: %s\n", e.what());
@@ -121,6 +130,135 @@ int validate_command(const std::vector<std::string>& files) {
     }
   }
   return rc;
+}
+
+// Where status and mark-booted read; the options exist for tests.
+struct BootFiles {
+  std::string boot_state{pok8s::node::kBootStateFile};
+  std::string grubenv{pok8s::node::kOemGrubEnvFile};
+  std::string release{pok8s::node::kReleaseFile};
+
+  void add_options(CLI::App* command) {
+    // Hidden (empty group): a running system has one place for each.
+    command->add_option("--boot-state", boot_state)->group("");
+    command->add_option("--grubenv", grubenv)->group("");
+    command->add_option("--release", release)->group("");
+  }
+};
+
+int status_command(const BootFiles& files, bool json) {
+  using namespace pok8s;
+  node::BootStatus s = node::read_boot_status(files.boot_state, files.grubenv, files.release);
+  if (json) {
+    std::printf("%s\n", node::boot_status_json(s).dump(2).c_str());
+    return kExitOk;
+  }
+  std::string booted = s.mode == "live" ? "the live medium" : fmt::format("the {} image", s.mode);
+  if (!s.image.empty()) booted += fmt::format(", {}", s.image);
+  if (!s.media_device.empty()) booted += fmt::format(" on {}", s.media_device);
+  std::string next = "-", tries = "-";
+  if (auto entry = node::next_boot_entry(s)) next = *entry;
+  if (s.tries)
+    tries =
+        s.max_tries ? fmt::format("{} of {}", *s.tries, *s.max_tries) : fmt::format("{}", *s.tries);
+  std::printf("%s",
+              fmt::format("{:<12}{}\n{:<12}{}\n{:<12}{}\n{:<12}{}\n{:<12}{}\n", "Booted:", booted,
+                          "Why:", s.reason, "Version:", s.version.empty() ? "unknown" : s.version,
+                          "Next boot:", next, "Tries left:", tries)
+                  .c_str());
+  return kExitOk;
+}
+
+int mark_booted_command(const BootFiles& files) {
+  using namespace pok8s;
+  if (node::mark_booted(files.boot_state, files.grubenv)) {
+    auto env = node::read_grubenv(files.grubenv);
+    std::string tries = env ? env->get("pok8s_tries").value_or("?") : "?";
+    std::printf("marked this boot as good: pok8s_tries=%s in %s\n", tries.c_str(),
+                files.grubenv.c_str());
+  } else if (std::filesystem::exists(files.grubenv)) {
+    std::printf("nothing to mark: a live boot\n");
+  } else {
+    std::printf("nothing to mark: no %s, so no boot assessment\n", files.grubenv.c_str());
+  }
+  return kExitOk;
+}
+
+struct InstallArgs {
+  std::string device;
+  std::vector<std::string> configs;
+  bool reboot = false;
+  bool poweroff = false;
+  bool auto_from_config = false;
+  bool json = false;
+  std::string media{pok8s::node::kMediaMount};
+};
+
+void print_install_line(const char* event, const std::string& step, const std::string& message,
+                        bool json) {
+  if (json) {
+    nlohmann::json j = {
+        {"event", event}, {"stage", "install"}, {"step", step}, {"message", message}};
+    std::fprintf(stdout, "%s\n", j.dump().c_str());
+    std::fflush(stdout);
+  }
+  std::fprintf(stderr, "pok8s-agent: install: %s\n", message.c_str());
+}
+
+void print_stage_summary(const char* name, const pok8s::node::StageResult& r) {
+  if (r.steps_run + r.steps_skipped == 0) return;
+  std::fprintf(stderr, "pok8s-agent: stage %s: %zu steps run, %zu failed, %zu skipped\n", name,
+               r.steps_run, r.steps_failed, r.steps_skipped);
+}
+
+int install_command(const InstallArgs& a) {
+  using namespace pok8s;
+  try {
+    // The configs of every boot, with the medium's own config.yaml (wherever --media says it
+    // is), then the --config files.
+    std::vector<util::Path> sources = default_sources("/");
+    sources.back() = util::Path(a.media) / node::kMediaConfigFile;
+    for (const auto& c : a.configs) {
+      config::validate_cloud_config(c);  // named directly: missing or headerless is an error
+      sources.emplace_back(c);
+    }
+    std::vector<config::CloudConfig> configs = config::load_cloud_configs(sources);
+    config::InstallConfig install = config::read_install_config(configs);
+    for (const auto& w : install.warnings) print_install_line("warning", "config", w, a.json);
+
+    node::InstallRequest request;
+    request.media = a.media;
+    request.device = a.device;
+    for (const auto& c : a.configs) request.config_files.emplace_back(c);
+    if (a.reboot) request.after = node::AfterInstall::kReboot;
+    if (a.poweroff) request.after = node::AfterInstall::kPowerOff;
+    request.auto_from_config = a.auto_from_config;
+    request.sink = [&](const node::InstallEvent& e) {
+      print_install_line("step", e.step, e.message, a.json);
+    };
+    request.stage_sink = [&](const node::StageEvent& e) { print_event(e, a.json); };
+    node::InstallOutcome outcome = node::run_install(request, configs, install);
+    if (!outcome.installed) {
+      print_install_line("skipped", "auto", "not installing: " + outcome.not_installed_because,
+                         a.json);
+      return kExitOk;
+    }
+    print_stage_summary("before-install", outcome.before_install);
+    print_stage_summary("after-install", outcome.after_install);
+    if (outcome.after != node::AfterInstall::kNothing)
+      print_install_line(
+          "step", "finish",
+          outcome.after == node::AfterInstall::kReboot ? "rebooting" : "powering off", a.json);
+    node::finish_install(outcome.after);
+    return outcome.before_install.ok() && outcome.after_install.ok() ? kExitOk : kExitStepFailed;
+  } catch (const Error& e) {
+    if (a.json) {
+      nlohmann::json j = {{"event", "failed"}, {"stage", "install"}, {"message", e.what()}};
+      std::fprintf(stdout, "%s\n", j.dump().c_str());
+      std::fflush(stdout);
+    }
+    throw;
+  }
 }
 
 }  // namespace
@@ -158,6 +296,37 @@ int main(int argc, char** argv) {
       return kExitOk;
     };
   });
+
+  auto* status = app.add_subcommand("status", "Say which image booted, why, and what boots next");
+  BootFiles boot_files;
+  bool status_json = false;
+  status->add_flag("--json", status_json, "Print the status as JSON");
+  boot_files.add_options(status);
+  status->callback([&] { run = [&] { return status_command(boot_files, status_json); }; });
+
+  auto* mark = app.add_subcommand("mark-booted",
+                                  "Reset the boot tries once the system is up (boot assessment)");
+  boot_files.add_options(mark);
+  mark->callback([&] { run = [&] { return mark_booted_command(boot_files); }; });
+
+  auto* install = app.add_subcommand(
+      "install", "Install the system from the live medium to a disk (partitions and formats it)");
+  InstallArgs install_args;
+  install->add_option("--device", install_args.device,
+                      "The disk to install to, or auto: the one blank disk (default: "
+                      "install.device, else auto)");
+  install->add_option("--config", install_args.configs,
+                      "A cloud-config file to use and copy to COS_OEM (repeatable)");
+  auto* reboot_flag = install->add_flag("--reboot", install_args.reboot, "Reboot when done");
+  install->add_flag("--poweroff", install_args.poweroff, "Power off when done")
+      ->excludes(reboot_flag);
+  install->add_flag("--auto-from-config", install_args.auto_from_config,
+                    "Install only on a live boot whose cloud-config sets install.auto: true "
+                    "(otherwise say why not and exit 0)");
+  install->add_flag("--json", install_args.json, "Also print events as JSON lines on stdout");
+  install->add_option("--media", install_args.media,
+                      "Where the live medium is mounted (default /run/pok8s/media)");
+  install->callback([&] { run = [&] { return install_command(install_args); }; });
 
   try {
     app.parse(argc, argv);

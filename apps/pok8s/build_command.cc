@@ -5,7 +5,7 @@
 #include <unistd.h>
 
 #include "common.h"
-#include "pok8s/build/live_iso.h"
+#include "pok8s/build/artifacts.h"
 #include "pok8s/build/spec_build.h"
 #include "pok8s/config/build_spec.h"
 #include "pok8s/convert/convert.h"
@@ -17,21 +17,24 @@ namespace {
 
 struct BuildFlags {
   std::string spec;  // -f: a build spec instead of SRC and the flags
-  std::string artifact = "iso";
+  std::vector<std::string> artifacts = {"iso"};
+  std::string disk_size;
   std::string output;
   std::string config;
   std::string compression = "zstd";
   int level = 0;
 };
 
-nlohmann::json artifacts_json(const build::LiveIsoResult& r, const util::Path& dir,
+nlohmann::json artifacts_json(const build::BuildResult& r, const util::Path& dir,
                               std::string& human);
 
 int run_build(const GlobalOptions& g, const std::string& src, const BuildFlags& b,
               const ConvertFlags& c, const TransportFlags& t) {
   Output out(g.output_mode());
   auto store = open_cache(g);
-  build::LiveIsoOptions options;
+  build::BuildOptions options;
+  options.kinds = b.artifacts;
+  if (!b.disk_size.empty()) options.disk.size = parse_size(b.disk_size, "--disk-size");
   options.output_dir = b.output;
   if (!b.config.empty()) options.cloud_config = util::Path(b.config);
   options.compression = image::parse_squashfs_compression(b.compression);
@@ -57,7 +60,7 @@ int run_build(const GlobalOptions& g, const std::string& src, const BuildFlags& 
     convert_options.log = options.log;
     image = convert::convert_image(image, store, convert_options).image;
   }
-  build::LiveIsoResult r = build::build_live_iso(image, store, options);
+  build::BuildResult r = build::build_artifacts(image, store, options);
   std::string human =
       fmt::format("Built {} (kernel {}, build id {})\n", src, r.kernel_version, r.build_id);
   nlohmann::json artifacts = artifacts_json(r, b.output, human);
@@ -71,13 +74,14 @@ int run_build(const GlobalOptions& g, const std::string& src, const BuildFlags& 
   return 0;
 }
 
-nlohmann::json artifacts_json(const build::LiveIsoResult& r, const util::Path& dir,
+nlohmann::json artifacts_json(const build::BuildResult& r, const util::Path& dir,
                               std::string& human) {
   nlohmann::json artifacts = nlohmann::json::array();
   for (const auto& a : r.artifacts) {
     human += fmt::format("  {}  {}  sha256:{}\n", (dir / a.name).string(),
                          human_size(static_cast<std::int64_t>(a.size)), a.sha256);
-    artifacts.push_back({{"name", a.name}, {"size", a.size}, {"sha256", a.sha256}});
+    artifacts.push_back(
+        {{"name", a.name}, {"type", a.type}, {"size", a.size}, {"sha256", a.sha256}});
   }
   return artifacts;
 }
@@ -105,20 +109,21 @@ int run_spec_build(const GlobalOptions& g, const BuildFlags& b, const ConvertFla
   options.log = out.log();
   options.progress = out.byte_progress();
   build::SpecBuildResult r = build::build_spec(spec, base, identity, store, options);
-  std::string human =
-      fmt::format("Built {} (spec id {}, kernel {})\n", b.spec, identity.id, r.iso.kernel_version);
-  nlohmann::json artifacts = artifacts_json(r.iso, b.output, human);
-  human += fmt::format("Manifest: {}", r.iso.manifest.string());
-  out.result(human, {{"spec", b.spec},
-                     {"specId", identity.id},
-                     {"buildId", r.iso.build_id},
-                     {"kernel", r.iso.kernel_version},
-                     {"artifacts", artifacts},
-                     {"manifest", r.iso.manifest.string()},
-                     {"converted", r.converted},
-                     {"conversionCached", r.conversion_cached},
-                     {"cached",
-                      {{"rootfs", r.iso.rootfs_cached}, {"initramfs", r.iso.initramfs_cached}}}});
+  std::string human = fmt::format("Built {} (spec id {}, kernel {})\n", b.spec, identity.id,
+                                  r.build.kernel_version);
+  nlohmann::json artifacts = artifacts_json(r.build, b.output, human);
+  human += fmt::format("Manifest: {}", r.build.manifest.string());
+  out.result(
+      human,
+      {{"spec", b.spec},
+       {"specId", identity.id},
+       {"buildId", r.build.build_id},
+       {"kernel", r.build.kernel_version},
+       {"artifacts", artifacts},
+       {"manifest", r.build.manifest.string()},
+       {"converted", r.converted},
+       {"conversionCached", r.conversion_cached},
+       {"cached", {{"rootfs", r.build.rootfs_cached}, {"initramfs", r.build.initramfs_cached}}}});
   return 0;
 }
 
@@ -137,11 +142,16 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
                                    "A build spec (YAML, docs/build-spec.md): base, conversion, "
                                    "toppings, artifacts and cloud-config in one file");
   src_opt->excludes(spec_opt);
-  cmd->add_option("--artifact", b->artifact, "What to build")
-      ->check(CLI::IsMember({"iso"}))
-      ->default_val("iso");
+  cmd->add_option("--artifact", b->artifacts,
+                  "What to build: iso, raw, qcow2, vhd (repeat, or separate with commas)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"iso", "raw", "qcow2", "vhd"}));
+  cmd->add_option("--disk-size", b->disk_size,
+                  "Size of raw/qcow2/vhd disks, like 8G or 6000M (default: what the layout "
+                  "needs plus 1 GiB of COS_PERSISTENT)");
   cmd->add_option("-o,--output", b->output, "Directory that receives the artifacts")->required();
-  cmd->add_option("--config", b->config, "A #cloud-config file, put on the ISO as /config.yaml");
+  cmd->add_option("--config", b->config,
+                  "A #cloud-config file: /config.yaml on the ISO, /oem/90_custom.yaml on disks");
   cmd->add_option("--compression", b->compression, "Rootfs compression: zstd or xz")
       ->check(CLI::IsMember({"zstd", "xz", "gzip"}))
       ->default_val("zstd");
@@ -152,9 +162,10 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
   cmd->callback([&run, &g, cmd, src, b, c, t] {
     if (!b->spec.empty()) {
       // The spec says everything the flags would; both at once would leave one of them unused.
-      for (const char* flag : {"--artifact", "--config", "--compression", "--compression-level",
-                               "--version", "--variant", "--k8s", "--k8s-version", "--k8s-binary",
-                               "--k8s-sha256", "--model", "--arch", "--packages"})
+      for (const char* flag :
+           {"--artifact", "--disk-size", "--config", "--compression", "--compression-level",
+            "--version", "--variant", "--k8s", "--k8s-version", "--k8s-binary", "--k8s-sha256",
+            "--model", "--arch", "--packages"})
         if (cmd->count(flag) > 0)
           throw CLI::ValidationError(flag, "comes from the build spec given with -f");
       run = [&g, b, c, t] { return run_spec_build(g, *b, *c, *t); };

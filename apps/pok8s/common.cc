@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
+#include <cstdint>
 #include <cstdlib>
 
 #include "pok8s/util/error.h"
@@ -75,6 +77,26 @@ oci::ResolvedImage fetch_image(const std::string& name, oci::BlobStore& store,
   oci::ResolvedImage image = oci::resolve_image(*source, store, t.wanted_platform());
   oci::fetch_layers(*source, image, store, t.options(), progress);
   return image;
+}
+
+std::uint64_t parse_size(const std::string& text, std::string_view option) {
+  std::uint64_t n = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  std::string_view unit(p, static_cast<std::size_t>(text.data() + text.size() - p));
+  unsigned shift = 0;
+  if (unit == "K" || unit == "KiB")
+    shift = 10;
+  else if (unit == "M" || unit == "MiB")
+    shift = 20;
+  else if (unit == "G" || unit == "GiB")
+    shift = 30;
+  else if (!unit.empty())
+    ec = std::errc::invalid_argument;
+  if (ec != std::errc() || n == 0 || n > (UINT64_MAX >> 1 >> shift))
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to read {} {:?}: give bytes, or a number with K, M or G",
+                            option, text));
+  return n << shift;
 }
 
 }  // namespace pok8s::cli

@@ -55,6 +55,9 @@ oci::BlobStore open_cache(const GlobalOptions& g);
 // "1.5 MiB"
 std::string human_size(std::int64_t n);
 
+// A size given to `option`: bytes, or a number with K, M or G (KiB, MiB, GiB).
+std::uint64_t parse_size(const std::string& text, std::string_view option);
+
 // SOURCE_DATE_EPOCH from the environment, if set; throws kInvalidInput if it is not a number.
 std::optional<std::int64_t> source_date_epoch();
 

@@ -2,6 +2,8 @@
 // SIGINT or SIGTERM.
 #include "serve_command.h"
 
+#include "common.h"
+
 #include <fmt/format.h>
 #include <signal.h>
 #include <unistd.h>
@@ -57,22 +59,6 @@ util::Path self_exe() {
   return std::filesystem::read_symlink("/proc/self/exe");
 }
 
-std::size_t parse_size(const std::string& text) {
-  std::size_t n = 0;
-  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
-  std::string_view unit(p, static_cast<std::size_t>(text.data() + text.size() - p));
-  if (ec != std::errc() || n == 0) unit = "bad";
-  if (unit == "K" || unit == "KiB")
-    n <<= 10;
-  else if (unit == "M" || unit == "MiB")
-    n <<= 20;
-  else if (!unit.empty())
-    throw Error(
-        ErrorKind::kInvalidInput,
-        fmt::format("Failed to read --max-body {:?}: give bytes, or a number with K or M", text));
-  return n;
-}
-
 // "90s", "30m", "2h", or minutes alone.
 std::chrono::seconds parse_duration(const std::string& text) {
   long n = 0;
@@ -115,7 +101,7 @@ int run_serve(const GlobalOptions& g, const ServeFlags& f) {
   o.jobs = f.jobs;
   o.build_timeout = parse_duration(f.timeout);
   o.heartbeat_timeout = parse_duration(f.heartbeat_timeout);
-  o.max_body = parse_size(f.max_body);
+  o.max_body = static_cast<std::size_t>(parse_size(f.max_body, "--max-body"));
   for (const auto& t : f.templates) o.templates.push_back(server::parse_template(t));
   if (!o.templates.empty())
     for (const auto& d : server::default_templates()) {

@@ -47,24 +47,14 @@ class LiveIso : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     auto fail = [](std::string why) { setup_error_ = std::move(why); };
-    std::string tar = debian_fixture(setup_error_);
-    if (tar.empty()) return;
     work_ = new util::TempDir(util::TempDir::scratch("/var/tmp"));
     util::Path w = work_->path();
     layout_ = "oci:" + (w / "layout").string();
-    util::write_file_atomic(w / "fake-k3s", "#!/bin/sh\necho 'k3s version v1.31.2+k3s1'\n", 0755);
+    if (convert_debian_fixture(w, w / "layout", "v0.1.0", setup_error_).empty()) return;
     util::write_file_atomic(w / "cloud.yaml", kCloudConfig);
-
-    auto r = run_pok8s((w / "cache").string(), {"image", "import", tar, layout_ + ":base"});
-    if (r.status != 0) return fail("import failed:\n" + r.output);
-    r = run_pok8s((w / "cache").string(),
-                  {"convert", layout_ + ":base", layout_, "--version", "v0.1.0", "--variant",
-                   "standard", "--k8s", "k3s", "--k8s-version", "v1.31.2+k3s1", "--k8s-binary",
-                   (w / "fake-k3s").string()});
-    if (r.status != 0) return fail("convert failed:\n" + r.output);
-    r = run_pok8s((w / "cache").string(),
-                  {"build", layout_ + ":" + kTag, "--artifact", "iso", "-o", (w / "out").string(),
-                   "--config", (w / "cloud.yaml").string()});
+    auto r = run_pok8s((w / "cache").string(),
+                       {"build", layout_ + ":" + kTag, "--artifact", "iso", "-o",
+                        (w / "out").string(), "--config", (w / "cloud.yaml").string()});
     if (r.status != 0) return fail("build failed:\n" + r.output);
     iso_ = w / "out" / kIsoName;
   }

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "pok8s/util/file.h"
 #include "pok8s/util/process.h"
 
 extern char** environ;
@@ -38,6 +39,31 @@ inline std::string debian_fixture(std::string& error) {
     return {};
   }
   return util::last_line(r.output);
+}
+
+// The Debian fixture imported into the OCI layout `layout` (as "base") and converted, as the
+// standard variant with k3s (a fake binary in `work`) and version `version`, in the cache
+// `work`/cache: the converted image's tag, or empty with what failed in `error`.
+inline std::string convert_debian_fixture(const util::Path& work, const util::Path& layout,
+                                          const std::string& version, std::string& error) {
+  std::string tar = debian_fixture(error);
+  if (tar.empty()) return {};
+  std::string cache = (work / "cache").string();
+  std::string oci = "oci:" + layout.string();
+  util::write_file_atomic(work / "fake-k3s", "#!/bin/sh\necho 'k3s version v1.31.2+k3s1'\n", 0755);
+  auto r = run_pok8s(cache, {"image", "import", tar, oci + ":base"});
+  if (r.status != 0) {
+    error = "import failed:\n" + r.output;
+    return {};
+  }
+  r = run_pok8s(cache, {"convert", oci + ":base", oci, "--version", version, "--variant",
+                        "standard", "--k8s", "k3s", "--k8s-version", "v1.31.2+k3s1", "--k8s-binary",
+                        (work / "fake-k3s").string()});
+  if (r.status != 0) {
+    error = "convert failed:\n" + r.output;
+    return {};
+  }
+  return "12-standard-amd64-generic-" + version;
 }
 
 }  // namespace pok8s::testing

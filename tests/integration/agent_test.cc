@@ -1,4 +1,5 @@
-// The static pok8s-agent binary as the node runs it: validate, and stage boot on a temp root.
+// The static pok8s-agent binary as the node runs it: validate, stage boot on a temp root, and
+// boot status and mark-booted on a boot state and a GRUB environment block.
 #include <elf.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -10,6 +11,8 @@
 #include <cstring>
 #include <filesystem>
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include "pok8s/util/file.h"
 
@@ -181,6 +184,73 @@ TEST_F(Agent, EmitsJsonEventsOnRequest) {
   EXPECT_NE(r.out.find("\"event\":\"started\""), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"event\":\"succeeded\""), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"step\":\"j\""), std::string::npos) << r.out;
+}
+
+TEST_F(Agent, ReportsTheBootStatusAndMarksTheBootGood) {
+  fs::path state = write("run/boot-state",
+                         "mode=passive\nmedia_label=COS_STATE\nmedia_device=/dev/vda3\n"
+                         "image=/cOS/passive.img\noem_device=/dev/vda2\n");
+  fs::path release = write("etc/pok8s-release", "NAME=pok8s\nVERSION=\"1.2.0\"\n");
+  fs::path grubenv = dir_.path() / "oem/grubenv";
+  util::make_dirs(grubenv.parent_path());
+  // The block as grub-editenv makes it, and as grub.cfg leaves it after falling back.
+  std::string editenv = "grub-editenv " + grubenv.string();
+  ASSERT_EQ(std::system((editenv + " create && " + editenv +
+                         " set saved_entry=x pok8s_entry=passive pok8s_tries=1 "
+                         "pok8s_max_tries=3 pok8s_fallback=active")
+                            .c_str()),
+            0);
+  std::string files = " --boot-state " + state.string() + " --grubenv " + grubenv.string() +
+                      " --release " + release.string();
+
+  AgentRun r = agent("status --json" + files, dir_.path());
+  ASSERT_EQ(r.status, 0) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["mode"], "passive");
+  EXPECT_EQ(j["entry"], "passive");
+  EXPECT_EQ(j["tries"], 1);
+  EXPECT_EQ(j["max_tries"], 3);
+  EXPECT_EQ(j["fallback"], "active");
+  EXPECT_EQ(j["version"], "1.2.0");
+  EXPECT_EQ(j["reason"],
+            "the active image did not finish booting after 3 tries; booted the passive image");
+
+  r = agent("status" + files, dir_.path());
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("Booted:     the passive image, /cOS/passive.img on /dev/vda3\n"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("Tries left: 1 of 3\n"), std::string::npos) << r.out;
+
+  struct stat before {};
+  ASSERT_EQ(::stat(grubenv.c_str(), &before), 0);
+  r = agent("mark-booted" + files, dir_.path());
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "marked this boot as good: pok8s_tries=3 in " + grubenv.string() + "\n");
+  struct stat after {};
+  ASSERT_EQ(::stat(grubenv.c_str(), &after), 0);
+  EXPECT_EQ(after.st_ino, before.st_ino);
+  EXPECT_EQ(after.st_size, 1024);
+  // GRUB's own tool reads the result, unknown variables and the fallback untouched.
+  std::string list = (dir_.path() / "list").string();
+  ASSERT_EQ(std::system((editenv + " list >" + list).c_str()), 0);
+  EXPECT_EQ(util::read_file(list),
+            "saved_entry=x\npok8s_entry=passive\npok8s_tries=3\npok8s_max_tries=3\n"
+            "pok8s_fallback=active\n");
+}
+
+TEST_F(Agent, MarkBootedLeavesALiveBootAloneAndStatusFailsWithoutABootState) {
+  fs::path state = write("run/boot-state", "mode=live\nmedia_device=/dev/sr0\n");
+  AgentRun r = agent("mark-booted --boot-state " + state.string() + " --grubenv " +
+                         (dir_.path() / "missing").string(),
+                     dir_.path());
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "nothing to mark: no " + (dir_.path() / "missing").string() +
+                       ", so no boot assessment\n");
+  r = agent("status --boot-state " + (dir_.path() / "none").string(), dir_.path());
+  EXPECT_NE(r.status, 0);
+  EXPECT_EQ(r.err, "pok8s-agent: Failed to open " + (dir_.path() / "none").string() +
+                       ": No such file or directory\n");
 }
 
 }  // namespace

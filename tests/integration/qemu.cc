@@ -48,7 +48,9 @@ std::vector<std::string> qemu_argv(const QemuOptions& options, const util::Path&
   }
   for (const auto& disk : options.disks) {
     argv.push_back("-drive");
-    argv.push_back("file=" + disk.string() + ",format=raw,if=virtio");
+    std::string ext = disk.extension().string();
+    std::string format = ext == ".qcow2" ? "qcow2" : ext == ".vhd" ? "vpc" : "raw";
+    argv.push_back("file=" + disk.string() + ",format=" + format + ",if=virtio");
   }
   if (options.kernel) {
     argv.push_back("-kernel");

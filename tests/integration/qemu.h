@@ -23,7 +23,8 @@ enum class Firmware { kBios, kUefi };
 struct QemuOptions {
   Firmware firmware = Firmware::kBios;
   std::optional<util::Path> cdrom;   // attached as a CD-ROM
-  std::vector<util::Path> disks;     // raw disk images (virtio), in order
+  std::vector<util::Path> disks;     // disk images (virtio), in order; .qcow2 and .vhd by
+                                     // their format, anything else raw
   std::optional<util::Path> kernel;  // direct kernel boot
   std::optional<util::Path> initrd;
   std::string append;  // the kernel command line with `kernel`

@@ -268,10 +268,10 @@ TEST_F(ServiceApi, ValidationReturnsTheSpecItsBuildIdAndWhatCannotBeBuilt) {
           .json();
   EXPECT_EQ(again["specId"], ok["specId"]);
   auto later =
-      api_->post("/api/v1/specs/validate", spec_request(base_yaml() + "artifacts: [iso, raw]\n"))
+      api_->post("/api/v1/specs/validate", spec_request(base_yaml() + "artifacts: [iso, uki]\n"))
           .json();
   EXPECT_FALSE(later["valid"].get<bool>());
-  EXPECT_NE(later["unbuildable"].dump().find("artifacts: raw"), std::string::npos) << later;
+  EXPECT_NE(later["unbuildable"].dump().find("artifacts: uki"), std::string::npos) << later;
   auto cc =
       api_->post("/api/v1/cloud-config/validate", json{{"text", "#cloud-config\nhostnme: x\n"}})
           .json();
@@ -294,8 +294,8 @@ TEST_F(ServiceApi, BadSpecsAreRefusedNamingTheField) {
       api_->post("/api/v1/builds", spec_request("apiVersion: pok8s/v1\nkind: Build\nbase: " +
                                                 registry_->docker("pok8s/debian:v0.3.0") + "\n")),
       400, "invalid-input", "version");
-  expect_error(api_->post("/api/v1/builds", spec_request(base_yaml() + "artifacts: [iso, raw]\n")),
-               501, "unsupported", "artifacts: raw");
+  expect_error(api_->post("/api/v1/builds", spec_request(base_yaml() + "artifacts: [iso, uki]\n")),
+               501, "unsupported", "artifacts: uki");
   expect_error(
       api_->post("/api/v1/builds", spec_request(base_yaml() + "security: {trustedBoot: true}\n")),
       501, "unsupported", "security.trustedBoot");

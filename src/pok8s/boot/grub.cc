@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstdlib>
 
+#include "pok8s/image/disk_layout.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/process.h"
 #include "pok8s/util/sha256.h"
@@ -23,17 +24,18 @@ namespace {
 constexpr std::string_view kGrubLibDir = "/usr/lib/grub";
 constexpr std::size_t kMaxLabelLength = 32;
 // Bumped whenever the way the images are made changes, so old cache entries are not reused.
-constexpr std::string_view kCacheVersion = "pok8s-grub-1";
+constexpr std::string_view kCacheVersion = "pok8s-grub-2";  // 2: ext2, prefix
 
 // What a live boot needs on either platform: find the medium on a CD or a partitioned USB stick,
 // read the ISO and the ESP, run grub.cfg, load Linux, talk on the serial console.
 constexpr std::string_view kCommonModules[] = {
-    "all_video",    "cat",     "configfile", "echo",           "fat",
-    "gzio",         "halt",    "iso9660",    "linux",          "loadenv",
-    "ls",           "minicmd", "normal",     "part_gpt",       "part_msdos",
-    "reboot",       "regexp",  "search",     "search_fs_file", "search_fs_uuid",
-    "search_label", "serial",  "sleep",      "terminal",       "test",
-    "true",         "xzio",
+    "all_video",      "cat",          "configfile", "echo",
+    "ext2",           "fat",          "gzio",       "halt",
+    "iso9660",        "linux",        "loadenv",    "ls",
+    "minicmd",        "normal",       "part_gpt",   "part_msdos",
+    "reboot",         "regexp",       "search",     "search_fs_file",
+    "search_fs_uuid", "search_label", "serial",     "sleep",
+    "terminal",       "test",         "true",       "xzio",
 };
 
 struct Platform {
@@ -123,17 +125,21 @@ std::vector<std::string> split_cmdline(std::string_view cmdline) {
 
 }  // namespace
 
-std::string grub_early_config(std::string_view volume_label) {
+std::string grub_early_config(std::string_view volume_label, std::string_view prefix) {
   check_label(volume_label);
+  if (!prefix.starts_with('/') || prefix.find_first_of(" '\"\n;$") != std::string_view::npos)
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to make GRUB images: invalid prefix '{}'", prefix));
   // The rescue parser runs this before normal mode; normal mode then reads $prefix/grub.cfg.
   return fmt::format(
       "search --no-floppy --set=root --label {}\n"
-      "set prefix=($root)/boot/grub\n",
-      volume_label);
+      "set prefix=($root){}\n",
+      volume_label, prefix);
 }
 
-GrubImages make_grub_images(const util::Path& cache_dir, std::string_view volume_label) {
-  std::string early_config = grub_early_config(volume_label);
+GrubImages make_grub_images(const util::Path& cache_dir, std::string_view volume_label,
+                            std::string_view prefix) {
+  std::string early_config = grub_early_config(volume_label, prefix);
   for (const Platform* p : {&kEfi, &kBios}) {
     util::Path kernel = util::Path(kGrubLibDir) / p->name / "kernel.img";
     if (!std::filesystem::exists(kernel))
@@ -162,7 +168,7 @@ GrubImages make_grub_images(const util::Path& cache_dir, std::string_view volume
                                      "-d",
                                      (util::Path(kGrubLibDir) / p->name).string(),
                                      "-p",
-                                     "/boot/grub",
+                                     std::string(prefix),
                                      "-c",
                                      config.string(),
                                      "-o",
@@ -204,6 +210,83 @@ std::string live_grub_config(const std::vector<LiveMenuEntry>& entries, int seco
     cfg += "\n";
     if (!e.initrd.empty()) cfg += fmt::format("  initrd {}\n", grub_quote(e.initrd));
     cfg += "}\n";
+  }
+  return cfg;
+}
+
+std::string initial_grubenv_vars(int max_tries) {
+  if (max_tries < 1 || max_tries > 9)
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to set up boot assessment: {} boot tries (1 to 9)", max_tries));
+  return fmt::format("pok8s_entry=active\npok8s_tries={0}\npok8s_max_tries={0}\npok8s_fallback=\n",
+                     max_tries);
+}
+
+std::string disk_grub_config(const DiskMenuOptions& options) {
+  // GRUB's script has no arithmetic: counting down is a chain of string comparisons.
+  std::string count_down;
+  for (int n = 9; n >= 1; --n)
+    count_down +=
+        fmt::format("    {}if [ \"$pok8s_tries\" = {} ]; then\n      set pok8s_tries={}\n",
+                    n == 9 ? "" : "el", n, n - 1);
+  std::string first_try;  // the next entry's count, this boot being its first try
+  for (int n = 9; n >= 1; --n)
+    first_try +=
+        fmt::format("      {}if [ \"$pok8s_max_tries\" = {} ]; then\n        set pok8s_tries={}\n",
+                    n == 9 ? "" : "el", n, n - 1);
+  first_try +=
+      fmt::format("      else\n        set pok8s_tries={}\n      fi\n", kDefaultBootTries - 1);
+
+  std::string cfg = fmt::format(
+      "# The installed system's menu, written by pok8s. Boot assessment (pok8s_* in COS_OEM's\n"
+      "# grubenv): every boot takes one try of the entry it boots; pok8s-agent mark-booted gives\n"
+      "# them back once the system is up; an entry out of tries hands over to the next one.\n"
+      "serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1\n"
+      "terminal_input serial console\n"
+      "terminal_output serial console\n"
+      "set timeout={}\n"
+      "set pok8s_entry=active\n"
+      "search --no-floppy --label {} --set=pok8s_oem\n"
+      "if [ -n \"$pok8s_oem\" ]; then\n"
+      "  set pok8s_env=\"($pok8s_oem)/{}\"\n"
+      "  load_env -f \"$pok8s_env\"\n"
+      "  if [ \"$pok8s_entry\" != passive ]; then\n"
+      "    if [ \"$pok8s_entry\" != recovery ]; then set pok8s_entry=active; fi\n"
+      "  fi\n"
+      "  if [ \"$pok8s_entry\" != recovery ]; then\n"
+      "{}"
+      "    else\n"
+      "      if [ \"$pok8s_entry\" = active ]; then\n"
+      "        set pok8s_fallback=active\n"
+      "        set pok8s_entry=passive\n"
+      "      else\n"
+      "        set pok8s_fallback=passive\n"
+      "        set pok8s_entry=recovery\n"
+      "      fi\n"
+      "{}"
+      "    fi\n"
+      "    save_env -f \"$pok8s_env\" pok8s_entry pok8s_tries pok8s_fallback\n"
+      "  fi\n"
+      "fi\n"
+      "set default=\"$pok8s_entry\"\n",
+      options.timeout < 0 ? -1 : options.timeout, image::kOemLabel, image::kGrubEnvFile, count_down,
+      first_try);
+
+  struct Entry {
+    std::string_view id;
+    std::string_view label;
+  };
+  for (const Entry& e : {Entry{"active", image::kStateLabel}, Entry{"passive", image::kStateLabel},
+                         Entry{"recovery", image::kRecoveryLabel}}) {
+    std::string dir = fmt::format("/{}/{}", image::kImagesDir, e.id);
+    std::string cmdline = fmt::format("{} pok8s.mode={} pok8s.media={} pok8s.image={}/{}",
+                                      options.cmdline, e.id, e.label, dir, image::kRootfsFile);
+    cfg += fmt::format("\nmenuentry {} --id {} {{\n  search --no-floppy --label {} --set=root\n",
+                       grub_quote(fmt::format("pok8s ({})", e.id)), e.id, e.label);
+    cfg += fmt::format("  linux {}", grub_quote(fmt::format("{}/{}", dir, image::kKernelFile)));
+    for (const auto& word : split_cmdline(cmdline)) cfg += " " + grub_quote(word);
+    cfg += fmt::format("\n  initrd {}\n}}\n",
+                       grub_quote(fmt::format("{}/{}", dir, image::kInitrdFile)));
   }
   return cfg;
 }

@@ -22,10 +22,14 @@ struct GrubImages {
 // /boot/grub, so that GRUB reads /boot/grub/grub.cfg from the ISO however it was started. The
 // cache key is a hash of the GRUB version, its kernel images, the module lists and the early
 // config. Throws Error(kNotFound) when the host has no GRUB for a platform.
-GrubImages make_grub_images(const util::Path& cache_dir, std::string_view volume_label);
+// `prefix` is the directory of grub.cfg on that file system ("/grub" on an installed system's
+// COS_GRUB).
+GrubImages make_grub_images(const util::Path& cache_dir, std::string_view volume_label,
+                            std::string_view prefix = "/boot/grub");
 
 // The early config embedded in both images (exposed for tests and the cache key).
-std::string grub_early_config(std::string_view volume_label);
+std::string grub_early_config(std::string_view volume_label,
+                              std::string_view prefix = "/boot/grub");
 
 struct LiveMenuEntry {
   std::string title;
@@ -38,5 +42,26 @@ struct LiveMenuEntry {
 // with the first as default, booting it after `seconds` (-1: wait for a choice). Every value is
 // quoted for GRUB's shell, so titles and command lines cannot run commands.
 std::string live_grub_config(const std::vector<LiveMenuEntry>& entries, int seconds);
+
+// The GRUB environment variables of boot assessment, in COS_OEM's grubenv:
+//   pok8s_entry      the entry to boot: active, passive or recovery
+//   pok8s_tries      tries left for it (one digit); GRUB takes one on every boot and saves it
+//   pok8s_max_tries  what a boot that reaches its booted state resets pok8s_tries to (1-9)
+//   pok8s_fallback   the entry that last used up its tries, or empty
+// When a boot finds pok8s_tries at 0, the entry failed that many boots in a row: GRUB moves on
+// (active -> passive -> recovery), records the failed one in pok8s_fallback and starts the
+// count again. `pok8s-agent mark-booted` resets the count once a system is up.
+inline constexpr int kDefaultBootTries = 3;
+std::string initial_grubenv_vars(int max_tries);  // "pok8s_entry=active\n…", for a new grubenv
+
+struct DiskMenuOptions {
+  std::string cmdline;  // kernel parameters for every entry, before pok8s's own
+  int timeout = 3;      // seconds the menu waits
+};
+
+// The grub.cfg of an installed system (on COS_GRUB): entries active and passive boot the
+// images in COS_STATE's /cOS/active and /cOS/passive, recovery the one in COS_RECOVERY's
+// /cOS/recovery; the default comes from boot assessment (above).
+std::string disk_grub_config(const DiskMenuOptions& options);
 
 }  // namespace pok8s::boot

@@ -1,11 +1,12 @@
 // The live ISO pipeline: make_rootfs_image, assemble_initramfs, make_boot_images, write_iso,
 // write_manifest. The rootfs and initramfs steps are cached under <cache>/artifacts by keys
 // derived from the image digest and their options.
-#include "pok8s/build/live_iso.h"
+#include "pok8s/build/artifacts.h"
 
 #include <fmt/format.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <ctime>
 #include <filesystem>
 #include <future>
@@ -15,13 +16,17 @@
 #include "pok8s/boot/grub.h"
 #include "pok8s/boot/initramfs.h"
 #include "pok8s/boot/kernel.h"
+#include "pok8s/build/disk_image.h"
 #include "pok8s/config/cloud_config.h"
+#include "pok8s/config/install_config.h"
 #include "pok8s/convert/convert.h"
+#include "pok8s/image/disk_layout.h"
 #include "pok8s/image/fat.h"
 #include "pok8s/image/iso.h"
 #include "pok8s/rootfs/flat_tree.h"
 #include "pok8s/rootfs/image_file.h"
 #include "pok8s/util/error.h"
+#include "pok8s/util/process.h"
 #include "pok8s/util/sha256.h"
 #include "pok8s/util/time.h"
 
@@ -56,7 +61,7 @@ bool cached(const util::Path& p) {
 struct Build {
   const oci::ResolvedImage& image;
   oci::BlobStore& store;
-  const LiveIsoOptions& options;
+  const BuildOptions& options;
   util::Path cache;
   std::int64_t timestamp = 0;
   std::vector<rootfs::LayerBlob> layers;
@@ -173,10 +178,67 @@ std::string grub_config(const std::string& label) {
   return boot::live_grub_config(entries, 5);
 }
 
-BuiltArtifact describe(const util::Path& file, std::string sha256) {
+BuiltArtifact describe(const util::Path& file, std::string sha256, std::string type) {
   struct stat st {};
   if (::stat(file.c_str(), &st) != 0) throw_errno("Failed to read " + file.string(), errno);
-  return {file.filename().string(), static_cast<std::uint64_t>(st.st_size), std::move(sha256)};
+  return {file.filename().string(), std::move(type), static_cast<std::uint64_t>(st.st_size),
+          std::move(sha256)};
+}
+
+// The kernel parameters of every entry of an installed system's menu (pok8s's own follow).
+// panic=10: a kernel that cannot boot an image restarts, so boot assessment moves on.
+constexpr const char* kDiskCmdline = "console=tty0 console=ttyS0,115200 panic=10";
+// Where COS_GRUB keeps grub.cfg.
+constexpr const char* kDiskGrubPrefix = "/grub";
+
+// qemu-img's version: it writes the qcow2 and vhd files.
+std::string disk_tool_version() {
+  auto r = util::run_process({"qemu-img", "--version"});
+  if (r.status != 0)
+    throw Error(ErrorKind::kNotFound,
+                "Failed to build disk images: qemu-img --version failed (install qemu-utils)");
+  return r.output.substr(0, r.output.find('\n'));
+}
+
+// The live ISO; its /install holds what the installer puts on COS_GRUB and COS_OEM.
+BuiltArtifact write_live_iso(Build& b, const boot::GrubImages& grub,
+                             const boot::GrubImages& disk_grub, const InstallFiles& install,
+                             const util::Path& rootfs, const BootFiles& boot_files,
+                             const std::string& cloud_config, const util::Path& scratch,
+                             const util::Path& iso) {
+  util::Path efi_img = scratch / "efi.img";
+  image::write_fat_image({{"EFI/BOOT/BOOTX64.EFI", grub.efi_binary}}, "", b.timestamp, efi_img);
+  util::Path cfg = scratch / "grub.cfg";
+  util::write_file_atomic(cfg, grub_config(b.options.volume_label));
+
+  std::vector<image::IsoFile> files = {
+      {"boot/kernel", boot_files.kernel},
+      {"boot/initrd", boot_files.initrd},
+      {"boot/grub/grub.cfg", cfg},
+      {"boot/grub/i386-pc/eltorito.img", grub.bios_eltorito},
+      {"EFI/BOOT/BOOTX64.EFI", grub.efi_binary},
+      {"rootfs.squashfs", rootfs},
+      {"install/EFI/BOOT/BOOTX64.EFI", disk_grub.efi_binary},
+      {"install/grub/grub.cfg", install.grub_cfg},
+      {"install/grubenv", install.grubenv},
+  };
+  if (b.options.cloud_config) {
+    util::Path copy = scratch / "config.yaml";
+    util::write_file_atomic(copy, cloud_config);
+    files.push_back({"config.yaml", copy});
+  }
+  image::IsoOptions iso_options;
+  iso_options.volume_id = b.options.volume_label;
+  iso_options.timestamp = b.timestamp;
+  iso_options.bios_boot_image = "boot/grub/i386-pc/eltorito.img";
+  iso_options.hybrid_mbr = grub.bios_hybrid_mbr;
+  iso_options.efi_image = efi_img;
+  if (b.options.progress)
+    iso_options.progress = [&](std::uint64_t done, std::uint64_t total) {
+      b.progress("iso", done, total);
+    };
+  std::string sha256 = image::write_iso(files, iso_options, iso);
+  return describe(iso, std::move(sha256), "iso");
 }
 
 }  // namespace
@@ -194,17 +256,36 @@ std::string artifact_base_name(const oci::ResolvedImage& image) {
   return name;
 }
 
-LiveIsoResult build_live_iso(const oci::ResolvedImage& image, oci::BlobStore& store,
-                             const LiveIsoOptions& options) {
+BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& store,
+                            const BuildOptions& options) {
+  auto wants = [&](std::string_view kind) {
+    return std::find(options.kinds.begin(), options.kinds.end(), kind) != options.kinds.end();
+  };
+  if (options.kinds.empty())
+    throw Error(ErrorKind::kInvalidInput, "Failed to build: no artifact kinds asked for");
+  for (const auto& kind : options.kinds) {
+    if (std::find(std::begin(kBuiltKinds), std::end(kBuiltKinds), kind) == std::end(kBuiltKinds))
+      throw Error(ErrorKind::kUnsupported,
+                  fmt::format("Failed to build {}: artifact kind '{}' is not built by this "
+                              "release",
+                              image.source_name, kind));
+    if (std::count(options.kinds.begin(), options.kinds.end(), kind) > 1)
+      throw Error(ErrorKind::kInvalidInput,
+                  fmt::format("Failed to build {}: artifact kind '{}' is asked for twice",
+                              image.source_name, kind));
+  }
   if (!convert::is_converted(image))
     throw Error(ErrorKind::kInvalidInput,
-                fmt::format("Failed to build a live ISO of {}: it is not a pok8s image (convert "
-                            "it first, or pass --version to build so it is converted)",
+                fmt::format("Failed to build {}: it is not a pok8s image (convert it first, or "
+                            "pass --version to build so it is converted)",
                             image.source_name));
   // A bad cloud-config is refused before any work, naming file, line and key.
   std::string cloud_config;
   if (options.cloud_config) {
-    config::validate_cloud_config(*options.cloud_config);
+    auto parsed = config::validate_cloud_config(*options.cloud_config);
+    // The installer reads the install block on the node; a typo in it stops the build instead.
+    for (const auto& warning : config::read_install_config({&parsed, 1}).warnings)
+      if (options.log) options.log(warning);
     cloud_config = util::read_file(*options.cloud_config, 1u << 20);
   }
   Build b{image, store, options, {}, 0, rootfs::layer_blobs(image, store), std::nullopt, {}, {}};
@@ -216,7 +297,7 @@ LiveIsoResult build_live_iso(const oci::ResolvedImage& image, oci::BlobStore& st
   else
     b.timestamp = static_cast<std::int64_t>(std::time(nullptr));
 
-  LiveIsoResult result;
+  BuildResult result;
   // The squashfs leaves a core idle part of the time (reading layers is one thread), which the
   // initramfs (decompressing the layers again for the modules) fills.
   auto initramfs = std::async(std::launch::async, [&] {
@@ -229,54 +310,73 @@ LiveIsoResult build_live_iso(const oci::ResolvedImage& image, oci::BlobStore& st
   result.initramfs_cached = initramfs_cached;
   result.kernel_version = boot_files.kernel_version;
 
-  b.log("Preparing GRUB for UEFI and BIOS");
-  boot::GrubImages grub = boot::make_grub_images(b.cache / "..", options.volume_label);
-  util::TempDir scratch = util::TempDir::scratch(b.cache);
-  util::Path efi_img = scratch.path() / "efi.img";
-  image::write_fat_image({{"EFI/BOOT/BOOTX64.EFI", grub.efi_binary}}, "", b.timestamp, efi_img);
-  util::Path cfg = scratch.path() / "grub.cfg";
-  util::write_file_atomic(cfg, grub_config(options.volume_label));
+  b.log("Preparing GRUB");
+  bool disks = wants("raw") || wants("qcow2") || wants("vhd");
+  boot::GrubImages live_grub, disk_grub;
+  if (wants("iso")) live_grub = boot::make_grub_images(b.cache / "..", options.volume_label);
+  // The ISO carries an installed system's GRUB for the installer too.
+  disk_grub = boot::make_grub_images(b.cache / "..", image::kGrubLabel, kDiskGrubPrefix);
 
-  std::vector<image::IsoFile> files = {
-      {"boot/kernel", boot_files.kernel},
-      {"boot/initrd", boot_files.initrd},
-      {"boot/grub/grub.cfg", cfg},
-      {"boot/grub/i386-pc/eltorito.img", grub.bios_eltorito},
-      {"EFI/BOOT/BOOTX64.EFI", grub.efi_binary},
-      {"rootfs.squashfs", rootfs},
-  };
-  if (options.cloud_config) {
-    util::Path copy = scratch.path() / "config.yaml";
-    util::write_file_atomic(copy, cloud_config);
-    files.push_back({"config.yaml", copy});
-  }
-
+  std::vector<std::string> kinds = options.kinds;  // a set: its order builds nothing else
+  std::sort(kinds.begin(), kinds.end());
   json inputs = {{"image", image.manifest_digest().str()},
-                 {"artifact", "iso"},
+                 {"artifacts", kinds},
                  {"rootfs", rootfs.filename().string()},
                  {"initramfs", boot_files.initrd.parent_path().filename().string()},
-                 {"grub", util::file_sha256(grub.efi_binary)},
                  {"cloudConfig", util::sha256_hex(cloud_config)},
-                 {"label", options.volume_label},
                  {"time", b.timestamp}};
+  inputs["diskGrub"] = util::file_sha256(disk_grub.efi_binary);
+  inputs["bootTries"] = options.disk.boot_tries;
+  inputs["cmdline"] = kDiskCmdline;
+  if (wants("iso")) {
+    inputs["grub"] = util::file_sha256(live_grub.efi_binary);
+    inputs["label"] = options.volume_label;
+  }
+  if (disks) {
+    inputs["disk"] = {{"size", options.disk.size},
+                      {"expandable", options.disk.expandable},
+                      {"qemuImg", disk_tool_version()}};
+  }
   result.build_id = util::sha256_hex(inputs.dump()).substr(0, 16);
+
+  DiskContents contents{rootfs,
+                        boot_files.kernel,
+                        boot_files.initrd,
+                        disk_grub.efi_binary,
+                        options.cloud_config ? std::optional(cloud_config) : std::nullopt,
+                        kDiskCmdline,
+                        result.build_id,
+                        b.timestamp};
+  // A disk the image does not fit is refused before any artifact is written.
+  if (disks) plan_disk_image(contents, options.disk);
 
   std::string name = artifact_base_name(image);
   util::make_dirs(options.output_dir);
-  util::Path iso = options.output_dir / (name + ".iso");
-  b.log(fmt::format("Writing {}", iso.string()));
-  image::IsoOptions iso_options;
-  iso_options.volume_id = options.volume_label;
-  iso_options.timestamp = b.timestamp;
-  iso_options.bios_boot_image = "boot/grub/i386-pc/eltorito.img";
-  iso_options.hybrid_mbr = grub.bios_hybrid_mbr;
-  iso_options.efi_image = efi_img;
-  if (options.progress)
-    iso_options.progress = [&](std::uint64_t done, std::uint64_t total) {
-      options.progress("iso", done, total);
-    };
-  std::string iso_sha256 = image::write_iso(files, iso_options, iso);
-  result.artifacts.push_back(describe(iso, std::move(iso_sha256)));
+  util::TempDir scratch = util::TempDir::scratch(b.cache);
+  if (wants("iso")) {
+    util::Path iso = options.output_dir / (name + ".iso");
+    b.log(fmt::format("Writing {}", iso.string()));
+    InstallFiles install = stage_install_files(contents, options.disk, scratch.path() / "install");
+    result.artifacts.push_back(write_live_iso(b, live_grub, disk_grub, install, rootfs, boot_files,
+                                              cloud_config, scratch.path(), iso));
+  }
+  if (disks) {
+    util::Path raw = options.output_dir / (name + ".raw");
+    util::Path raw_scratch = scratch.path() / "disk.raw";
+    b.log(
+        fmt::format("Writing the disk image ({})", wants("raw") ? raw.string() : "for conversion"));
+    util::make_dirs(scratch.path() / "disk");
+    const util::Path& disk = wants("raw") ? raw : raw_scratch;
+    write_disk_image(contents, options.disk, scratch.path() / "disk", disk);
+    if (wants("raw")) result.artifacts.push_back(describe(raw, util::file_sha256(raw), "raw"));
+    for (const char* format : {"qcow2", "vhd"}) {
+      if (!wants(format)) continue;
+      util::Path out = options.output_dir / fmt::format("{}.{}", name, disk_extension(format));
+      b.log(fmt::format("Writing {}", out.string()));
+      convert_disk_image(disk, format, out, b.timestamp, result.build_id);
+      result.artifacts.push_back(describe(out, util::file_sha256(out), format));
+    }
+  }
 
   json manifest = {
       {"buildId", result.build_id},
@@ -290,7 +390,7 @@ LiveIsoResult build_live_iso(const oci::ResolvedImage& image, oci::BlobStore& st
   }
   for (const auto& a : result.artifacts)
     manifest["artifacts"].push_back(
-        {{"name", a.name}, {"type", "iso"}, {"size", a.size}, {"sha256", a.sha256}});
+        {{"name", a.name}, {"type", a.type}, {"size", a.size}, {"sha256", a.sha256}});
   result.manifest = options.output_dir / (name + ".manifest.json");
   util::write_file_atomic(result.manifest, manifest.dump(2) + "\n");
   return result;

@@ -1,7 +1,10 @@
-// `pok8s build --artifact iso`: a converted image becomes a hybrid live ISO (UEFI GRUB and BIOS
-// El Torito, label COS_LIVE) holding the kernel, pok8s's initramfs, the squashfs rootfs and the
-// cloud-config. Each step is cached by a key derived from its inputs, so changing only the
-// cloud-config rebuilds only the ISO.
+// `pok8s build`: a converted image becomes bootable artifacts. Every artifact is made from the
+// same three parts, each cached by a key derived from its inputs: the squashfs rootfs image,
+// the image's kernel and pok8s's initramfs. Then:
+//   iso            a hybrid live ISO (UEFI GRUB and BIOS El Torito, label COS_LIVE) holding
+//                  them and the cloud-config
+//   raw|qcow2|vhd  a disk image of an installed system (build/disk_image.h)
+// Changing only the cloud-config rebuilds only the artifacts, never the rootfs or initramfs.
 #pragma once
 
 #include <cstdint>
@@ -19,9 +22,25 @@
 
 namespace pok8s::build {
 
-struct LiveIsoOptions {
-  util::Path output_dir;                   // receives <name>.iso and <name>.manifest.json
-  std::optional<util::Path> cloud_config;  // validated, then /config.yaml on the ISO
+// The artifact kinds this release builds.
+inline constexpr const char* kBuiltKinds[] = {"iso", "raw", "qcow2", "vhd"};
+
+struct DiskImageOptions {
+  // The disk's size in bytes; 0: what the layout needs, with kDefaultPersistentMiB of
+  // COS_PERSISTENT (or, expandable, nothing more).
+  std::uint64_t size = 0;
+  // Only COS_GRUB, COS_OEM and COS_RECOVERY; the first boot makes COS_STATE and COS_PERSISTENT
+  // to fill whatever disk it finds itself on.
+  bool expandable = false;
+  int boot_tries = 3;  // boots a new image may fail before GRUB falls back (boot/grub.h)
+};
+inline constexpr std::uint64_t kDefaultPersistentMiB = 1024;
+
+struct BuildOptions {
+  std::vector<std::string> kinds = {"iso"};  // of kBuiltKinds, each at most once
+  util::Path output_dir;                     // receives the artifacts and <name>.manifest.json
+  std::optional<util::Path> cloud_config;    // validated, then /config.yaml on the ISO, the
+                                             // OEM partition's 90_custom.yaml on disks
   image::SquashfsCompression compression = image::SquashfsCompression::kZstd;
   // Unset: zstd at level 9, else the codec's default. With 1 MiB blocks, zstd 9 makes a smaller
   // Debian rootfs than mksquashfs's defaults (128 KiB, zstd 15) with a sixth of the CPU time
@@ -31,8 +50,9 @@ struct LiveIsoOptions {
   std::optional<std::int64_t> source_date_epoch;  // default: the image's creation time
   util::Path cache_dir;                           // step results; default: the blob store's
   std::string volume_label = "COS_LIVE";
-  // The build spec this ISO was made from, if any: its id and canonical form go into the
-  // manifest.
+  DiskImageOptions disk;
+  // The build spec these artifacts were made from, if any: its id and canonical form go into
+  // the manifest.
   std::string spec_id;
   nlohmann::json spec;
   std::function<void(std::string_view)> log;  // one line per step
@@ -42,11 +62,12 @@ struct LiveIsoOptions {
 
 struct BuiltArtifact {
   std::string name;  // file name in output_dir
+  std::string type;  // the kind: iso, raw, qcow2, vhd
   std::uint64_t size = 0;
   std::string sha256;
 };
 
-struct LiveIsoResult {
+struct BuildResult {
   std::string build_id;  // hashes every input: image, options, cloud-config, tool versions
   std::vector<BuiltArtifact> artifacts;
   util::Path manifest;  // <name>.manifest.json
@@ -55,9 +76,11 @@ struct LiveIsoResult {
   bool initramfs_cached = false;
 };
 
-// Builds the live ISO of `image` (a converted image whose blobs are in `store`).
-LiveIsoResult build_live_iso(const oci::ResolvedImage& image, oci::BlobStore& store,
-                             const LiveIsoOptions& options);
+// Builds options.kinds of `image` (a converted image whose blobs are in `store`) into
+// output_dir, with one manifest listing them all. Nothing is written to output_dir before
+// every input is checked; each artifact appears there complete or not at all.
+BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& store,
+                            const BuildOptions& options);
 
 // The base name of the artifacts: <flavor>-<release>-<variant>-<arch>-<model>-<version>, from
 // the image's io.pok8s.* labels.

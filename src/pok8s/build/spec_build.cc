@@ -83,17 +83,18 @@ SpecBuildResult build_spec(const config::BuildSpec& spec, const oci::ResolvedIma
     result.converted = true;
     result.conversion_cached = converted.cached;
   }
-  LiveIsoOptions iso;
-  iso.output_dir = options.output_dir;
-  if (!spec.cloud_config.empty()) iso.cloud_config = util::Path(spec.cloud_config);
-  iso.compression = image::parse_squashfs_compression(spec.compression);
-  iso.compression_level = spec.compression_level;
-  iso.source_date_epoch = options.source_date_epoch;
-  iso.log = options.log;
-  iso.progress = options.progress;
-  iso.spec_id = identity.id;
-  iso.spec = identity.canonical;
-  result.iso = build_live_iso(result.image, store, iso);
+  BuildOptions build;
+  build.kinds = spec.artifacts;
+  build.output_dir = options.output_dir;
+  if (!spec.cloud_config.empty()) build.cloud_config = util::Path(spec.cloud_config);
+  build.compression = image::parse_squashfs_compression(spec.compression);
+  build.compression_level = spec.compression_level;
+  build.source_date_epoch = options.source_date_epoch;
+  build.log = options.log;
+  build.progress = options.progress;
+  build.spec_id = identity.id;
+  build.spec = identity.canonical;
+  result.build = build_artifacts(result.image, store, build);
   return result;
 }
 

@@ -11,7 +11,7 @@
 #include <string>
 #include <string_view>
 
-#include "pok8s/build/live_iso.h"
+#include "pok8s/build/artifacts.h"
 #include "pok8s/config/build_spec.h"
 #include "pok8s/convert/convert.h"
 #include "pok8s/oci/blob_store.h"
@@ -51,7 +51,7 @@ struct SpecBuildOptions {
 
 struct SpecBuildResult {
   oci::ResolvedImage image;  // the converted image the artifacts were made from
-  LiveIsoResult iso;
+  BuildResult build;
   bool converted = false;          // whether the base needed converting
   bool conversion_cached = false;  // ... and an earlier conversion was reused
 };

@@ -945,11 +945,10 @@ BuildSpec load_build_spec(const util::Path& file) {
 std::vector<std::string> unbuildable(const BuildSpec& spec) {
   std::vector<std::string> out;
   for (const auto& artifact : spec.artifacts) {
-    if (artifact == "iso") continue;
+    if (artifact == "iso" || artifact == "raw" || artifact == "qcow2" || artifact == "vhd")
+      continue;
     std::string_view why = "it comes with a later release";
-    if (artifact == "raw" || artifact == "qcow2" || artifact == "vhd")
-      why = "install to disk and disk images come with a later release";
-    else if (artifact == "uki" || artifact == "uki-iso")
+    if (artifact == "uki" || artifact == "uki-iso")
       why = "signed UKIs come with a later release";
     else if (artifact == "netboot")
       why = "netboot bundles come with a later release";

@@ -39,6 +39,9 @@ constexpr const char* kReleasePath = "etc/pok8s-release";
 constexpr const char* kAgentPath = "usr/bin/pok8s-agent";
 constexpr const char* kInitPath = "usr/lib/pok8s/pok8s-init";
 constexpr const char* kStagesDir = "usr/lib/pok8s/stages";
+// Bumped when add_framework puts something else into the image. 2: /oem. 3: pok8s-booted and
+// pok8s-install.
+constexpr int kFrameworkVersion = 3;
 
 [[noreturn]] void bad_option(std::string_view option, std::string_view why) {
   throw Error(ErrorKind::kInvalidInput, fmt::format("Invalid {}: {}", option, why));
@@ -181,6 +184,8 @@ void add_framework(const Work& w) {
   w.log("Adding the pok8s framework (pok8s-init, pok8s-agent, services, default stages)");
   copy_into(w.root, kAgentPath, w.options.agent_binary, 0755);
   copy_into(w.root, kInitPath, w.options.init_binary, 0755);
+  // The mount point of COS_OEM on an installed system (the root is read-only there).
+  util::make_dirs(w.root / "oem");
   for (const auto& entry : fs::directory_iterator(data / "stages"))
     copy_into(w.root, fmt::format("{}/{}", kStagesDir, entry.path().filename().string()),
               entry.path(), 0644);
@@ -300,7 +305,8 @@ std::string compute_build_id(const Work& w) {
                  {"recipe", util::read_file(o.data_dir / "recipes" /
                                             (std::string(family_name(w.distro.family)) + ".yaml"))},
                  {"agent", util::file_sha256(o.agent_binary)},
-                 {"init", util::file_sha256(o.init_binary)}};
+                 {"init", util::file_sha256(o.init_binary)},
+                 {"framework", kFrameworkVersion}};
   if (o.variant == "standard")
     inputs["kubernetes"] = {o.kubernetes, o.kubernetes_version,
                             util::file_sha256(w.kubernetes_binary)};

@@ -1,5 +1,6 @@
 // Sizing the installed system's partitions. COS_STATE holds three images at the peak of an
-// upgrade (active, passive, and the transition image being written), COS_RECOVERY one.
+// upgrade (active, passive, and the transition image being written), COS_RECOVERY one. Part of
+// pok8s_node (the installer sizes a real disk with it): no crypto here, see plan_disk in gpt.cc.
 #include "pok8s/image/disk_layout.h"
 
 #include <fmt/format.h>
@@ -19,8 +20,10 @@ std::uint64_t round_up_mib(std::uint64_t bytes) {
   return (bytes + kMiB - 1) / kMiB;
 }
 
-[[noreturn]] void refuse(const std::string& what) {
-  throw Error(ErrorKind::kInvalidInput, "Failed to plan the disk: " + what);
+[[noreturn]] void refuse(const DiskLayoutOptions& o, const std::string& what) {
+  throw Error(ErrorKind::kInvalidInput,
+              fmt::format("Failed to plan the disk{}: {}",
+                          o.disk_name.empty() ? "" : " " + o.disk_name, what));
 }
 
 }  // namespace
@@ -30,9 +33,8 @@ std::uint64_t partition_mib_for_images(std::uint64_t image_size, unsigned images
   return payload + (payload * kSlackPercent + 99) / 100 + kFixedSlackMiB;
 }
 
-GptLayout plan_disk(const DiskLayoutOptions& o) {
-  if (o.image_size == 0) refuse("the system image is empty");
-  if (o.seed.empty()) refuse("no seed for the partition UUIDs");
+GptLayout plan_partitions(const DiskLayoutOptions& o) {
+  if (o.image_size == 0) refuse(o, "the system image is empty");
   const std::uint64_t need_recovery = partition_mib_for_images(o.image_size, 1);
   const std::uint64_t need_state = partition_mib_for_images(o.image_size, 3);
   const std::uint64_t image_mib = round_up_mib(o.image_size);
@@ -41,27 +43,24 @@ GptLayout plan_disk(const DiskLayoutOptions& o) {
   const std::uint64_t oem = given(o.oem_mib, kDefaultOemMiB);
   const std::uint64_t recovery = given(o.recovery_mib, need_recovery);
   const std::uint64_t state = given(o.state_mib, need_state);
-  if (grub < 16) refuse(fmt::format("COS_GRUB of {} MiB is smaller than 16 MiB", grub));
-  if (oem < 16) refuse(fmt::format("COS_OEM of {} MiB is smaller than 16 MiB", oem));
+  if (grub < 16) refuse(o, fmt::format("COS_GRUB of {} MiB is smaller than 16 MiB", grub));
+  if (oem < 16) refuse(o, fmt::format("COS_OEM of {} MiB is smaller than 16 MiB", oem));
   if (recovery < need_recovery)
-    refuse(
-        fmt::format("COS_RECOVERY of {} MiB cannot hold the recovery image of {} MiB (it "
-                    "needs {} MiB)",
-                    recovery, image_mib, need_recovery));
+    refuse(o, fmt::format("COS_RECOVERY of {} MiB cannot hold the recovery image of {} MiB (it "
+                          "needs {} MiB)",
+                          recovery, image_mib, need_recovery));
   if (!o.expandable && state < need_state)
-    refuse(
-        fmt::format("COS_STATE of {} MiB cannot hold the active, passive and transition "
-                    "images of {} MiB each (it needs {} MiB)",
-                    state, image_mib, need_state));
+    refuse(o, fmt::format("COS_STATE of {} MiB cannot hold the active, passive and transition "
+                          "images of {} MiB each (it needs {} MiB)",
+                          state, image_mib, need_state));
   if (!o.expandable && o.persistent_mib != 0 && o.persistent_mib < kMinPersistentMiB)
-    refuse(fmt::format("COS_PERSISTENT of {} MiB is smaller than {} MiB", o.persistent_mib,
-                       kMinPersistentMiB));
+    refuse(o, fmt::format("COS_PERSISTENT of {} MiB is smaller than {} MiB", o.persistent_mib,
+                          kMinPersistentMiB));
 
   GptLayout layout;
-  layout.disk_uuid = derived_uuid(o.seed, "disk");
   layout.disk_size = o.disk_size;
   auto add = [&](const char* name, const char* type, std::uint64_t mib, bool bios_boot = false) {
-    layout.partitions.push_back({name, type, derived_uuid(o.seed, name), mib * kMiB, bios_boot});
+    layout.partitions.push_back({name, type, "", mib * kMiB, bios_boot});
   };
   std::uint64_t total = 2;  // the GPTs' first and last MiB
   if (o.bios) {
@@ -83,11 +82,9 @@ GptLayout plan_disk(const DiskLayoutOptions& o) {
                            o.persistent_mib == 0 ? kMinPersistentMiB : o.persistent_mib);
   }
   if (o.disk_size < total * kMiB)
-    refuse(
-        fmt::format("the disk of {} MiB is too small: the layout needs {} MiB ({} MiB, for "
-                    "a system image of {} MiB)",
-                    o.disk_size / kMiB, total, summary, image_mib));
-  plan_gpt(layout);
+    refuse(o, fmt::format("the disk of {} MiB is too small: the layout needs {} MiB ({} MiB, for "
+                          "a system image of {} MiB)",
+                          o.disk_size / kMiB, total, summary, image_mib));
   return layout;
 }
 

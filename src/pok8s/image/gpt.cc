@@ -10,6 +10,7 @@
 #include <memory>
 #include <set>
 
+#include "pok8s/image/disk_layout.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/sha256.h"
 
@@ -62,6 +63,19 @@ std::string derived_uuid(std::string_view seed, std::string_view name) {
   hex[16] = kVariant[std::stoi(hex.substr(16, 1), nullptr, 16) & 3];
   return fmt::format("{}-{}-{}-{}-{}", hex.substr(0, 8), hex.substr(8, 4), hex.substr(12, 4),
                      hex.substr(16, 4), hex.substr(20, 12));
+}
+
+// Declared in disk_layout.h: the sizes come from pok8s_node's plan_partitions, the UUIDs from
+// sha256, which only this library links.
+GptLayout plan_disk(const DiskLayoutOptions& options) {
+  if (options.seed.empty())
+    throw Error(ErrorKind::kInvalidInput,
+                "Failed to plan the disk: no seed for the partition UUIDs");
+  GptLayout layout = plan_partitions(options);
+  layout.disk_uuid = derived_uuid(options.seed, "disk");
+  for (auto& p : layout.partitions) p.uuid = derived_uuid(options.seed, p.name);
+  plan_gpt(layout);
+  return layout;
 }
 
 std::vector<PartitionExtent> plan_gpt(const GptLayout& layout) {

@@ -26,6 +26,7 @@
 #include <memory>
 #include <thread>
 
+#include "pok8s/image/disk_layout.h"
 #include "pok8s/util/error.h"
 
 namespace pok8s::node {
@@ -167,15 +168,34 @@ std::vector<MountStep> move_mounts() {
   return steps;
 }
 
+std::string persistent_state_dir(std::string_view dir) {
+  return ".state/" + overlay_name(dir);
+}
+
+std::vector<MountStep> persistent_mounts() {
+  std::vector<MountStep> steps;
+  for (std::string_view dir : kPersistentDirs)
+    steps.push_back({fmt::format("the persistent /{}", dir),
+                     fmt::format("{}/{}", kPersistentMount, persistent_state_dir(dir)),
+                     sysroot_path(dir),
+                     "none",
+                     MS_BIND,
+                     "",
+                     {},
+                     ""});
+  return steps;
+}
+
 std::string boot_state_text(const BootState& state) {
   // Values come from the command line and /sys: one line each, whatever they hold.
   auto one_line = [](std::string v) {
     std::replace(v.begin(), v.end(), '\n', ' ');
     return v;
   };
-  return fmt::format("mode={}\nmedia_label={}\nmedia_device={}\nimage={}\n",
-                     boot_mode_name(state.mode), one_line(state.media_label),
-                     one_line(state.media_device), one_line(state.image));
+  return fmt::format(
+      "mode={}\nmedia_label={}\nmedia_device={}\nimage={}\noem_device={}\npersistent_device={}\n",
+      boot_mode_name(state.mode), one_line(state.media_label), one_line(state.media_device),
+      one_line(state.image), one_line(state.oem_device), one_line(state.persistent_device));
 }
 
 std::vector<std::string> parse_module_load_list(std::string_view text) {
@@ -453,6 +473,125 @@ void remove_initramfs_contents(int dirfd, dev_t root_dev) {
   }
 }
 
+// Copies the tree at `from` to `to` (which must not exist) keeping types, modes, owners and
+// times; hand-written because nothing in the static initramfs does it (no cp). Sockets and
+// fifos are left out. Symlinks are copied as links, never followed.
+void copy_tree(const std::string& from, const std::string& to) {
+  struct stat st {};
+  if (::lstat(from.c_str(), &st) != 0) throw_errno("Failed to read " + from, errno);
+  if (S_ISDIR(st.st_mode)) {
+    if (::mkdir(to.c_str(), 0700) != 0) throw_errno("Failed to create " + to, errno);
+    std::unique_ptr<DIR, int (*)(DIR*)> dir(::opendir(from.c_str()), ::closedir);
+    if (!dir) throw_errno("Failed to read " + from, errno);
+    while (dirent* e = ::readdir(dir.get())) {
+      std::string name = e->d_name;
+      if (name != "." && name != "..") copy_tree(from + "/" + name, to + "/" + name);
+    }
+  } else if (S_ISLNK(st.st_mode)) {
+    std::string target(static_cast<std::size_t>(st.st_size) + 1, '\0');
+    ssize_t n = ::readlink(from.c_str(), target.data(), target.size());
+    if (n < 0 || static_cast<std::size_t>(n) >= target.size())
+      throw_errno("Failed to read the link " + from, n < 0 ? errno : ENAMETOOLONG);
+    target.resize(static_cast<std::size_t>(n));
+    if (::symlink(target.c_str(), to.c_str()) != 0) throw_errno("Failed to create " + to, errno);
+  } else if (S_ISREG(st.st_mode)) {
+    UniqueFd in = util::open_file(from, O_RDONLY);
+    UniqueFd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    if (!out.valid()) throw_errno("Failed to create " + to, errno);
+    // copy_file_range(2) refuses to copy between file systems of different types (the image's
+    // overlay and COS_PERSISTENT): plain reads and writes.
+    char buf[65536];
+    while (true) {
+      ssize_t n = ::read(in.get(), buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) throw_errno("Failed to copy " + from, errno);
+      if (n == 0) break;
+      util::write_all(out.get(), std::string_view(buf, static_cast<std::size_t>(n)), to);
+    }
+  } else if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) {
+    if (::mknod(to.c_str(), st.st_mode, st.st_rdev) != 0)
+      throw_errno("Failed to create " + to, errno);
+  } else {
+    return;
+  }
+  if (::lchown(to.c_str(), st.st_uid, st.st_gid) != 0)
+    throw_errno("Failed to set the owner of " + to, errno);
+  if (!S_ISLNK(st.st_mode) && ::chmod(to.c_str(), st.st_mode & 07777) != 0)
+    throw_errno("Failed to set the mode of " + to, errno);
+  struct timespec times[2] = {st.st_atim, st.st_mtim};
+  ::utimensat(AT_FDCWD, to.c_str(), times, AT_SYMLINK_NOFOLLOW);
+}
+
+// A persistent directory's state on COS_PERSISTENT, made on the first boot from what the image
+// has there (so /etc/ssh keeps its ssh_config), complete or not at all.
+void seed_persistent_dir(std::string_view dir, const Console& console) {
+  std::string state = fmt::format("{}/{}", kPersistentMount, persistent_state_dir(dir));
+  if (is_dir(state)) return;
+  util::make_dirs(fmt::format("{}/.state", kPersistentMount));
+  std::string partial = state + ".partial";
+  std::error_code ec;
+  std::filesystem::remove_all(partial, ec);  // left by a boot that stopped halfway
+  std::string image_dir = sysroot_path(dir);
+  if (is_dir(image_dir)) {
+    copy_tree(image_dir, partial);
+  } else {
+    if (::mkdir(partial.c_str(), 0755) != 0) throw_errno("Failed to create " + partial, errno);
+  }
+  if (::rename(partial.c_str(), state.c_str()) != 0)
+    throw_errno("Failed to create " + state, errno);
+  console.step(fmt::format("made the persistent /{} from the image's", dir));
+}
+
+// COS_OEM on /oem and, for active and passive, COS_PERSISTENT with its bind mounts. Either may
+// be missing (a self-expanding image before its first boot made them): the system then boots
+// without, and says so.
+void mount_installed_system(const BootOptions& options, BootState& state, const Console& console) {
+  auto devices = block_devices();
+  if (auto oem = find_by_label(image::kOemLabel, devices)) {
+    do_mount({"the OEM partition " + oem->device.string(),
+              oem->device.string(),
+              sysroot_path(kOemDir),
+              oem->filesystem.type,
+              MS_NOSUID | MS_NODEV,
+              "",
+              {},
+              ""},
+             console);
+    state.oem_device = oem->device.string();
+  } else {
+    console.say(fmt::format("no {} partition: booting without /oem", image::kOemLabel));
+  }
+  if (options.mode != BootMode::kActive && options.mode != BootMode::kPassive) return;
+  auto persistent = find_by_label(image::kPersistentLabel, devices);
+  if (!persistent) {
+    console.say(
+        fmt::format("no {} partition: nothing persists across reboots", image::kPersistentLabel));
+    return;
+  }
+  do_mount({"the persistent partition " + persistent->device.string(),
+            persistent->device.string(),
+            std::string(kPersistentMount),
+            persistent->filesystem.type,
+            MS_NOSUID | MS_NODEV,
+            "",
+            {},
+            ""},
+           console);
+  state.persistent_device = persistent->device.string();
+  auto binds = persistent_mounts();
+  for (std::size_t i = 0; i < binds.size(); ++i) {
+    // The mount point is made in the overlay; a directory outside every overlay that the image
+    // lacks (no /opt in the image) cannot be made on the read-only root and is not kept.
+    if (::mkdir(binds[i].target.c_str(), 0755) != 0 && errno != EEXIST) {
+      console.say(fmt::format("/{} is not kept across reboots: cannot make it ({})",
+                              kPersistentDirs[i], std::strerror(errno)));
+      continue;
+    }
+    seed_persistent_dir(kPersistentDirs[i], console);
+    do_mount(binds[i], console);
+  }
+}
+
 void switch_root(const BootOptions& options, const Console& console) {
   struct statfs sfs {};
   if (::statfs("/", &sfs) != 0) throw_errno("Failed to stat the initramfs", errno);
@@ -533,7 +672,9 @@ void boot(BootOptions& options, Console& console) {
            [](std::string_view dir) { return is_dir(fmt::format("{}/{}", kSysroot, dir)); }))
     do_mount(step, console);
 
-  BootState state{options.mode, options.media_label, media.device.string(), options.image_path};
+  BootState state{
+      options.mode, options.media_label, media.device.string(), options.image_path, "", ""};
+  if (options.mode != BootMode::kLive) mount_installed_system(options, state, console);
   util::write_file_atomic(std::string(kBootStateFile), boot_state_text(state));
   console.step(fmt::format("wrote {}", kBootStateFile));
 

@@ -22,11 +22,36 @@ inline constexpr std::string_view kBootStateFile = "/run/pok8s/boot-state";
 inline constexpr std::string_view kLoadListFile = "/etc/pok8s/modules.load";
 inline constexpr std::string_view kAgentPath = "/usr/bin/pok8s-agent";
 inline constexpr std::string_view kBusyboxPath = "/bin/busybox";
+// An installed system (boot modes active, passive, recovery): COS_OEM is mounted read-write on
+// the image's /oem, COS_PERSISTENT (active and passive only; recovery leaves it alone so that
+// reset can wipe it) on kPersistentMount.
+inline constexpr std::string_view kOemDir = "oem";
+inline constexpr std::string_view kPersistentMount = "/run/pok8s/persistent";
 
 // The image's directories that get a tmpfs overlay (when the image has them): what a running
 // system writes to, while /usr stays the image's own.
 inline constexpr std::array<std::string_view, 7> kOverlayDirs = {"etc",  "var", "srv",      "root",
                                                                  "home", "opt", "usr/local"};
+
+// What an installed system keeps across reboots: bind mounts from COS_PERSISTENT over the
+// ephemeral overlays. Logins and keys, logs, and what the container runtimes and Kubernetes
+// keep.
+inline constexpr std::array<std::string_view, 16> kPersistentDirs = {"etc/ssh",
+                                                                     "etc/rancher",
+                                                                     "etc/k0s",
+                                                                     "etc/cni",
+                                                                     "etc/iscsi",
+                                                                     "home",
+                                                                     "root",
+                                                                     "opt",
+                                                                     "usr/local",
+                                                                     "var/log",
+                                                                     "var/lib/rancher",
+                                                                     "var/lib/kubelet",
+                                                                     "var/lib/containerd",
+                                                                     "var/lib/k0s",
+                                                                     "var/lib/cni",
+                                                                     "var/lib/longhorn"};
 
 // One mount(2) call of the plan.
 struct MountStep {
@@ -59,14 +84,23 @@ std::vector<MountStep> overlay_mounts(const std::function<bool(std::string_view)
 // overlays' upper dirs stay reachable under /run/pok8s).
 std::vector<MountStep> move_mounts();
 
+// Where a persistent directory's content lives under kPersistentMount: ".state/etc-ssh".
+std::string persistent_state_dir(std::string_view dir);
+
+// With COS_PERSISTENT mounted at kPersistentMount and the overlays in place: a bind mount of
+// each of kPersistentDirs from its state directory onto /sysroot.
+std::vector<MountStep> persistent_mounts();
+
 // What the running system learns about its boot, in kBootStateFile.
 struct BootState {
   BootMode mode = BootMode::kLive;
   std::string media_label;
   std::string media_device;
   std::string image;
+  std::string oem_device;         // empty when not mounted
+  std::string persistent_device;  // empty when not mounted
 };
-// "key=value" lines: mode, media_label, media_device, image.
+// "key=value" lines: mode, media_label, media_device, image, oem_device, persistent_device.
 std::string boot_state_text(const BootState& state);
 
 // The modules to load, from the text of kLoadListFile: one absolute path a line, blank lines

@@ -6,7 +6,10 @@
 
 #include <filesystem>
 
+#include <fmt/format.h>
+
 #include "pok8s/util/error.h"
+#include "pok8s/util/process.h"
 #include "pok8s/util/sha256.h"
 
 namespace fs = std::filesystem;
@@ -62,6 +65,58 @@ TEST(GrubEarlyConfig, FindsTheMediumByLabel) {
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kInvalidInput);
   }
+}
+
+TEST(GrubEarlyConfig, TakesThePrefixOfAnInstalledSystem) {
+  EXPECT_EQ(boot::grub_early_config("COS_GRUB", "/grub"),
+            "search --no-floppy --set=root --label COS_GRUB\n"
+            "set prefix=($root)/grub\n");
+  EXPECT_THROW(boot::grub_early_config("COS_GRUB", "grub"), Error);
+  EXPECT_THROW(boot::grub_early_config("COS_GRUB", "/grub; reboot"), Error);
+}
+
+TEST(DiskGrubConfig, OffersActivePassiveAndRecoveryFromTheirPartitions) {
+  std::string cfg = boot::disk_grub_config({"console=ttyS0 panic=10", 3});
+  for (const char* needle :
+       {"menuentry 'pok8s (active)' --id active {\n"
+        "  search --no-floppy --label COS_STATE --set=root\n"
+        "  linux '/cOS/active/vmlinuz' 'console=ttyS0' 'panic=10' 'pok8s.mode=active' "
+        "'pok8s.media=COS_STATE' 'pok8s.image=/cOS/active/rootfs.img'\n"
+        "  initrd '/cOS/active/initrd'\n}",
+        "--id passive", "linux '/cOS/passive/vmlinuz'", "--label COS_RECOVERY --set=root",
+        "'pok8s.mode=recovery'", "set timeout=3\n", "set default=\"$pok8s_entry\"",
+        "load_env -f \"$pok8s_env\"",
+        "save_env -f \"$pok8s_env\" pok8s_entry pok8s_tries pok8s_fallback"})
+    EXPECT_NE(cfg.find(needle), std::string::npos) << needle << "\n" << cfg;
+}
+
+TEST(DiskGrubConfig, IsAScriptGrubAccepts) {
+  util::TempDir dir = util::TempDir::scratch();
+  util::write_file_atomic(dir.path() / "grub.cfg", boot::disk_grub_config({"quiet", 5}));
+  auto r = util::run_process({"grub-script-check", (dir.path() / "grub.cfg").string()});
+  EXPECT_EQ(r.status, 0) << r.output;
+}
+
+TEST(DiskGrubConfig, CountsTriesDownAndFallsBackInOrder) {
+  std::string cfg = boot::disk_grub_config({"", 3});
+  // One try taken per boot, from 9 down to 0.
+  for (int n = 9; n >= 1; --n)
+    EXPECT_NE(cfg.find(fmt::format("if [ \"$pok8s_tries\" = {} ]; then\n      set pok8s_tries={}\n",
+                                   n, n - 1)),
+              std::string::npos)
+        << n;
+  // Out of tries: active hands over to passive, passive to recovery.
+  auto active = cfg.find("set pok8s_fallback=active\n        set pok8s_entry=passive");
+  auto passive = cfg.find("set pok8s_fallback=passive\n        set pok8s_entry=recovery");
+  EXPECT_NE(active, std::string::npos);
+  EXPECT_NE(passive, std::string::npos);
+}
+
+TEST(InitialGrubEnv, StartsOnActiveWithEveryTry) {
+  EXPECT_EQ(boot::initial_grubenv_vars(3),
+            "pok8s_entry=active\npok8s_tries=3\npok8s_max_tries=3\npok8s_fallback=\n");
+  EXPECT_THROW(boot::initial_grubenv_vars(0), Error);
+  EXPECT_THROW(boot::initial_grubenv_vars(10), Error);
 }
 
 TEST(GrubImages, BuildsReproduciblyAndReusesTheCache) {

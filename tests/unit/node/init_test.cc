@@ -81,12 +81,27 @@ TEST(InitPlan, MovesTheInitramfsMountsIntoTheImage) {
 }
 
 TEST(BootState, IsOneKeyValueLineEach) {
-  BootState state{BootMode::kRecovery, "COS_RECOVERY", "/dev/sr0", "/rootfs.squashfs"};
+  BootState state{BootMode::kRecovery, "COS_RECOVERY", "/dev/sr0",
+                  "/rootfs.squashfs",  "/dev/vda2",    ""};
   EXPECT_EQ(boot_state_text(state),
             "mode=recovery\nmedia_label=COS_RECOVERY\nmedia_device=/dev/sr0\n"
-            "image=/rootfs.squashfs\n");
+            "image=/rootfs.squashfs\noem_device=/dev/vda2\npersistent_device=\n");
   state.media_label = "A\nmode=active";
   EXPECT_EQ(boot_state_text(state).find("\nmode=active"), std::string::npos);
+}
+
+TEST(PersistentMounts, BindEachDirectoryFromItsStateDirectory) {
+  auto steps = persistent_mounts();
+  ASSERT_EQ(steps.size(), kPersistentDirs.size());
+  EXPECT_EQ(steps[0].source, "/run/pok8s/persistent/.state/etc-ssh");
+  EXPECT_EQ(steps[0].target, "/sysroot/etc/ssh");
+  EXPECT_EQ(steps[0].flags, static_cast<unsigned long>(MS_BIND));
+  std::set<std::string> sources;
+  for (const auto& s : steps) {
+    EXPECT_TRUE(sources.insert(s.source).second) << s.source;  // no two share a state dir
+    EXPECT_EQ(s.source.find(".."), std::string::npos);
+  }
+  EXPECT_EQ(persistent_state_dir("var/lib/kubelet"), ".state/var-lib-kubelet");
 }
 
 TEST(ModuleLoadList, KeepsOrderAndSkipsCommentsAndBlankLines) {

@@ -1,0 +1,698 @@
+// The installer: the device choice and the plan are pure functions over what was probed, so
+// every refusal is decided before a byte is written; the writing drives the image's sfdisk,
+// mkfs.vfat and mkfs.ext4 and copies with sendfile(2). Mounts are RAII and undone on failure.
+#include "pok8s/node/install.h"
+
+#include <blkid.h>
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <thread>
+
+#include "pok8s/image/disk_layout.h"
+#include "pok8s/node/boot_status.h"
+#include "pok8s/node/command.h"
+#include "pok8s/util/error.h"
+#include "pok8s/util/process.h"
+
+namespace pok8s::node {
+namespace {
+
+namespace fs = std::filesystem;
+using util::UniqueFd;
+
+constexpr std::uint64_t kSector = 512;  // /sys/class/block/*/size counts these, always
+constexpr std::uint64_t kMaxSysfsBytes = 4096;
+constexpr std::uint64_t kMaxProcBytes = 1 << 20;
+constexpr auto kPollInterval = std::chrono::milliseconds(100);
+
+std::string mib(std::uint64_t bytes) {
+  return fmt::format("{} MiB", bytes / image::kMiB);
+}
+
+// "a", "a and b", "a, b and c".
+std::string join_names(const std::vector<std::string>& names) {
+  std::string out;
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    if (i > 0) out += i + 1 == names.size() ? " and " : ", ";
+    out += names[i];
+  }
+  return out;
+}
+
+// Why `disk` is not a target for `auto`; "" when it is blank and usable.
+std::string why_not_auto(const BlockDevice& d) {
+  if (d.boot_media) return "holds the boot medium";
+  if (d.read_only) return "is read-only";
+  if (d.size == 0) return "is empty (no medium)";
+  if (!d.in_use.empty()) return "is in use: " + d.in_use;
+  if (!d.content.empty()) return "holds " + d.content;
+  return "";
+}
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\r')) s.pop_back();
+  return s;
+}
+
+// A small sysfs or /proc file, "" when it cannot be read.
+std::string read_small(const util::Path& file, std::uint64_t limit = kMaxSysfsBytes) {
+  UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return {};
+  std::string out;
+  char buf[4096];
+  while (out.size() <= limit) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  return out;
+}
+
+std::uint64_t read_number(const util::Path& file) {
+  std::string s = trim(read_small(file));
+  if (s.empty() || s.size() > 20 || !std::all_of(s.begin(), s.end(), ::isdigit)) return 0;
+  return std::stoull(s);
+}
+
+// What libblkid finds on `device`: "" for nothing, else a phrase for messages.
+std::string probe_content(const util::Path& device) {
+  struct ProbeDeleter {
+    void operator()(blkid_struct_probe* p) const { blkid_free_probe(p); }
+  };
+  std::unique_ptr<blkid_struct_probe, ProbeDeleter> probe(
+      blkid_new_probe_from_filename(device.c_str()));
+  if (!probe) return fmt::format("something unreadable ({})", std::strerror(errno));
+  blkid_probe_enable_superblocks(probe.get(), 1);
+  blkid_probe_set_superblocks_flags(probe.get(), BLKID_SUBLKS_TYPE);
+  blkid_probe_enable_partitions(probe.get(), 1);
+  blkid_probe_set_partitions_flags(probe.get(), BLKID_PARTS_MAGIC);
+  int rc = blkid_do_safeprobe(probe.get());
+  if (rc == 1) return "";
+  if (rc == -2) return "several signatures (libblkid cannot tell which one holds)";
+  if (rc != 0) return "something unreadable (libblkid failed to probe it)";
+  const char* value = nullptr;
+  if (blkid_probe_lookup_value(probe.get(), "PTTYPE", &value, nullptr) == 0 && value)
+    return fmt::format("a {} partition table", value);
+  if (blkid_probe_lookup_value(probe.get(), "TYPE", &value, nullptr) == 0 && value)
+    return fmt::format("a{} {} file system", std::strchr("aeiou", value[0]) ? "n" : "", value);
+  return "a signature libblkid found";
+}
+
+// "MAJOR:MINOR" -> mount point, from /proc/self/mountinfo (field 3 is the device, 5 the mount
+// point, octal-escaped).
+std::map<std::string, std::string> mounted_devices(const util::Path& mountinfo) {
+  std::map<std::string, std::string> out;
+  std::string text = read_small(mountinfo, kMaxProcBytes);
+  std::size_t start = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    std::string_view line(text.data() + start, end - start);
+    start = end + 1;
+    std::vector<std::string_view> fields;
+    std::size_t pos = 0;
+    while (pos < line.size() && fields.size() < 5) {
+      std::size_t sp = line.find(' ', pos);
+      if (sp == std::string_view::npos) sp = line.size();
+      fields.push_back(line.substr(pos, sp - pos));
+      pos = sp + 1;
+    }
+    if (fields.size() < 5) continue;
+    // Spaces and the like in a mount point are written as three octal digits after a backslash.
+    std::string point;
+    std::string_view raw = fields[4];
+    for (std::size_t i = 0; i < raw.size(); ++i) {
+      auto octal = [&](std::size_t k) { return raw[k] >= '0' && raw[k] <= '7'; };
+      if (raw[i] == '\\' && i + 3 < raw.size() && octal(i + 1) && octal(i + 2) && octal(i + 3)) {
+        point += static_cast<char>((raw[i + 1] - '0') * 64 + (raw[i + 2] - '0') * 8 +
+                                   (raw[i + 3] - '0'));
+        i += 3;
+      } else {
+        point += raw[i];
+      }
+    }
+    out.emplace(std::string(fields[2]), point);
+  }
+  return out;
+}
+
+// Device names used as swap, from /proc/swaps ("/dev/vda2 partition ...").
+std::vector<std::string> swap_devices(const util::Path& swaps) {
+  std::vector<std::string> out;
+  std::string text = read_small(swaps, kMaxProcBytes);
+  std::size_t start = text.find('\n');  // the header line
+  while (start != std::string::npos && start + 1 < text.size()) {
+    std::size_t end = text.find('\n', start + 1);
+    std::string line = text.substr(start + 1, end == std::string::npos ? end : end - start - 1);
+    std::string first = line.substr(0, line.find_first_of(" \t"));
+    if (!first.empty()) out.push_back(util::Path(first).filename().string());
+    start = end;
+  }
+  return out;
+}
+
+std::string first_holder(const util::Path& holders_dir) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(holders_dir, ec)) return e.path().filename().string();
+  return "";
+}
+
+// Runs a tool of the image; its output's last line becomes the error.
+void run_tool(const std::vector<std::string>& args, std::string_view what,
+              const util::ProcessOptions& options = {}) {
+  if (find_program(args[0]).empty())
+    throw Error(ErrorKind::kNotFound, fmt::format("Failed to {}: {} is not installed (not found "
+                                                  "in PATH)",
+                                                  what, args[0]));
+  auto r = util::run_process(args, options);
+  if (r.status != 0)
+    throw Error(ErrorKind::kIo, fmt::format("Failed to {}: {} exited with {}: {}", what, args[0],
+                                            r.status, util::last_line(r.output)));
+}
+
+// A directory made for the install's mounts, removed (never recursively: something may still
+// be mounted below it after a failed unmount) on destruction.
+class WorkDir {
+ public:
+  explicit WorkDir(const util::Path& parent) {
+    util::make_dirs(parent);
+    std::string templ = (parent / "install.XXXXXX").string();
+    if (!::mkdtemp(templ.data()))
+      throw_errno("Failed to create a directory in " + parent.string(), errno);
+    path_ = templ;
+  }
+  WorkDir(const WorkDir&) = delete;
+  WorkDir& operator=(const WorkDir&) = delete;
+  ~WorkDir() { ::rmdir(path_.c_str()); }
+  const util::Path& path() const { return path_; }
+
+ private:
+  util::Path path_;
+};
+
+// One partition mounted on its own directory; unmounted (lazily when busy) and the directory
+// removed on destruction, so a failed install leaves no mount behind.
+class Mounted {
+ public:
+  Mounted(const util::Path& device, const char* fstype, const util::Path& dir) : dir_(dir) {
+    if (::mkdir(dir.c_str(), 0700) != 0) throw_errno("Failed to create " + dir.string(), errno);
+    if (::mount(device.c_str(), dir.c_str(), fstype, MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) !=
+        0) {
+      int err = errno;
+      ::rmdir(dir.c_str());
+      throw_errno(
+          fmt::format("Failed to mount {} ({}) on {}", device.string(), fstype, dir.string()), err);
+    }
+    mounted_ = true;
+  }
+  Mounted(const Mounted&) = delete;
+  Mounted& operator=(const Mounted&) = delete;
+  ~Mounted() {
+    if (mounted_ && ::umount(dir_.c_str()) != 0) ::umount2(dir_.c_str(), MNT_DETACH);
+    ::rmdir(dir_.c_str());
+  }
+  const util::Path& path() const { return dir_; }
+
+  // Flushes the file system and unmounts it, reporting a failure.
+  void unmount() {
+    UniqueFd fd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (fd.valid() && ::syncfs(fd.get()) != 0)
+      throw_errno("Failed to flush " + dir_.string(), errno);
+    fd.reset();
+    if (::umount(dir_.c_str()) != 0) throw_errno("Failed to unmount " + dir_.string(), errno);
+    mounted_ = false;
+  }
+
+ private:
+  util::Path dir_;
+  bool mounted_ = false;
+};
+
+void fsync_path(const util::Path& path) {
+  UniqueFd fd = util::open_file(path, O_RDONLY | O_CLOEXEC);
+  if (::fsync(fd.get()) != 0) throw_errno("Failed to flush " + path.string(), errno);
+}
+
+// Copies a regular file with sendfile(2) (any source file system, no user-space buffer) and
+// flushes it.
+void copy_file(const util::Path& from, const util::Path& to, unsigned mode) {
+  UniqueFd in = util::open_file(from, O_RDONLY | O_CLOEXEC);
+  struct stat st {};
+  if (::fstat(in.get(), &st) != 0) throw_errno("Failed to read " + from.string(), errno);
+  UniqueFd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
+  if (!out.valid()) throw_errno("Failed to create " + to.string(), errno);
+  auto left = static_cast<std::uint64_t>(st.st_size);
+  while (left > 0) {
+    std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(left, 1u << 30));
+    ssize_t n = ::sendfile(out.get(), in.get(), nullptr, chunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0)
+      throw_errno(fmt::format("Failed to copy {} to {}", from.string(), to.string()), errno);
+    if (n == 0)
+      throw Error(ErrorKind::kIo, fmt::format("Failed to copy {}: it ended early", from.string()));
+    left -= static_cast<std::uint64_t>(n);
+  }
+  if (::fchmod(out.get(), mode) != 0)
+    throw_errno("Failed to set the mode of " + to.string(), errno);
+  if (::fsync(out.get()) != 0) throw_errno("Failed to write " + to.string(), errno);
+}
+
+// Copies directories and regular files below `from` into `to` (made if missing). The medium
+// holds nothing else; anything else is refused rather than skipped.
+void copy_tree(const util::Path& from, const util::Path& to) {
+  util::make_dirs(to);
+  std::vector<fs::directory_entry> entries;
+  for (const auto& e : fs::directory_iterator(from)) entries.push_back(e);
+  std::sort(entries.begin(), entries.end());
+  for (const auto& e : entries) {
+    util::Path target = to / e.path().filename();
+    if (e.is_symlink())
+      throw Error(ErrorKind::kFormat,
+                  fmt::format("Failed to copy {}: a symlink on the medium", e.path().string()));
+    if (e.is_directory())
+      copy_tree(e.path(), target);
+    else if (e.is_regular_file())
+      copy_file(e.path(), target, 0644);
+    else
+      throw Error(ErrorKind::kFormat,
+                  fmt::format("Failed to copy {}: not a file or directory", e.path().string()));
+  }
+  fsync_path(to);
+}
+
+// One system image directory: /cOS/<name>/{rootfs.img,vmlinuz,initrd}.
+void copy_system_image(const InstallMedia& media, const util::Path& root, std::string_view name) {
+  util::Path dir = root / image::kImagesDir / name;
+  util::make_dirs(dir);
+  copy_file(media.rootfs, dir / image::kRootfsFile, 0644);
+  copy_file(media.kernel, dir / image::kKernelFile, 0644);
+  copy_file(media.initrd, dir / image::kInitrdFile, 0644);
+  fsync_path(dir);
+  fsync_path(dir.parent_path());
+}
+
+// The /dev paths of the partitions of `disk` numbered 1..count, from sysfs (the kernel names
+// them: vda1, nvme0n1p1, mmcblk0p1); nullopt until all are there with their device nodes.
+std::optional<std::vector<util::Path>> find_partitions(const BlockProbePaths& paths,
+                                                       const util::Path& disk, std::size_t count) {
+  std::vector<util::Path> out(count);
+  std::error_code ec;
+  util::Path dir = paths.sys_class_block / disk.filename();
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::uint64_t n = read_number(e.path() / "partition");
+    if (n >= 1 && n <= count) out[n - 1] = paths.dev / e.path().filename();
+  }
+  for (const auto& p : out) {
+    struct stat st {};
+    if (p.empty() || ::stat(p.c_str(), &st) != 0 || !S_ISBLK(st.st_mode)) return std::nullopt;
+  }
+  return out;
+}
+
+std::vector<util::Path> wait_for_partitions(const BlockProbePaths& paths, const util::Path& disk,
+                                            std::size_t count) {
+  // udev makes the links and runs its rules; the nodes themselves come from devtmpfs.
+  if (!find_program("udevadm").empty())
+    util::run_process({"udevadm", "settle", fmt::format("--timeout={}", kPartitionWaitSeconds)});
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(kPartitionWaitSeconds);
+  while (true) {
+    if (auto found = find_partitions(paths, disk, count)) return *found;
+    if (std::chrono::steady_clock::now() > deadline) break;
+    std::this_thread::sleep_for(kPollInterval);
+  }
+  throw Error(ErrorKind::kIo,
+              fmt::format("Failed to install to {}: its {} partitions did not appear within {} "
+                          "seconds of partitioning",
+                          disk.string(), count, kPartitionWaitSeconds));
+}
+
+std::uint64_t size_of(const util::Path& p) {
+  struct stat st {};
+  if (::stat(p.c_str(), &st) != 0) throw_errno("Failed to read " + p.string(), errno);
+  return static_cast<std::uint64_t>(st.st_size);
+}
+
+// The medium's device as "MAJOR:MINOR", "" when `dir` cannot be read.
+std::string device_number_of(const util::Path& dir) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) return "";
+  return fmt::format("{}:{}", major(st.st_dev), minor(st.st_dev));
+}
+
+std::optional<BootState> read_boot_state(const util::Path& file) {
+  if (::access(file.c_str(), F_OK) != 0) return std::nullopt;
+  return parse_boot_state(util::read_file(file, 64 << 10), file.string());
+}
+
+}  // namespace
+
+BlockKind block_kind_by_name(std::string_view name) {
+  for (std::string_view prefix : {"loop", "ram", "zram", "sr", "fd", "dm-", "md", "nbd", "zd"})
+    if (name.starts_with(prefix)) return BlockKind::kOther;
+  // eMMC hardware partitions: boot areas and the replay-protected block, never the user area.
+  if (name.starts_with("mmcblk") &&
+      (name.find("boot") != std::string_view::npos || name.ends_with("rpmb")))
+    return BlockKind::kOther;
+  return BlockKind::kDisk;
+}
+
+BlockDevice choose_install_device(std::string_view setting, std::string_view where,
+                                  std::span<const BlockDevice> devices) {
+  if (setting != "auto") {
+    auto it = std::find_if(devices.begin(), devices.end(),
+                           [&](const BlockDevice& d) { return d.device == setting; });
+    auto refuse = [&](const std::string& why) {
+      throw Error(ErrorKind::kInvalidInput,
+                  fmt::format("Failed to install to {} ({}): {}", setting, where, why));
+    };
+    if (it == devices.end()) refuse("no such block device");
+    if (it->kind == BlockKind::kPartition) refuse("it is a partition, not a whole disk");
+    if (it->kind == BlockKind::kOther)
+      refuse("it is not a disk (loop, RAM, optical and virtual devices are not install targets)");
+    if (it->boot_media) refuse("it holds the boot medium");
+    if (!it->in_use.empty()) refuse("it is in use: " + it->in_use);
+    if (it->read_only) refuse("it is read-only");
+    if (it->size == 0) refuse("it is empty (no medium)");
+    return *it;
+  }
+  std::vector<const BlockDevice*> blank;
+  std::vector<std::string> not_taken;
+  for (const auto& d : devices) {
+    if (d.kind != BlockKind::kDisk) continue;
+    std::string why = why_not_auto(d);
+    if (why.empty())
+      blank.push_back(&d);
+    else
+      not_taken.push_back(fmt::format("{} {}", d.device.string(), why));
+  }
+  if (blank.size() == 1) return *blank.front();
+  std::string prefix = "Failed to choose the disk to install to: ";
+  std::string set = fmt::format("set install.device or --device ({})", where);
+  if (blank.size() > 1) {
+    std::vector<std::string> names;
+    for (const auto* d : blank) names.push_back(d->device.string());
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("{}{} are {} blank: {}", prefix, join_names(names),
+                            blank.size() == 2 ? "both" : "all", set));
+  }
+  if (not_taken.empty()) throw Error(ErrorKind::kInvalidInput, prefix + "there are no disks");
+  std::string list;
+  for (const auto& n : not_taken) list += (list.empty() ? "" : "; ") + n;
+  throw Error(ErrorKind::kInvalidInput, fmt::format("{}no blank disk ({}): {}", prefix, list, set));
+}
+
+std::vector<BlockDevice> probe_block_devices(const std::vector<std::string>& boot_media,
+                                             const BlockProbePaths& paths) {
+  struct Entry {
+    std::string name, dev, parent;  // parent: the disk of a partition
+    BlockKind kind;
+  };
+  std::vector<Entry> entries;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(paths.sys_class_block, ec)) {
+    std::string name = e.path().filename().string();
+    Entry entry{name, trim(read_small(e.path() / "dev")), "", block_kind_by_name(name)};
+    if (fs::exists(e.path() / "partition")) {
+      entry.kind = BlockKind::kPartition;
+      std::error_code link_ec;  // sysfs links a partition from inside its disk's directory
+      entry.parent = fs::canonical(e.path(), link_ec).parent_path().filename().string();
+    }
+    entries.push_back(std::move(entry));
+  }
+  if (ec)
+    throw Error(ErrorKind::kIo, fmt::format("Failed to list the block devices in {}: {}",
+                                            paths.sys_class_block.string(), ec.message()));
+  std::sort(entries.begin(), entries.end(),
+            [](const Entry& a, const Entry& b) { return a.name < b.name; });
+
+  // The disks holding the boot medium (a partition's disk counts).
+  std::vector<std::string> media_disks;
+  for (const auto& hint : boot_media) {
+    for (const auto& e : entries) {
+      if (hint != e.dev && util::Path(hint).filename() != e.name) continue;
+      media_disks.push_back(e.kind == BlockKind::kPartition ? e.parent : e.name);
+    }
+  }
+  auto mounts = mounted_devices(paths.mountinfo);
+  auto swaps = swap_devices(paths.swaps);
+  auto why_busy = [&](const Entry& e) -> std::string {
+    std::string dev = (paths.dev / e.name).string();
+    if (auto it = mounts.find(e.dev); !e.dev.empty() && it != mounts.end())
+      return fmt::format("{} is mounted on {}", dev, it->second);
+    if (std::find(swaps.begin(), swaps.end(), e.name) != swaps.end())
+      return fmt::format("{} is used as swap", dev);
+    if (auto holder = first_holder(paths.sys_class_block / e.name / "holders"); !holder.empty())
+      return fmt::format("{} is held by {}", dev, holder);
+    return "";
+  };
+
+  std::vector<BlockDevice> out;
+  for (const auto& e : entries) {
+    BlockDevice d;
+    d.device = paths.dev / e.name;
+    d.kind = e.kind;
+    util::Path sys = paths.sys_class_block / e.name;
+    d.size = read_number(sys / "size") * kSector;
+    d.read_only = read_number(sys / "ro") != 0;
+    if (e.kind == BlockKind::kDisk) {
+      d.boot_media = std::find(media_disks.begin(), media_disks.end(), e.name) != media_disks.end();
+      d.in_use = why_busy(e);
+      for (const auto& p : entries)
+        if (d.in_use.empty() && p.kind == BlockKind::kPartition && p.parent == e.name)
+          d.in_use = why_busy(p);
+      if (d.size > 0) d.content = probe_content(d.device);
+    }
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
+InstallMedia find_install_media(const util::Path& media) {
+  InstallMedia m{media / "boot/kernel",
+                 media / "boot/initrd",
+                 media / "rootfs.squashfs",
+                 media / "install/EFI",
+                 media / "install/grub",
+                 media / "install/grubenv",
+                 std::nullopt,
+                 0};
+  for (const auto& p : {m.kernel, m.initrd, m.rootfs, m.efi_dir, m.grub_dir, m.grubenv})
+    if (::access(p.c_str(), R_OK) != 0)
+      throw Error(ErrorKind::kNotFound,
+                  fmt::format("Failed to find the installer's files: no {} (is {} a pok8s live "
+                              "medium?)",
+                              p.string(), media.string()));
+  if (util::Path c = media / kMediaConfigFile; ::access(c.c_str(), R_OK) == 0) m.config = c;
+  m.image_size = size_of(m.rootfs) + size_of(m.kernel) + size_of(m.initrd);
+  return m;
+}
+
+image::GptLayout plan_install(const config::InstallConfig& config, const BlockDevice& disk,
+                              std::uint64_t image_size) {
+  image::DiskLayoutOptions o;
+  // GPT and sfdisk work in whole MiB here; what is left of the last MiB is not used.
+  o.disk_size = disk.size / image::kMiB * image::kMiB;
+  o.image_size = image_size;
+  o.disk_name = disk.device.string();
+  o.oem_mib = config.oem_mib;
+  o.recovery_mib = config.recovery_mib;
+  o.state_mib = config.state_mib;
+  o.persistent_mib = config.persistent_mib;
+  return image::plan_partitions(o);
+}
+
+std::string sfdisk_script(const image::GptLayout& layout) {
+  std::string script = "label: gpt\n";
+  for (const auto& p : layout.partitions) {
+    if (p.size != 0) script += fmt::format("size={}MiB, ", p.size / image::kMiB);
+    script += fmt::format("type={}, name=\"{}\"", p.type, p.name);
+    if (p.legacy_bios_bootable) script += ", attrs=\"LegacyBIOSBootable\"";
+    script += "\n";
+  }
+  return script;
+}
+
+std::string layout_summary(const image::GptLayout& layout) {
+  std::string out;
+  for (const auto& p : layout.partitions)
+    out += fmt::format("{}{} {}", out.empty() ? "" : ", ", p.name,
+                       p.size == 0 ? std::string("the rest") : mib(p.size));
+  return out;
+}
+
+std::optional<std::string> why_no_auto_install(const std::optional<BootState>& boot_state,
+                                               const config::InstallConfig& config) {
+  if (!boot_state) return fmt::format("no {}: not booted by pok8s-init", kBootStateFile);
+  if (boot_state->mode != BootMode::kLive)
+    return fmt::format("this is not a live boot (mode {})", boot_mode_name(boot_state->mode));
+  if (!config.auto_install) return std::string("the cloud-config does not set install.auto: true");
+  return std::nullopt;
+}
+
+InstallOutcome run_install(const InstallRequest& request,
+                           std::span<const config::CloudConfig> configs,
+                           const config::InstallConfig& config) {
+  InstallOutcome outcome;
+  auto say = [&](std::string_view step, std::string message) {
+    if (request.sink) request.sink({std::string(step), std::move(message)});
+  };
+  std::optional<BootState> boot_state = read_boot_state(request.boot_state);
+  if (request.auto_from_config) {
+    if (auto why = why_no_auto_install(boot_state, config)) {
+      outcome.not_installed_because = *why;
+      return outcome;
+    }
+  }
+  if (request.config_files.size() > kMaxInstallConfigFiles)
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to install: {} --config files, more than the {} COS_OEM takes",
+                            request.config_files.size(), kMaxInstallConfigFiles));
+
+  // Everything that can refuse comes first: nothing is written until the plan stands.
+  InstallMedia media = find_install_media(request.media);
+  std::vector<std::string> boot_media;
+  if (boot_state && !boot_state->media_device.empty())
+    boot_media.push_back(boot_state->media_device);
+  if (auto dev = device_number_of(request.media); !dev.empty()) boot_media.push_back(dev);
+  // At boot, udev may still be loading the disks' drivers and making their nodes.
+  if (!find_program("udevadm").empty()) util::run_process({"udevadm", "settle", "--timeout=30"});
+  std::vector<BlockDevice> devices = probe_block_devices(boot_media, request.probe_paths);
+  std::string setting = request.device.empty() ? config.device : request.device;
+  std::string where = !request.device.empty()        ? std::string("--device")
+                      : config.device_origin.empty() ? std::string("the default install.device")
+                                                     : "install.device in " + config.device_origin;
+  if (setting != "auto") {
+    std::error_code ec;
+    util::Path resolved = fs::canonical(setting, ec);
+    if (ec)
+      throw Error(ErrorKind::kInvalidInput,
+                  fmt::format("Failed to install to {} ({}): {}", setting, where, ec.message()));
+    setting = resolved.string();
+  }
+  BlockDevice disk = choose_install_device(setting, where, devices);
+  image::GptLayout layout = plan_install(config, disk, media.image_size);
+  say("device", fmt::format("installing to {} ({}{})", disk.device.string(), mib(disk.size),
+                            disk.content.empty() ? ", blank" : ", holding " + disk.content));
+  say("plan", fmt::format("{} for a system image of {}", layout_summary(layout),
+                          mib(media.image_size + image::kMiB - 1)));
+  outcome.device = disk.device;
+  outcome.after = request.after     ? *request.after
+                  : config.reboot   ? AfterInstall::kReboot
+                  : config.poweroff ? AfterInstall::kPowerOff
+                                    : AfterInstall::kNothing;
+  for (const char* tool : {"sfdisk", "mkfs.vfat", "mkfs.ext4"})
+    if (find_program(tool).empty())
+      throw Error(ErrorKind::kNotFound,
+                  fmt::format("Failed to install: {} is not installed (not found in PATH)", tool));
+
+  StageContext stage_context;
+  stage_context.sink = request.stage_sink;
+  outcome.before_install = run_stage("before-install", configs, stage_context);
+
+  WorkDir work(request.work_dir);
+  util::Path script = work.path() / "sfdisk.script";
+  util::write_file_atomic(script, sfdisk_script(layout));
+  struct RemoveScript {
+    util::Path path;
+    ~RemoveScript() { ::unlink(path.c_str()); }
+  } remove_script{script};
+  say("partition", fmt::format("writing a GPT to {} with sfdisk", disk.device.string()));
+  util::ProcessOptions sfdisk_options;
+  sfdisk_options.stdin_file = script.string();
+  run_tool(
+      {"sfdisk", "--lock", "--wipe", "always", "--wipe-partitions", "always", disk.device.string()},
+      "partition " + disk.device.string(), sfdisk_options);
+  std::vector<util::Path> parts =
+      wait_for_partitions(request.probe_paths, disk.device, layout.partitions.size());
+
+  std::map<std::string, util::Path> by_label;
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    const std::string& label = layout.partitions[i].name;
+    by_label[label] = parts[i];
+    if (label == image::kGrubLabel) {
+      say("format",
+          fmt::format("making a FAT file system labelled {} on {}", label, parts[i].string()));
+      run_tool({"mkfs.vfat", "-n", label, parts[i].string()}, "format " + parts[i].string());
+    } else {
+      say("format",
+          fmt::format("making an ext4 file system labelled {} on {}", label, parts[i].string()));
+      // metadata_csum_seed is an incompatible feature GRUB 2.06 cannot read; newer mke2fs
+      // turn it on by default.
+      run_tool(
+          {"mkfs.ext4", "-F", "-q", "-L", label, "-O", "^metadata_csum_seed", parts[i].string()},
+          "format " + parts[i].string());
+    }
+  }
+
+  {
+    Mounted esp(by_label.at(std::string(image::kGrubLabel)), "vfat", work.path() / "grub");
+    Mounted oem(by_label.at(std::string(image::kOemLabel)), "ext4", work.path() / "oem");
+    Mounted recovery(by_label.at(std::string(image::kRecoveryLabel)), "ext4",
+                     work.path() / "recovery");
+    Mounted state(by_label.at(std::string(image::kStateLabel)), "ext4", work.path() / "state");
+
+    say("copy", fmt::format("copying GRUB to {}", image::kGrubLabel));
+    copy_tree(media.efi_dir, esp.path() / "EFI");
+    copy_tree(media.grub_dir, esp.path() / "grub");
+    fsync_path(esp.path());
+
+    std::size_t configs_copied = 0;
+    copy_file(media.grubenv, oem.path() / image::kGrubEnvFile, 0644);
+    // They may hold passwords and tokens: readable by root only.
+    if (media.config) {
+      copy_file(*media.config, oem.path() / kOemConfigFile, 0600);
+      ++configs_copied;
+    }
+    for (std::size_t i = 0; i < request.config_files.size(); ++i) {
+      const auto& file = request.config_files[i];
+      copy_file(file, oem.path() / fmt::format("{}_{}.yaml", 91 + i, file.stem().string()), 0600);
+      ++configs_copied;
+    }
+    fsync_path(oem.path());
+    say("copy", fmt::format("copied grubenv and {} cloud-config{} to {}", configs_copied,
+                            configs_copied == 1 ? "" : "s", image::kOemLabel));
+
+    say("copy", fmt::format("copying the recovery image to {}", image::kRecoveryLabel));
+    copy_system_image(media, recovery.path(), "recovery");
+    say("copy", fmt::format("copying the active and passive images to {}", image::kStateLabel));
+    copy_system_image(media, state.path(), "active");
+    copy_system_image(media, state.path(), "passive");
+
+    for (Mounted* m : {&state, &recovery, &oem, &esp}) m->unmount();
+  }
+  ::sync();
+  say("sync", fmt::format("wrote and unmounted every partition of {}", disk.device.string()));
+
+  outcome.after_install = run_stage("after-install", configs, stage_context);
+  outcome.installed = true;
+  say("done", fmt::format("installed to {}", disk.device.string()));
+  return outcome;
+}
+
+void finish_install(AfterInstall after) {
+  if (after == AfterInstall::kNothing) return;
+  ::sync();
+  bool reboot = after == AfterInstall::kReboot;
+  std::string verb = reboot ? "reboot" : "poweroff";
+  // systemd: queue the job and return, so the unit that installed ends cleanly.
+  std::vector<std::string> args = {verb};
+  if (::access("/run/systemd/system", F_OK) == 0) args = {"systemctl", "--no-block", verb};
+  run_tool(args, reboot ? "reboot" : "power off");
+}
+
+}  // namespace pok8s::node
