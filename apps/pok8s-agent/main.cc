@@ -12,9 +12,11 @@
 
 #include "pok8s/config/cloud_config.h"
 #include "pok8s/config/install_config.h"
+#include "pok8s/config/kubernetes_config.h"
 #include "pok8s/node/boot_status.h"
 #include "pok8s/node/grubenv.h"
 #include "pok8s/node/install.h"
+#include "pok8s/node/kubernetes.h"
 #include "pok8s/node/stages.h"
 #include "pok8s/util/error.h"
 
@@ -115,6 +117,32 @@ int run_stage_command(const std::string& name, const pok8s::util::Path& root,
   return result.ok() ? kExitOk : kExitStepFailed;
 }
 
+// Starts k3s or k0s as the merged cloud-config's k3s, k3s-agent, k0s or k0s-worker section
+// says; nothing when none is enabled.
+int kubernetes_command(const std::string& root, bool start) {
+  using namespace pok8s;
+  std::vector<config::CloudConfig> configs = config::load_cloud_configs(default_sources(root));
+  std::vector<std::string> warnings;
+  auto k8s = config::read_kubernetes_config(configs, warnings);
+  for (const auto& w : warnings) std::fprintf(stderr, "pok8s-agent: %s\n", w.c_str());
+  if (!k8s) {
+    std::fprintf(stderr,
+                 "pok8s-agent: kubernetes: no k3s, k3s-agent, k0s or k0s-worker section "
+                 "is enabled\n");
+    return kExitOk;
+  }
+  node::StageContext context;
+  context.root = root;
+  auto files = node::kubernetes_files(*k8s, node::service_manager_of(context));
+  node::apply_kubernetes(files, root, start && root == "/");
+  std::string command;
+  for (const auto& a : files.argv) command += (command.empty() ? "" : " ") + a;
+  std::fprintf(stderr, "pok8s-agent: kubernetes: %s %s (%s from %s): %s\n",
+               start && root == "/" ? "started" : "configured", files.service.c_str(),
+               k8s->section.c_str(), k8s->origin.c_str(), command.c_str());
+  return kExitOk;
+}
+
 int validate_command(const std::vector<std::string>& files) {
   int rc = kExitOk;
   for (const auto& file : files) {
@@ -123,6 +151,11 @@ int validate_command(const std::vector<std::string>& files) {
       // The install block is read here too, so a typo in it shows before an install.
       auto install = pok8s::config::read_install_config({&config, 1});
       for (const auto& w : install.warnings) std::fprintf(stderr, "pok8s-agent: %s\n", w.c_str());
+      std::vector<std::string> k8s_warnings;
+      pok8s::config::read_kubernetes_config({&config, 1}, k8s_warnings);
+      for (auto& w : pok8s::config::ignored_section_warnings(config))
+        k8s_warnings.push_back(std::move(w));
+      for (const auto& w : k8s_warnings) std::fprintf(stderr, "pok8s-agent: %s\n", w.c_str());
       std::fprintf(stdout, "%s: ok\n", file.c_str());
     } catch (const pok8s::Error& e) {
       std::fprintf(stderr, "pok8s-agent: %s\n", e.what());
@@ -288,6 +321,15 @@ int main(int argc, char** argv) {
   std::vector<std::string> files;
   validate->add_option("FILE", files, "cloud-config file")->required();
   validate->callback([&] { run = [&] { return validate_command(files); }; });
+
+  auto* kubernetes = app.add_subcommand(
+      "kubernetes",
+      "Start k3s or k0s as the cloud-config's k3s, k3s-agent, k0s or k0s-worker says");
+  std::string k8s_root = "/";
+  bool k8s_no_start = false;
+  kubernetes->add_option("--root", k8s_root, "Target root directory (default /)");
+  kubernetes->add_flag("--no-start", k8s_no_start, "Write the service's settings only");
+  kubernetes->callback([&] { run = [&] { return kubernetes_command(k8s_root, !k8s_no_start); }; });
 
   auto* version = app.add_subcommand("version", "Print the version");
   version->callback([&] {

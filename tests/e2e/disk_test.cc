@@ -29,7 +29,17 @@ constexpr const char* kBase = "debian-12-standard-amd64-generic-v0.1.0";
 // First boot: write to a persistent and an ephemeral place. Every boot: one line with what it
 // sees, the agent's status on one line, then power off.
 constexpr const char* kCloudConfig = R"yaml(#cloud-config
+k3s:
+  enabled: true
+  args: [--disable=traefik]
+  env: {K3S_NODE_NAME: e2e-node}
 stages:
+  boot.after:
+    - name: e2e kubernetes probe (after the default stage that starts k3s)
+      commands:
+        - |
+          exec=$(systemctl show -p ExecStart --value k3s.service | grep -o 'argv\[\]=[^;]*')
+          echo "POK8S-K8S $exec| $(systemctl show -p Environment --value k3s.service)" > /dev/ttyS0
   boot:
     - name: e2e disk probe
       commands:
@@ -81,6 +91,7 @@ class DiskImage : public ::testing::Test {
   struct Probe {
     std::string line;
     nlohmann::json status;
+    std::string k8s;  // how systemd will start k3s
   };
   // Boots `disk` until its probe and status lines, and waits for it to power off.
   static Probe boot(const util::Path& disk) {
@@ -98,6 +109,7 @@ class DiskImage : public ::testing::Test {
     p.line = *line;
     auto status = vm.wait_for_line("POK8S-STATUS ", std::chrono::seconds(60));
     if (status) p.status = nlohmann::json::parse(status->substr(13), nullptr, false);
+    if (auto k8s = vm.wait_for_line("POK8S-K8S ", std::chrono::seconds(60))) p.k8s = *k8s;
     EXPECT_TRUE(vm.wait_exit(std::chrono::seconds(120))) << vm.tail(40);
     return p;
   }
@@ -116,6 +128,10 @@ TEST_F(DiskImage, RawBootsActiveReadOnlyAndKeepsOnlyPersistentPaths) {
   EXPECT_EQ(first.status["mode"], "active");
   EXPECT_EQ(first.status["entry"], "active");
   EXPECT_EQ(first.status["version"], "v0.1.0");
+  // The cloud-config's k3s section reached systemd: its arguments and environment.
+  EXPECT_EQ(first.k8s,
+            "POK8S-K8S argv[]=/usr/bin/k3s server --disable=traefik | K3S_NODE_NAME=e2e-node")
+      << first.k8s;
 
   // /home and /etc/ssh come from COS_PERSISTENT; /etc/motd was in the tmpfs overlay.
   Probe second = boot(disk);

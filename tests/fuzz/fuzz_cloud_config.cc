@@ -3,8 +3,11 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "pok8s/config/cloud_config.h"
+#include "pok8s/config/install_config.h"
+#include "pok8s/config/kubernetes_config.h"
 #include "pok8s/util/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -23,6 +26,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
           if (user.name.empty() || user.name.find(':') != std::string::npos) __builtin_trap();
       }
     }
+    // The sections the installer and the Kubernetes starter read, from the same document.
+    std::vector<std::string> warnings;
+    try {
+      auto install = pok8s::config::read_install_config({&config, 1});
+      if (install.device != "auto" && (install.device.empty() || install.device[0] != '/'))
+        __builtin_trap();
+    } catch (const pok8s::Error&) {
+    }
+    if (auto k8s = pok8s::config::read_kubernetes_config({&config, 1}, warnings))
+      for (const auto& a : k8s->args)
+        if (a.empty() || a.find('\n') != std::string::npos) __builtin_trap();
+    pok8s::config::ignored_section_warnings(config);
   } catch (const pok8s::Error&) {
   }
   return 0;

@@ -142,6 +142,45 @@ TEST_F(Agent, ReadsTheDefaultSourcesBelowTheRoot) {
   EXPECT_EQ(read("from-media"), "c");
 }
 
+TEST_F(Agent, KubernetesConfiguresTheEnabledSectionsService) {
+  write("root/usr/lib/systemd/systemd", "");
+  write("root/oem/90_custom.yaml",
+        "#cloud-config\nk3s:\n  enabled: true\n  args: [--disable=traefik]\n"
+        "  env: {K3S_NODE_NAME: edge-1}\n");
+  // No binary: refused, naming what to do.
+  AgentRun r = agent("kubernetes --no-start --root " + root().string(), dir_.path());
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("the image has no /usr/bin/k3s (convert it with --k8s k3s)"),
+            std::string::npos)
+      << r.err;
+  write("root/usr/bin/k3s", "#!/bin/sh\n");
+  r = agent("kubernetes --no-start --root " + root().string(), dir_.path());
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(
+      r.err.find("configured k3s.service (k3s from " + (root() / "oem/90_custom.yaml").string() +
+                 ":3): /usr/bin/k3s server --disable=traefik"),
+      std::string::npos)
+      << r.err;
+  std::string dropin = read("run/systemd/system/k3s.service.d/60-pok8s-cloud-config.conf");
+  EXPECT_NE(dropin.find("Environment=\"K3S_NODE_NAME=edge-1\"\n"), std::string::npos) << dropin;
+  EXPECT_NE(dropin.find("ExecStart=\n"
+                        "ExecStart=\"/usr/bin/k3s\" \"server\" \"--disable=traefik\"\n"),
+            std::string::npos)
+      << dropin;
+  // Nothing enabled: nothing to do.
+  write("root/oem/90_custom.yaml", "#cloud-config\nk3s: {enabled: false}\n");
+  r = agent("kubernetes --no-start --root " + root().string(), dir_.path());
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.err.find("no k3s, k3s-agent, k0s or k0s-worker section is enabled"),
+            std::string::npos);
+  // A typo in the section is an error naming file, line and key.
+  write("root/oem/90_custom.yaml", "#cloud-config\nk3s:\n  enable: true\n");
+  r = agent("kubernetes --no-start --root " + root().string(), dir_.path());
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("line 3"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("did you mean \"enabled\""), std::string::npos) << r.err;
+}
+
 TEST_F(Agent, AFailingStepExits1AndNamesFileStageAndStep) {
   fs::path config = write("x.yaml", R"(#cloud-config
 stages:

@@ -19,6 +19,7 @@
 #include "pok8s/build/disk_image.h"
 #include "pok8s/config/cloud_config.h"
 #include "pok8s/config/install_config.h"
+#include "pok8s/config/kubernetes_config.h"
 #include "pok8s/convert/convert.h"
 #include "pok8s/image/disk_layout.h"
 #include "pok8s/image/fat.h"
@@ -284,7 +285,10 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
   if (options.cloud_config) {
     auto parsed = config::validate_cloud_config(*options.cloud_config);
     // The installer reads the install block on the node; a typo in it stops the build instead.
-    for (const auto& warning : config::read_install_config({&parsed, 1}).warnings)
+    std::vector<std::string> warnings = config::read_install_config({&parsed, 1}).warnings;
+    config::read_kubernetes_config({&parsed, 1}, warnings);
+    for (auto& w : config::ignored_section_warnings(parsed)) warnings.push_back(std::move(w));
+    for (const auto& warning : warnings)
       if (options.log) options.log(warning);
     cloud_config = util::read_file(*options.cloud_config, 1u << 20);
   }

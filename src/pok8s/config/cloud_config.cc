@@ -659,6 +659,19 @@ std::vector<CloudConfig> load_cloud_configs(const std::vector<util::Path>& paths
   return out;
 }
 
+std::vector<std::string> ignored_section_warnings(const CloudConfig& config) {
+  // Read by install_config and kubernetes_config; the rest is accepted and left alone.
+  constexpr std::string_view kRead[] = {"install", "k3s", "k3s-agent", "k0s", "k0s-worker"};
+  std::vector<std::string> out;
+  for (const auto& [key, node] : config.sections)
+    if (!contains(kRead, key))
+      out.push_back(
+          fmt::format("cloud-config {}: line {}: {} is ignored: pok8s does not implement "
+                      "it yet",
+                      config.source, node.Mark().line + 1, key));
+  return out;
+}
+
 CloudConfig validate_cloud_config(const util::Path& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0)

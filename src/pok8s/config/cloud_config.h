@@ -131,6 +131,11 @@ std::optional<CloudConfig> load_cloud_config_file(const ConfigFile& file);
 // All of expand_config_paths, in order; the first bad file throws.
 std::vector<CloudConfig> load_cloud_configs(const std::vector<util::Path>& paths);
 
+// One warning line for each Kairos section of `config` that pok8s accepts but does not act on
+// (upgrade, reset, bundles, p2p, ...), so that none is dropped without a word: "cloud-config
+// FILE: line N: KEY is ignored: pok8s does not implement it yet".
+std::vector<std::string> ignored_section_warnings(const CloudConfig& config);
+
 // Checks one file named by a user (`pok8s build --config FILE`, `pok8s-agent validate FILE`):
 // it must exist, have the header and parse. Throws the one-line error.
 CloudConfig validate_cloud_config(const util::Path& path);

@@ -40,8 +40,8 @@ constexpr const char* kAgentPath = "usr/bin/pok8s-agent";
 constexpr const char* kInitPath = "usr/lib/pok8s/pok8s-init";
 constexpr const char* kStagesDir = "usr/lib/pok8s/stages";
 // Bumped when add_framework puts something else into the image. 2: /oem. 3: pok8s-booted and
-// pok8s-install.
-constexpr int kFrameworkVersion = 3;
+// pok8s-install. 4: the default stages start Kubernetes.
+constexpr int kFrameworkVersion = 4;
 
 [[noreturn]] void bad_option(std::string_view option, std::string_view why) {
   throw Error(ErrorKind::kInvalidInput, fmt::format("Invalid {}: {}", option, why));

@@ -391,6 +391,10 @@ void count(StageResult& result, StepOutcome outcome) {
 
 }  // namespace
 
+ServiceManager service_manager_of(const StageContext& context) {
+  return detect_service_manager(context);
+}
+
 StageResult run_stage(std::string_view name, std::span<const config::CloudConfig> configs,
                       const StageContext& context) {
   if (!config::is_known_stage(name))

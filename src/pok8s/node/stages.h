@@ -41,6 +41,10 @@ struct StageContext {
   StageSink sink;  // may be empty
 };
 
+// The service manager of context.root: context.service_manager, or, for kAuto, what the root
+// has (OpenRC when it has openrc and no systemd).
+ServiceManager service_manager_of(const StageContext& context);
+
 struct StageResult {
   std::size_t steps_run = 0;
   std::size_t steps_skipped = 0;
