@@ -131,12 +131,12 @@ TEST_F(Spec, OptionsTheEngineCannotBuildAreRefusedBeforeAnyWork) {
   util::Path w = work_->path();
   std::string text = util::read_file(w / "spec.yaml");
   text.replace(text.find("artifacts: [iso]"), 16,
-               "artifacts: [iso, raw]\nsecurity: {trustedBoot: true}");
+               "artifacts: [iso, uki]\nsecurity: {trustedBoot: true}");
   util::write_file_atomic(w / "later.yaml", text);
   auto r = run_pok8s((w / "cache").string(), {"build", "-f", (w / "later.yaml").string(), "-o",
                                               (w / "out-later").string()});
   EXPECT_EQ(r.status, 7) << r.output;
-  EXPECT_NE(r.output.find("artifacts: raw"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("artifacts: uki"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("security.trustedBoot"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(w / "out-later"));
 }
