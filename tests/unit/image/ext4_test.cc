@@ -3,8 +3,8 @@
 #include "pok8s/image/ext4.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "pok8s/image/gpt.h"
