@@ -88,19 +88,6 @@ GrubImages images_in(const util::Path& dir) {
   return {dir / kEfi.output, dir / kBios.output, dir / kHybridMbr};
 }
 
-// Single-quoted for GRUB's shell: nothing inside is expanded; a quote ends, is escaped, and
-// the quoting starts again.
-std::string grub_quote(std::string_view s) {
-  std::string out = "'";
-  for (char c : s) {
-    if (c == '\'')
-      out += "'\\''";
-    else
-      out += c;
-  }
-  return out + "'";
-}
-
 // Splits a kernel command line the way the kernel does (whitespace separates, double quotes
 // group) but keeps the quotes, so that GRUB hands each parameter over unchanged.
 std::vector<std::string> split_cmdline(std::string_view cmdline) {
@@ -205,10 +192,11 @@ std::string live_grub_config(const std::vector<LiveMenuEntry>& entries, int seco
     if (e.title.empty() || e.kernel.empty())
       throw Error(ErrorKind::kInvalidInput,
                   "Failed to write GRUB config: a menu entry needs a title and a kernel");
-    cfg += fmt::format("\nmenuentry {} {{\n  linux {}", grub_quote(e.title), grub_quote(e.kernel));
-    for (const auto& word : split_cmdline(e.cmdline)) cfg += " " + grub_quote(word);
+    cfg += fmt::format("\nmenuentry {} {{\n  linux {}", util::single_quote(e.title),
+                       util::single_quote(e.kernel));
+    for (const auto& word : split_cmdline(e.cmdline)) cfg += " " + util::single_quote(word);
     cfg += "\n";
-    if (!e.initrd.empty()) cfg += fmt::format("  initrd {}\n", grub_quote(e.initrd));
+    if (!e.initrd.empty()) cfg += fmt::format("  initrd {}\n", util::single_quote(e.initrd));
     cfg += "}\n";
   }
   return cfg;
@@ -282,11 +270,12 @@ std::string disk_grub_config(const DiskMenuOptions& options) {
     std::string cmdline = fmt::format("{} pok8s.mode={} pok8s.media={} pok8s.image={}/{}",
                                       options.cmdline, e.id, e.label, dir, image::kRootfsFile);
     cfg += fmt::format("\nmenuentry {} --id {} {{\n  search --no-floppy --label {} --set=root\n",
-                       grub_quote(fmt::format("pok8s ({})", e.id)), e.id, e.label);
-    cfg += fmt::format("  linux {}", grub_quote(fmt::format("{}/{}", dir, image::kKernelFile)));
-    for (const auto& word : split_cmdline(cmdline)) cfg += " " + grub_quote(word);
+                       util::single_quote(fmt::format("pok8s ({})", e.id)), e.id, e.label);
+    cfg += fmt::format("  linux {}",
+                       util::single_quote(fmt::format("{}/{}", dir, image::kKernelFile)));
+    for (const auto& word : split_cmdline(cmdline)) cfg += " " + util::single_quote(word);
     cfg += fmt::format("\n  initrd {}\n}}\n",
-                       grub_quote(fmt::format("{}/{}", dir, image::kInitrdFile)));
+                       util::single_quote(fmt::format("{}/{}", dir, image::kInitrdFile)));
   }
   return cfg;
 }

@@ -375,7 +375,7 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
     if (wants("raw")) result.artifacts.push_back(describe(raw, util::file_sha256(raw), "raw"));
     for (const char* format : {"qcow2", "vhd"}) {
       if (!wants(format)) continue;
-      util::Path out = options.output_dir / fmt::format("{}.{}", name, disk_extension(format));
+      util::Path out = options.output_dir / fmt::format("{}.{}", name, format);
       b.log(fmt::format("Writing {}", out.string()));
       convert_disk_image(disk, format, out, b.timestamp, result.build_id);
       result.artifacts.push_back(describe(out, util::file_sha256(out), format));

@@ -150,10 +150,6 @@ void pin_vhd_footer(const util::Path& vhd, std::int64_t timestamp, std::string_v
 
 }  // namespace
 
-std::string disk_extension(std::string_view kind) {
-  return std::string(kind);
-}
-
 image::GptLayout plan_disk_image(const DiskContents& c, const DiskImageOptions& options) {
   if (options.expandable)
     throw Error(ErrorKind::kUnsupported,

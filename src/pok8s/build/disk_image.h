@@ -55,7 +55,4 @@ void write_disk_image(const DiskContents& contents, const DiskImageOptions& opti
 void convert_disk_image(const util::Path& raw, std::string_view format, const util::Path& out,
                         std::int64_t timestamp, std::string_view seed);
 
-// The file name extension of a disk artifact kind: raw -> "raw", vhd -> "vhd".
-std::string disk_extension(std::string_view kind);
-
 }  // namespace pok8s::build

@@ -7,6 +7,7 @@
 #include "pok8s/node/command.h"
 #include "pok8s/node/users.h"
 #include "pok8s/util/error.h"
+#include "pok8s/util/process.h"
 
 namespace pok8s::node {
 namespace {
@@ -45,18 +46,6 @@ std::string systemd_quote(std::string_view s, bool command) {
   return out + "\"";
 }
 
-// POSIX shell single quotes: OpenRC sources conf.d and evaluates command_args.
-std::string shell_quote(std::string_view s) {
-  std::string out = "'";
-  for (char c : s) {
-    if (c == '\'')
-      out += "'\\''";
-    else
-      out += c;
-  }
-  return out + "'";
-}
-
 }  // namespace
 
 KubernetesFiles kubernetes_files(const config::KubernetesConfig& c, ServiceManager manager) {
@@ -73,7 +62,7 @@ KubernetesFiles kubernetes_files(const config::KubernetesConfig& c, ServiceManag
     f.service = role.service;
     std::string args;
     for (std::size_t i = 1; i < f.argv.size(); ++i)
-      args += (i > 1 ? " " : "") + shell_quote(f.argv[i]);
+      args += (i > 1 ? " " : "") + util::single_quote(f.argv[i]);
     std::string text = header;
     // k3s.openrc and k0s.openrc take their arguments from these.
     text += fmt::format(
@@ -81,8 +70,9 @@ KubernetesFiles kubernetes_files(const config::KubernetesConfig& c, ServiceManag
         c.role == config::KubernetesRole::kK3sServer || c.role == config::KubernetesRole::kK3sAgent
             ? "K3S"
             : "K0S",
-        shell_quote(args));
-    for (const auto& [k, v] : c.env) text += fmt::format("export {}={}\n", k, shell_quote(v));
+        util::single_quote(args));
+    for (const auto& [k, v] : c.env)
+      text += fmt::format("export {}={}\n", k, util::single_quote(v));
     f.files.emplace_back(fmt::format("/etc/conf.d/{}", role.service), text);
   } else {
     f.service = std::string(role.service) + ".service";

@@ -67,4 +67,15 @@ std::string last_line(std::string_view text) {
   return std::string(pos == std::string_view::npos ? text : text.substr(pos + 1));
 }
 
+std::string single_quote(std::string_view s) {
+  std::string out = "'";
+  for (char c : s) {
+    if (c == '\'')
+      out += "'\\''";
+    else
+      out += c;
+  }
+  return out + "'";
+}
+
 }  // namespace pok8s::util

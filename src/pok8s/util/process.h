@@ -26,6 +26,10 @@ struct ProcessOptions {
 // only when the tool cannot be started; its exit status is the caller's to judge.
 ProcessResult run_process(const std::vector<std::string>& args, const ProcessOptions& options = {});
 
+// `s` in single quotes for a POSIX shell or a parser with the same rule (GRUB's): nothing inside
+// is expanded; a quote ends the quoting, is escaped, and the quoting starts again.
+std::string single_quote(std::string_view s);
+
 // The last non-empty line of a tool's output: where tools say what went wrong.
 std::string last_line(std::string_view text);
 
