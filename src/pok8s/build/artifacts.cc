@@ -1,6 +1,6 @@
-// The live ISO pipeline: make_rootfs_image, assemble_initramfs, make_boot_images, write_iso,
-// write_manifest. The rootfs and initramfs steps are cached under <cache>/artifacts by keys
-// derived from the image digest and their options.
+// The build pipeline: make_rootfs_image and assemble_initramfs (at once, cached under
+// <cache>/artifacts by keys derived from the image digest and their options), GRUB, then each
+// artifact (write_live_iso, build/disk_image), then one manifest for all of them.
 #include "pok8s/build/artifacts.h"
 
 #include <fmt/format.h>
@@ -144,7 +144,7 @@ BootFiles assemble_initramfs(Build& b, bool& was_cached) {
   auto kernels = boot::find_kernels(b.flat());
   if (kernels.empty())
     throw Error(ErrorKind::kInvalidInput,
-                fmt::format("Failed to build a live ISO of {}: the image has no kernel (is it "
+                fmt::format("Failed to build {}: the image has no kernel (is it "
                             "converted? run pok8s convert first)",
                             b.image.source_name));
   const boot::KernelInfo& kernel = kernels.front();
@@ -153,7 +153,7 @@ BootFiles assemble_initramfs(Build& b, bool& was_cached) {
   auto init = rootfs::read_image_file(b.flat(), b.layers, kInitInImage, 256u << 20);
   if (!init)
     throw Error(ErrorKind::kInvalidInput,
-                fmt::format("Failed to build a live ISO of {}: the image has no /{} (is it "
+                fmt::format("Failed to build {}: the image has no /{} (is it "
                             "converted? run pok8s convert first)",
                             b.image.source_name, kInitInImage));
   util::make_dirs(dir);
@@ -316,10 +316,11 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
 
   b.log("Preparing GRUB");
   bool disks = wants("raw") || wants("qcow2") || wants("vhd");
-  boot::GrubImages live_grub, disk_grub;
+  boot::GrubImages live_grub;
   if (wants("iso")) live_grub = boot::make_grub_images(b.cache / "..", options.volume_label);
   // The ISO carries an installed system's GRUB for the installer too.
-  disk_grub = boot::make_grub_images(b.cache / "..", image::kGrubLabel, kDiskGrubPrefix);
+  boot::GrubImages disk_grub =
+      boot::make_grub_images(b.cache / "..", image::kGrubLabel, kDiskGrubPrefix);
 
   std::vector<std::string> kinds = options.kinds;  // a set: its order builds nothing else
   std::sort(kinds.begin(), kinds.end());
@@ -337,9 +338,9 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
     inputs["label"] = options.volume_label;
   }
   if (disks) {
-    inputs["disk"] = {{"size", options.disk.size},
-                      {"expandable", options.disk.expandable},
-                      {"qemuImg", disk_tool_version()}};
+    inputs["disk"] = {{"size", options.disk.size}, {"expandable", options.disk.expandable}};
+    // qemu-img writes qcow2 and vhd; a raw disk does not need it.
+    if (wants("qcow2") || wants("vhd")) inputs["disk"]["qemuImg"] = disk_tool_version();
   }
   result.build_id = util::sha256_hex(inputs.dump()).substr(0, 16);
 
@@ -369,7 +370,6 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
     util::Path raw_scratch = scratch.path() / "disk.raw";
     b.log(
         fmt::format("Writing the disk image ({})", wants("raw") ? raw.string() : "for conversion"));
-    util::make_dirs(scratch.path() / "disk");
     const util::Path& disk = wants("raw") ? raw : raw_scratch;
     write_disk_image(contents, options.disk, scratch.path() / "disk", disk);
     if (wants("raw")) result.artifacts.push_back(describe(raw, util::file_sha256(raw), "raw"));
