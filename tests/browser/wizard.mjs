@@ -214,8 +214,9 @@ async function run(page, config) {
   await page.getByTestId('build-submit').click();
   await unlessError(page.waitForURL(/#\/builds\/[0-9a-f]{16}$/, { timeout: 60_000 }), page.getByTestId('build-error'), 'the build was refused', 60_000);
   const buildId = page.url().split('/').pop();
-  const flash = page.getByTestId('flash');
-  console.log(`     build ${buildId}${(await flash.count()) ? `: ${(await flash.textContent()).trim()}` : ''}`);
+  // The "Build queued." note goes away as soon as the build starts, which may be at once.
+  const flashText = await page.getByTestId('flash').textContent({ timeout: 1000 }).catch(() => null);
+  console.log(`     build ${buildId}${flashText ? `: ${flashText.trim()}` : ''}`);
 
   say(`Build page: following it (up to ${config.timeoutS} s)`);
   await page.getByTestId('build-progress').waitFor();
