@@ -13,11 +13,13 @@
 #include "pok8s/config/cloud_config.h"
 #include "pok8s/config/install_config.h"
 #include "pok8s/config/kubernetes_config.h"
+#include "pok8s/image/disk_layout.h"
 #include "pok8s/node/boot_status.h"
 #include "pok8s/node/grubenv.h"
 #include "pok8s/node/install.h"
 #include "pok8s/node/kubernetes.h"
 #include "pok8s/node/stages.h"
+#include "pok8s/node/upgrade.h"
 #include "pok8s/util/error.h"
 
 namespace {
@@ -183,7 +185,12 @@ int status_command(const BootFiles& files, bool json) {
   using namespace pok8s;
   node::BootStatus s = node::read_boot_status(files.boot_state, files.grubenv, files.release);
   if (json) {
-    std::printf("%s\n", node::boot_status_json(s).dump(2).c_str());
+    nlohmann::json j = node::boot_status_json(s);
+    // On an installed system the boot media is COS_STATE (or COS_RECOVERY): what each image is.
+    if (s.mode != "live")
+      j["images"] = node::installed_images(util::Path(std::string(node::kMediaMount)) /
+                                           std::string(image::kImagesDir));
+    std::printf("%s\n", j.dump(2).c_str());
     return kExitOk;
   }
   std::string booted = s.mode == "live" ? "the live medium" : fmt::format("the {} image", s.mode);
@@ -199,6 +206,34 @@ int status_command(const BootFiles& files, bool json) {
                           "Why:", s.reason, "Version:", s.version.empty() ? "unknown" : s.version,
                           "Next boot:", next, "Tries left:", tries)
                   .c_str());
+  return kExitOk;
+}
+
+struct UpgradeArgs {
+  pok8s::node::UpgradeOptions options;
+  bool json = false;
+};
+
+int upgrade_command(UpgradeArgs& a) {
+  using namespace pok8s;
+  a.options.log = [&](std::string_view line) {
+    std::fprintf(stderr, "%.*s\n", static_cast<int>(line.size()), line.data());
+  };
+  node::UpgradeResult r = node::upgrade_system(a.options);
+  std::string version = r.image.value("version", "");
+  if (a.json) {
+    nlohmann::json j = {{"target", r.target},
+                        {"image", r.image},
+                        {"passiveReplaced", r.passive_replaced}};
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    std::printf("%s",
+                fmt::format("upgraded the {} image to {} ({}, {}){}; reboot to use it\n", r.target,
+                            version.empty() ? "an unversioned image" : version,
+                            r.image.value("source", ""), r.image.value("digest", ""),
+                            r.passive_replaced ? "; the previous one is now passive" : "")
+                    .c_str());
+  }
   return kExitOk;
 }
 
@@ -369,6 +404,28 @@ int main(int argc, char** argv) {
   install->add_option("--media", install_args.media,
                       "Where the live medium is mounted (default /run/pok8s/media)");
   install->callback([&] { run = [&] { return install_command(install_args); }; });
+
+  auto* upgrade = app.add_subcommand(
+      "upgrade", "Install a new active (or recovery) image from an image source; reboot to use it");
+  UpgradeArgs upgrade_args;
+  upgrade->add_option("--source", upgrade_args.options.source,
+                      "The new image: docker://REGISTRY/REPO:TAG, oci:DIR[:TAG], "
+                      "oci-archive:FILE")
+      ->required();
+  upgrade->add_flag("--recovery", upgrade_args.options.recovery,
+                    "Replace the recovery image instead of the active one");
+  upgrade
+      ->add_option("--tls-verify", upgrade_args.options.tls_verify,
+                   "Require HTTPS with a verified certificate (false allows plain HTTP)")
+      ->default_val(true);
+  upgrade->add_option("--authfile", upgrade_args.options.authfile,
+                      "Registry credentials file (auth.json or docker config.json)");
+  upgrade->add_option("--creds", upgrade_args.options.creds, "Registry credentials USER:PASSWORD");
+  upgrade->add_flag("--json", upgrade_args.json, "Print the result as JSON");
+  upgrade->add_option("--boot-state", upgrade_args.options.boot_state_file)->group("");
+  upgrade->add_option("--grubenv", upgrade_args.options.grubenv)->group("");
+  upgrade->add_option("--sysimage-dir", upgrade_args.options.sysimage_dir)->group("");
+  upgrade->callback([&] { run = [&] { return upgrade_command(upgrade_args); }; });
 
   try {
     app.parse(argc, argv);

@@ -60,6 +60,17 @@ bool cached(const util::Path& p) {
 }
 
 struct Build {
+  Build(const oci::ResolvedImage& image_, oci::BlobStore& store_, const BuildOptions& options_)
+      : image(image_), store(store_), options(options_), layers(rootfs::layer_blobs(image, store)) {
+    cache = (options.cache_dir.empty() ? store.root() : options.cache_dir) / "artifacts";
+    if (options.source_date_epoch)
+      timestamp = *options.source_date_epoch;
+    else if (auto t = util::parse_rfc3339(image.config.created))
+      timestamp = *t;
+    else
+      timestamp = static_cast<std::int64_t>(std::time(nullptr));
+  }
+
   const oci::ResolvedImage& image;
   oci::BlobStore& store;
   const BuildOptions& options;
@@ -169,6 +180,30 @@ BootFiles assemble_initramfs(Build& b, bool& was_cached) {
   return files;
 }
 
+void require_converted(const oci::ResolvedImage& image) {
+  if (!convert::is_converted(image))
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to build {}: it is not a pok8s image (convert it first, or "
+                            "pass --version to build so it is converted)",
+                            image.source_name));
+}
+
+// The rootfs image and the kernel with pok8s's initramfs, each from the cache or made.
+std::pair<util::Path, BootFiles> make_system_parts(Build& b, bool& rootfs_cached,
+                                                   bool& initramfs_cached) {
+  // The squashfs leaves a core idle part of the time (reading layers is one thread), which the
+  // initramfs (decompressing the layers again for the modules) fills.
+  auto initramfs = std::async(std::launch::async, [&] {
+    bool was_cached = false;
+    BootFiles files = assemble_initramfs(b, was_cached);
+    return std::pair{files, was_cached};
+  });
+  util::Path rootfs = make_rootfs_image(b, rootfs_cached);
+  auto [boot_files, was_cached] = initramfs.get();
+  initramfs_cached = was_cached;
+  return {rootfs, boot_files};
+}
+
 std::string grub_config(const std::string& label) {
   std::string base = fmt::format("console=tty0 console=ttyS0,115200 pok8s.media={}", label);
   std::vector<boot::LiveMenuEntry> entries = {
@@ -275,11 +310,7 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
                   fmt::format("Failed to build {}: artifact kind '{}' is asked for twice",
                               image.source_name, kind));
   }
-  if (!convert::is_converted(image))
-    throw Error(ErrorKind::kInvalidInput,
-                fmt::format("Failed to build {}: it is not a pok8s image (convert it first, or "
-                            "pass --version to build so it is converted)",
-                            image.source_name));
+  require_converted(image);
   // A bad cloud-config is refused before any work, naming file, line and key.
   std::string cloud_config;
   if (options.cloud_config) {
@@ -292,26 +323,9 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
       if (options.log) options.log(warning);
     cloud_config = util::read_file(*options.cloud_config, 1u << 20);
   }
-  Build b{image, store, options, {}, 0, rootfs::layer_blobs(image, store), std::nullopt, {}, {}};
-  b.cache = (options.cache_dir.empty() ? store.root() : options.cache_dir) / "artifacts";
-  if (options.source_date_epoch)
-    b.timestamp = *options.source_date_epoch;
-  else if (auto t = util::parse_rfc3339(image.config.created))
-    b.timestamp = *t;
-  else
-    b.timestamp = static_cast<std::int64_t>(std::time(nullptr));
-
+  Build b(image, store, options);
   BuildResult result;
-  // The squashfs leaves a core idle part of the time (reading layers is one thread), which the
-  // initramfs (decompressing the layers again for the modules) fills.
-  auto initramfs = std::async(std::launch::async, [&] {
-    bool was_cached = false;
-    BootFiles files = assemble_initramfs(b, was_cached);
-    return std::pair{files, was_cached};
-  });
-  util::Path rootfs = make_rootfs_image(b, result.rootfs_cached);
-  auto [boot_files, initramfs_cached] = initramfs.get();
-  result.initramfs_cached = initramfs_cached;
+  auto [rootfs, boot_files] = make_system_parts(b, result.rootfs_cached, result.initramfs_cached);
   result.kernel_version = boot_files.kernel_version;
 
   b.log("Preparing GRUB");
@@ -398,6 +412,31 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
   result.manifest = options.output_dir / (name + ".manifest.json");
   util::write_file_atomic(result.manifest, manifest.dump(2) + "\n");
   return result;
+}
+
+SystemFiles write_system_files(const oci::ResolvedImage& image, oci::BlobStore& store,
+                               const BuildOptions& options, const util::Path& dir) {
+  require_converted(image);
+  Build b(image, store, options);
+  bool rootfs_cached = false, initramfs_cached = false;
+  auto [rootfs, boot_files] = make_system_parts(b, rootfs_cached, initramfs_cached);
+  SystemFiles files;
+  files.kernel_version = boot_files.kernel_version;
+  util::make_dirs(dir);
+  for (auto [from, name] : {std::pair{&rootfs, image::kRootfsFile},
+                            std::pair{&boot_files.kernel, image::kKernelFile},
+                            std::pair{&boot_files.initrd, image::kInitrdFile}}) {
+    util::Path to = dir / name;
+    b.log(fmt::format("Writing {}", to.string()));
+    // A cache on the same file system gives its file away; elsewhere it is copied.
+    std::error_code ec;
+    fs::remove(to, ec);
+    fs::create_hard_link(*from, to, ec);
+    if (ec) fs::copy_file(*from, to, fs::copy_options::overwrite_existing);
+    files.files.push_back(
+        {std::string(name), static_cast<std::uint64_t>(fs::file_size(to)), util::file_sha256(to)});
+  }
+  return files;
 }
 
 }  // namespace pok8s::build

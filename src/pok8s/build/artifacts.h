@@ -82,6 +82,22 @@ struct BuildResult {
 BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& store,
                             const BuildOptions& options);
 
+struct SystemFile {
+  std::string name;  // image::kRootfsFile, kKernelFile or kInitrdFile
+  std::uint64_t size = 0;
+  std::string sha256;
+};
+struct SystemFiles {
+  std::vector<SystemFile> files;
+  std::string kernel_version;
+};
+
+// The three files of one system image — what /cOS/<active|passive|recovery>/ holds on an
+// installed system — written into `dir` (made if missing): the same rootfs image, kernel and
+// initramfs build_artifacts puts on its disks. What pok8s-agent upgrade installs.
+SystemFiles write_system_files(const oci::ResolvedImage& image, oci::BlobStore& store,
+                               const BuildOptions& options, const util::Path& dir);
+
 // The base name of the artifacts: <flavor>-<release>-<variant>-<arch>-<model>-<version>, from
 // the image's io.pok8s.* labels.
 std::string artifact_base_name(const oci::ResolvedImage& image);

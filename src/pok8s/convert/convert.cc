@@ -18,6 +18,7 @@
 #include "pok8s/convert/image_files.h"
 #include "pok8s/convert/recipe.h"
 #include "pok8s/convert/sandbox.h"
+#include "pok8s/convert/sysimage_bundle.h"
 #include "pok8s/convert/toppings.h"
 #include "pok8s/rootfs/apply.h"
 #include "pok8s/rootfs/flat_tree.h"
@@ -41,7 +42,7 @@ constexpr const char* kInitPath = "usr/lib/pok8s/pok8s-init";
 constexpr const char* kStagesDir = "usr/lib/pok8s/stages";
 // Bumped when add_framework puts something else into the image. 2: /oem. 3: pok8s-booted and
 // pok8s-install. 4: the default stages start Kubernetes.
-constexpr int kFrameworkVersion = 4;
+constexpr int kFrameworkVersion = 5;  // 5: pok8s-sysimage for upgrades
 
 [[noreturn]] void bad_option(std::string_view option, std::string_view why) {
   throw Error(ErrorKind::kInvalidInput, fmt::format("Invalid {}: {}", option, why));
@@ -184,6 +185,8 @@ void add_framework(const Work& w) {
   w.log("Adding the pok8s framework (pok8s-init, pok8s-agent, services, default stages)");
   copy_into(w.root, kAgentPath, w.options.agent_binary, 0755);
   copy_into(w.root, kInitPath, w.options.init_binary, 0755);
+  for (const auto& f : sysimage_bundle(w.options.sysimage_binary))
+    copy_into(w.root, f.path, f.source, 0755);
   // The mount point of COS_OEM on an installed system (the root is read-only there).
   util::make_dirs(w.root / "oem");
   for (const auto& entry : fs::directory_iterator(data / "stages"))
@@ -293,6 +296,13 @@ void clear_identity(const Work& w) {
   remove_matching(w.root, "/etc/ssh/ssh_host_*");
 }
 
+// The bundle's files by name and content: a library update on the host is a new conversion.
+json sysimage_inputs(const util::Path& binary) {
+  json files = json::object();
+  for (const auto& f : sysimage_bundle(binary)) files[f.path] = util::file_sha256(f.source);
+  return files;
+}
+
 std::string compute_build_id(const Work& w) {
   const auto& o = w.options;
   json inputs = {{"base", w.base.manifest_digest().str()},
@@ -306,6 +316,7 @@ std::string compute_build_id(const Work& w) {
                                             (std::string(family_name(w.distro.family)) + ".yaml"))},
                  {"agent", util::file_sha256(o.agent_binary)},
                  {"init", util::file_sha256(o.init_binary)},
+                 {"sysimage", sysimage_inputs(o.sysimage_binary)},
                  {"framework", kFrameworkVersion}};
   if (o.variant == "standard")
     inputs["kubernetes"] = {o.kubernetes, o.kubernetes_version,
@@ -457,6 +468,8 @@ ConvertResult convert_image(const oci::ResolvedImage& base, oci::BlobStore& stor
   if (options.data_dir.empty()) options.data_dir = util::data_dir();
   if (options.agent_binary.empty()) options.agent_binary = util::node_binary("pok8s-agent");
   if (options.init_binary.empty()) options.init_binary = util::node_binary("pok8s-init");
+  if (options.sysimage_binary.empty())
+    options.sysimage_binary = util::node_binary("pok8s-sysimage");
 
   Work w{base, store, options, {}, {}, {}, {}, {}, {}};
   w.arch = options.arch.empty() ? image_arch(base) : options.arch;

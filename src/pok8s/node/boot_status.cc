@@ -206,4 +206,15 @@ bool mark_booted(const util::Path& boot_state_file, const util::Path& grubenv) {
   return true;
 }
 
+bool arm_new_active(const util::Path& grubenv) {
+  if (::access(grubenv.c_str(), F_OK) != 0 && errno == ENOENT) return false;
+  update_grubenv_in_place(grubenv, [](GrubEnv& env) {
+    int max_tries = digit(env.get(kMaxTriesVar), 1).value_or(kDefaultMaxTries);
+    env.set(kEntryVar, "active");
+    env.set(kTriesVar, std::to_string(max_tries));
+    env.set(kFallbackVar, "");
+  });
+  return true;
+}
+
 }  // namespace pok8s::node

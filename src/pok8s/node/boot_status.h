@@ -54,4 +54,9 @@ nlohmann::json boot_status_json(const BootStatus& status);
 bool mark_booted(const util::Path& boot_state_file = kBootStateFile,
                  const util::Path& grubenv = kOemGrubEnvFile);
 
+// After an upgrade: the next boot tries the new active image with pok8s_max_tries tries, and
+// the fallback of an earlier failure is forgotten. False, and nothing written, without
+// `grubenv`.
+bool arm_new_active(const util::Path& grubenv = kOemGrubEnvFile);
+
 }  // namespace pok8s::node

@@ -25,6 +25,7 @@
 #include "pok8s/image/disk_layout.h"
 #include "pok8s/node/boot_status.h"
 #include "pok8s/node/command.h"
+#include "pok8s/node/mounts.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/process.h"
 
@@ -183,93 +184,6 @@ void run_tool(const std::vector<std::string>& args, std::string_view what,
   if (r.status != 0)
     throw Error(ErrorKind::kIo, fmt::format("Failed to {}: {} exited with {}: {}", what, args[0],
                                             r.status, util::last_line(r.output)));
-}
-
-// A directory made for the install's mounts, removed (never recursively: something may still
-// be mounted below it after a failed unmount) on destruction.
-class WorkDir {
- public:
-  explicit WorkDir(const util::Path& parent) {
-    util::make_dirs(parent);
-    std::string templ = (parent / "install.XXXXXX").string();
-    if (!::mkdtemp(templ.data()))
-      throw_errno("Failed to create a directory in " + parent.string(), errno);
-    path_ = templ;
-  }
-  WorkDir(const WorkDir&) = delete;
-  WorkDir& operator=(const WorkDir&) = delete;
-  ~WorkDir() { ::rmdir(path_.c_str()); }
-  const util::Path& path() const { return path_; }
-
- private:
-  util::Path path_;
-};
-
-// One partition mounted on its own directory; unmounted (lazily when busy) and the directory
-// removed on destruction, so a failed install leaves no mount behind.
-class Mounted {
- public:
-  Mounted(const util::Path& device, const char* fstype, const util::Path& dir) : dir_(dir) {
-    if (::mkdir(dir.c_str(), 0700) != 0) throw_errno("Failed to create " + dir.string(), errno);
-    if (::mount(device.c_str(), dir.c_str(), fstype, MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) !=
-        0) {
-      int err = errno;
-      ::rmdir(dir.c_str());
-      throw_errno(
-          fmt::format("Failed to mount {} ({}) on {}", device.string(), fstype, dir.string()), err);
-    }
-    mounted_ = true;
-  }
-  Mounted(const Mounted&) = delete;
-  Mounted& operator=(const Mounted&) = delete;
-  ~Mounted() {
-    if (mounted_ && ::umount(dir_.c_str()) != 0) ::umount2(dir_.c_str(), MNT_DETACH);
-    ::rmdir(dir_.c_str());
-  }
-  const util::Path& path() const { return dir_; }
-
-  // Flushes the file system and unmounts it, reporting a failure.
-  void unmount() {
-    UniqueFd fd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (fd.valid() && ::syncfs(fd.get()) != 0)
-      throw_errno("Failed to flush " + dir_.string(), errno);
-    fd.reset();
-    if (::umount(dir_.c_str()) != 0) throw_errno("Failed to unmount " + dir_.string(), errno);
-    mounted_ = false;
-  }
-
- private:
-  util::Path dir_;
-  bool mounted_ = false;
-};
-
-void fsync_path(const util::Path& path) {
-  UniqueFd fd = util::open_file(path, O_RDONLY | O_CLOEXEC);
-  if (::fsync(fd.get()) != 0) throw_errno("Failed to flush " + path.string(), errno);
-}
-
-// Copies a regular file with sendfile(2) (any source file system, no user-space buffer) and
-// flushes it.
-void copy_file(const util::Path& from, const util::Path& to, unsigned mode) {
-  UniqueFd in = util::open_file(from, O_RDONLY | O_CLOEXEC);
-  struct stat st {};
-  if (::fstat(in.get(), &st) != 0) throw_errno("Failed to read " + from.string(), errno);
-  UniqueFd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
-  if (!out.valid()) throw_errno("Failed to create " + to.string(), errno);
-  auto left = static_cast<std::uint64_t>(st.st_size);
-  while (left > 0) {
-    std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(left, 1u << 30));
-    ssize_t n = ::sendfile(out.get(), in.get(), nullptr, chunk);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0)
-      throw_errno(fmt::format("Failed to copy {} to {}", from.string(), to.string()), errno);
-    if (n == 0)
-      throw Error(ErrorKind::kIo, fmt::format("Failed to copy {}: it ended early", from.string()));
-    left -= static_cast<std::uint64_t>(n);
-  }
-  if (::fchmod(out.get(), mode) != 0)
-    throw_errno("Failed to set the mode of " + to.string(), errno);
-  if (::fsync(out.get()) != 0) throw_errno("Failed to write " + to.string(), errno);
 }
 
 // Copies directories and regular files below `from` into `to` (made if missing). The medium

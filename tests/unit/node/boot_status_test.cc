@@ -269,3 +269,23 @@ TEST_F(BootStatusFiles, MarkBootedDoesNothingOnALiveBootOrWithoutGrubEnv) {
   EXPECT_FALSE(mark_booted(state_, dir_.path() / "missing"));
   EXPECT_FALSE(fs::exists(dir_.path() / "missing"));
 }
+
+TEST_F(BootStatusFiles, AnUpgradeArmsTheNewActiveWithFullTriesAndForgetsTheFallback) {
+  grubenv({{"pok8s_entry", "passive"},
+           {"pok8s_tries", "0"},
+           {"pok8s_max_tries", "5"},
+           {"pok8s_fallback", "active"}});
+  struct stat before {};
+  ASSERT_EQ(::stat(grubenv_.c_str(), &before), 0);
+  EXPECT_TRUE(arm_new_active(grubenv_));
+  struct stat after {};
+  ASSERT_EQ(::stat(grubenv_.c_str(), &after), 0);
+  EXPECT_EQ(after.st_ino, before.st_ino);  // GRUB's save_env writes into these blocks
+  EXPECT_EQ(read_grubenv(grubenv_)->vars,
+            (std::vector<std::pair<std::string, std::string>>{{"pok8s_entry", "active"},
+                                                              {"pok8s_tries", "5"},
+                                                              {"pok8s_max_tries", "5"},
+                                                              {"pok8s_fallback", ""}}));
+  EXPECT_FALSE(arm_new_active(dir_.path() / "missing"));
+  EXPECT_FALSE(fs::exists(dir_.path() / "missing"));
+}

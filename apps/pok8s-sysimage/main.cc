@@ -1,0 +1,157 @@
+// pok8s-sysimage: the node's half of `pok8s-agent upgrade`. Reads a pok8s image from any source
+// pok8s reads (docker://, oci:, oci-archive:, …), verifying every document and blob against
+// its digest, and writes the three files of a system image — rootfs.img, vmlinuz, initrd —
+// with the factory's own code, so an upgraded node boots exactly what a disk image would.
+//
+// It is dynamically linked (libcurl has no static build in Debian) and shipped in every
+// converted image with its library closure and its own dynamic loader under
+// /usr/lib/pok8s/sysimage, so it runs the same on glibc and musl distributions. The static
+// pok8s-agent runs it and does the rest: space, verification, the A/B rotation.
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "pok8s/build/artifacts.h"
+#include "pok8s/convert/convert.h"
+#include "pok8s/oci/blob_store.h"
+#include "pok8s/oci/image.h"
+#include "pok8s/image/disk_layout.h"
+#include "pok8s/util/error.h"
+#include "pok8s/util/sha256.h"
+
+namespace {
+
+using nlohmann::json;
+using namespace pok8s;
+
+// What `write` wrote: source, digest, version, kernel and the files with size and sha256.
+constexpr const char* kInfoFile = "image.json";
+
+struct Options {
+  std::string source;
+  std::string output;
+  std::string cache;
+  bool tls_verify = true;
+  std::string authfile;
+  std::string creds;
+  int jobs = 4;
+};
+
+int run(const Options& o) {
+  oci::TransportOptions t;
+  t.tls_verify = o.tls_verify;
+  if (!o.authfile.empty()) t.auth_file = o.authfile;
+  t.credentials = o.creds;
+  t.jobs = o.jobs;
+  oci::BlobStore store(o.cache);
+  auto source = oci::open_source(oci::ImageName::parse(o.source), t);
+  std::fprintf(stderr, "Reading %s\n", o.source.c_str());
+  oci::ResolvedImage image = oci::resolve_image(*source, store, std::nullopt);
+  oci::fetch_layers(*source, image, store, t, [](const oci::ProgressEvent& e) {
+    if (e.kind == oci::ProgressEvent::Kind::kBlobDone)
+      std::fprintf(stderr, "Fetched %s\n", e.what.c_str());
+  });
+  if (!convert::is_converted(image))
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to read {}: it is not a pok8s image (convert it with pok8s "
+                            "convert first)",
+                            o.source));
+  build::BuildOptions b;
+  // The cache sits next to the output, on the same file system, so its files are handed over
+  // without a copy.
+  b.cache_dir = util::Path(o.output).parent_path() / ".sysimage-cache";
+  b.log = [](std::string_view line) {
+    std::fprintf(stderr, "%.*s\n", static_cast<int>(line.size()), line.data());
+  };
+  build::SystemFiles files;
+  try {
+    files = build::write_system_files(image, store, b, o.output);
+  } catch (...) {
+    util::remove_tree(b.cache_dir);
+    throw;
+  }
+  util::remove_tree(b.cache_dir);
+  json out = {{"source", o.source},
+              {"digest", image.manifest_digest().str()},
+              {"kernel", files.kernel_version},
+              {"files", json::array()}};
+  auto labels = image.config.labels;
+  if (auto v = labels.find("io.pok8s.version"); v != labels.end()) out["version"] = v->second;
+  for (const auto& f : files.files)
+    out["files"].push_back({{"name", f.name}, {"size", f.size}, {"sha256", f.sha256}});
+  util::write_file_atomic(util::Path(o.output) / kInfoFile, out.dump(2) + "\n");
+  return 0;
+}
+
+// Reads every file image.json lists back and compares size and sha256: run by the agent after
+// it flushed the files and dropped them from the page cache, so this reads the disk.
+int verify(const std::string& dir) {
+  util::Path info_file = util::Path(dir) / kInfoFile;
+  json info;
+  try {
+    info = json::parse(util::read_file(info_file, 1u << 20));
+  } catch (const json::exception& e) {
+    throw Error(ErrorKind::kFormat, fmt::format("Failed to read {}: {}", info_file.string(),
+                                                e.what()));
+  }
+  if (!info.contains("files") || !info["files"].is_array() || info["files"].size() != 3)
+    throw Error(ErrorKind::kFormat,
+                fmt::format("Failed to read {}: it does not list the three files",
+                            info_file.string()));
+  for (const auto& f : info["files"]) {
+    std::string name = f.value("name", "");
+    if (name != image::kRootfsFile && name != image::kKernelFile && name != image::kInitrdFile)
+      throw Error(ErrorKind::kFormat,
+                  fmt::format("Failed to read {}: unknown file {:?}", info_file.string(), name));
+    util::Path file = util::Path(dir) / name;
+    std::string sha = util::file_sha256(file);
+    if (sha != f.value("sha256", ""))
+      throw Error(ErrorKind::kSignature,
+                  fmt::format("Failed to verify {}: it reads back as sha256 {}, {} was written",
+                              file.string(), sha, f.value("sha256", "")));
+  }
+  std::fprintf(stderr, "Verified %s\n", dir.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"pok8s-sysimage: write a system image (rootfs.img, vmlinuz, initrd) from a pok8s "
+               "image, and verify one; run by pok8s-agent upgrade"};
+  app.set_version_flag("--version", std::string("pok8s-sysimage ") + POK8S_VERSION);
+  app.require_subcommand(1);
+  Options o;
+  auto* write = app.add_subcommand("write", "Read an image and write its system image");
+  write->add_option("SOURCE", o.source, "The image: docker://…, oci:DIR[:TAG], oci-archive:FILE")
+      ->required();
+  write->add_option("-o,--output", o.output, "Directory that receives the files")->required();
+  write->add_option("--cache", o.cache, "Blob cache directory")->required();
+  write
+      ->add_option("--tls-verify", o.tls_verify,
+                   "Require HTTPS with a verified certificate (false allows plain HTTP)")
+      ->default_val(true);
+  write->add_option("--authfile", o.authfile, "Credentials file (auth.json or config.json)");
+  write->add_option("--creds", o.creds, "Registry credentials USER:PASSWORD");
+  write->add_option("--jobs", o.jobs, "Blobs transferred at once")->default_val(4);
+  std::string verify_dir;
+  auto* check = app.add_subcommand("verify", "Read a written system image back against its " +
+                                                 std::string(kInfoFile));
+  check->add_option("DIR", verify_dir, "The directory `write` wrote")->required();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    return write->parsed() ? run(o) : verify(verify_dir);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "pok8s-sysimage: %s\n", e.what());
+    return exit_code(e.kind());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "pok8s-sysimage: internal error: %s\n", e.what());
+    return exit_code(ErrorKind::kInternal);
+  }
+}

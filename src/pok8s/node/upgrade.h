@@ -1,0 +1,62 @@
+// pok8s-agent upgrade: a new system image from any source pok8s reads, written next to the
+// installed ones and swapped in atomically.
+//
+//   1. pok8s-sysimage (the factory's own reader and writers, shipped in the image under
+//      kSysimageDir) fetches the image, verifying every digest, and writes rootfs.img, vmlinuz
+//      and initrd to /cOS/transition.partial on COS_STATE (COS_RECOVERY for --recovery). A bad
+//      digest stops it before it writes there; a full partition stops it with nothing installed
+//      touched.
+//   2. The files are flushed, dropped from the page cache and read back against their sha256.
+//   3. transition.partial becomes transition, and renameat2(RENAME_EXCHANGE) swaps it with
+//      active, then the old active with passive: at every instant /cOS/active is a complete
+//      image. A system running its passive image (after a fallback) keeps that passive.
+//   4. GRUB's environment gives the new active its full tries (boot assessment falls back to
+//      passive if it never marks itself booted).
+#pragma once
+
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+
+#include "pok8s/node/boot_status.h"
+#include "pok8s/util/file.h"
+
+namespace pok8s::node {
+
+inline constexpr std::string_view kSysimageDir = "/usr/lib/pok8s/sysimage";
+inline constexpr std::string_view kSysimageBinary = "pok8s-sysimage";
+// Next to rootfs.img: what pok8s-sysimage wrote (source, digest, version, files and sha256).
+inline constexpr std::string_view kImageInfoFile = "image.json";
+
+struct UpgradeOptions {
+  std::string source;     // docker://…, oci:DIR[:TAG], oci-archive:FILE
+  bool recovery = false;  // replace the recovery image instead of active
+  bool tls_verify = true;
+  std::string authfile;
+  std::string creds;
+  util::Path boot_state_file = std::string(kBootStateFile);
+  util::Path grubenv = std::string(kOemGrubEnvFile);
+  util::Path sysimage_dir = std::string(kSysimageDir);
+  std::function<void(std::string_view)> log;
+};
+
+struct UpgradeResult {
+  std::string target;          // "active" or "recovery"
+  nlohmann::json image;        // the new image's image.json
+  bool passive_replaced = false;  // the old active became passive
+};
+
+// Runs the whole upgrade on an installed system; throws Error naming the step, the source and
+// the partition. Nothing installed changes unless the new image verified.
+UpgradeResult upgrade_system(const UpgradeOptions& options);
+
+// Step 3 on `images_dir` (/cOS): moves `transition` into `target` (active or recovery); with
+// `rotate_passive`, the old active becomes passive. The replaced image is removed.
+void rotate_images(const util::Path& images_dir, std::string_view target, bool rotate_passive);
+
+// The image.json of each of active, passive and recovery found under `images_dir`, as
+// {"active": {…}, …}; an image installed from an ISO or disk image has none (null).
+nlohmann::json installed_images(const util::Path& images_dir);
+
+}  // namespace pok8s::node
