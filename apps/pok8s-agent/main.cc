@@ -13,11 +13,13 @@
 #include "pok8s/config/cloud_config.h"
 #include "pok8s/config/install_config.h"
 #include "pok8s/config/kubernetes_config.h"
+#include "pok8s/config/merge.h"
 #include "pok8s/image/disk_layout.h"
 #include "pok8s/node/boot_status.h"
 #include "pok8s/node/grubenv.h"
 #include "pok8s/node/install.h"
 #include "pok8s/node/kubernetes.h"
+#include "pok8s/node/reset.h"
 #include "pok8s/node/stages.h"
 #include "pok8s/node/upgrade.h"
 #include "pok8s/util/error.h"
@@ -209,17 +211,37 @@ int status_command(const BootFiles& files, bool json) {
   return kExitOk;
 }
 
+void print_stage_summary(const char* name, const pok8s::node::StageResult& r);
+
 struct UpgradeArgs {
   pok8s::node::UpgradeOptions options;
   bool json = false;
 };
+
+// The merged cloud-config, with the files it came from as comments.
+int config_show_command(const pok8s::util::Path& root) {
+  using namespace pok8s;
+  config::MergedConfig merged =
+      config::merge_cloud_config_files(config::expand_config_paths(default_sources(root)));
+  std::string out = "#cloud-config\n";
+  if (merged.sources.empty()) out += "# no cloud-config files found\n";
+  for (const auto& source : merged.sources) out += "# from " + source + "\n";
+  out += merged.yaml.substr(std::string_view("#cloud-config\n").size());
+  std::printf("%s", out.c_str());
+  return kExitOk;
+}
 
 int upgrade_command(UpgradeArgs& a) {
   using namespace pok8s;
   a.options.log = [&](std::string_view line) {
     std::fprintf(stderr, "%.*s\n", static_cast<int>(line.size()), line.data());
   };
+  std::vector<config::CloudConfig> configs = config::load_cloud_configs(default_sources("/"));
+  node::StageContext stage_context;
+  stage_context.sink = [&](const node::StageEvent& e) { print_event(e, false); };
+  print_stage_summary("before-upgrade", node::run_stage("before-upgrade", configs, stage_context));
   node::UpgradeResult r = node::upgrade_system(a.options);
+  print_stage_summary("after-upgrade", node::run_stage("after-upgrade", configs, stage_context));
   std::string version = r.image.value("version", "");
   if (a.json) {
     nlohmann::json j = {{"target", r.target},
@@ -277,6 +299,36 @@ void print_stage_summary(const char* name, const pok8s::node::StageResult& r) {
   if (r.steps_run + r.steps_skipped == 0) return;
   std::fprintf(stderr, "pok8s-agent: stage %s: %zu steps run, %zu failed, %zu skipped\n", name,
                r.steps_run, r.steps_failed, r.steps_skipped);
+}
+
+struct ResetArgs {
+  bool keep_persistent = false;
+  bool reset_oem = false;
+  bool reboot = false;
+  bool poweroff = false;
+};
+
+int reset_command(const ResetArgs& a) {
+  using namespace pok8s;
+  std::vector<config::CloudConfig> configs = config::load_cloud_configs(default_sources("/"));
+  node::ResetRequest request;
+  request.reset_persistent = !a.keep_persistent;
+  request.reset_oem = a.reset_oem;
+  request.log = [](std::string_view line) {
+    std::fprintf(stderr, "%.*s\n", static_cast<int>(line.size()), line.data());
+  };
+  request.stage_sink = [&](const node::StageEvent& e) { print_event(e, false); };
+  node::ResetOutcome outcome = node::run_reset(request, configs);
+  print_stage_summary("before-reset", outcome.before_reset);
+  print_stage_summary("after-reset", outcome.after_reset);
+  std::printf("reset the active and passive images from recovery%s%s\n",
+              a.keep_persistent ? "" : "; COS_PERSISTENT is empty",
+              a.reset_oem ? "; COS_OEM holds only the GRUB environment" : "");
+  std::fflush(stdout);
+  node::finish_install(a.reboot     ? node::AfterInstall::kReboot
+                       : a.poweroff ? node::AfterInstall::kPowerOff
+                                    : node::AfterInstall::kNothing);
+  return outcome.before_reset.ok() && outcome.after_reset.ok() ? kExitOk : kExitStepFailed;
 }
 
 int install_command(const InstallArgs& a) {
@@ -337,6 +389,7 @@ int main(int argc, char** argv) {
   std::function<int()> run;
 
   auto* stage = app.add_subcommand("stage", "Run <stage>.before, <stage> and <stage>.after");
+  stage->alias("run-stage");  // kairos-agent's name for it
   std::string stage_name;
   std::string root = "/";
   std::vector<std::string> configs;
@@ -351,6 +404,14 @@ int main(int argc, char** argv) {
   stage->callback([&] {
     run = [&] { return run_stage_command(stage_name, root, configs, no_defaults, json); };
   });
+
+  auto* config_cmd = app.add_subcommand("config", "Show the cloud-config this node acts on");
+  config_cmd->require_subcommand(1);
+  auto* show = config_cmd->add_subcommand(
+      "show", "Print the merged cloud-config (stages appended, later files winning per key)");
+  std::string show_root = "/";
+  show->add_option("--root", show_root, "Target root directory (default /)");
+  show->callback([&] { run = [&] { return config_show_command(show_root); }; });
 
   auto* validate = app.add_subcommand("validate", "Check cloud-config files");
   std::vector<std::string> files;
@@ -426,6 +487,18 @@ int main(int argc, char** argv) {
   upgrade->add_option("--grubenv", upgrade_args.options.grubenv)->group("");
   upgrade->add_option("--sysimage-dir", upgrade_args.options.sysimage_dir)->group("");
   upgrade->callback([&] { run = [&] { return upgrade_command(upgrade_args); }; });
+
+  auto* reset = app.add_subcommand(
+      "reset", "From the recovery image: rewrite active and passive from it and wipe "
+               "COS_PERSISTENT");
+  ResetArgs reset_args;
+  reset->add_flag("--keep-persistent", reset_args.keep_persistent,
+                  "Keep COS_PERSISTENT's data (/home, /etc/ssh, /var/lib/…)");
+  reset->add_flag("--reset-oem", reset_args.reset_oem,
+                  "Also remove COS_OEM's cloud-configs (its GRUB environment block stays)");
+  auto* reset_reboot = reset->add_flag("--reboot", reset_args.reboot, "Reboot when done");
+  reset->add_flag("--poweroff", reset_args.poweroff, "Power off when done")->excludes(reset_reboot);
+  reset->callback([&] { run = [&] { return reset_command(reset_args); }; });
 
   try {
     app.parse(argc, argv);

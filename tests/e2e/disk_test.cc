@@ -44,6 +44,10 @@ stages:
     - name: e2e disk probe
       commands:
         - |
+          if grep -q '^mode=recovery' /run/pok8s/boot-state; then
+            out=$(pok8s-agent reset 2>&1); rc=$?
+            echo "POK8S-RESET rc=$rc $(echo "$out" | tail -1)" > /dev/ttyS0
+          fi
           r=ro; touch /pok8s-probe 2>/dev/null && r=rw
           . /etc/pok8s-release
           home=$(cat /home/e2e 2>/dev/null || echo none)
@@ -91,7 +95,8 @@ class DiskImage : public ::testing::Test {
   struct Probe {
     std::string line;
     nlohmann::json status;
-    std::string k8s;  // how systemd will start k3s
+    std::string k8s;    // how systemd will start k3s
+    std::string reset;  // what pok8s-agent reset said, on a boot of the recovery image
   };
   // Boots `disk` until its probe and status lines, and waits for it to power off.
   static Probe boot(const util::Path& disk) {
@@ -107,6 +112,9 @@ class DiskImage : public ::testing::Test {
       return p;
     }
     p.line = *line;
+    std::string serial = vm.serial();
+    if (auto at = serial.find("POK8S-RESET "); at != std::string::npos)
+      p.reset = serial.substr(at, serial.find('\n', at) - at);
     auto status = vm.wait_for_line("POK8S-STATUS ", std::chrono::seconds(60));
     if (status) p.status = nlohmann::json::parse(status->substr(13), nullptr, false);
     if (auto k8s = vm.wait_for_line("POK8S-K8S ", std::chrono::seconds(60))) p.k8s = *k8s;
@@ -166,25 +174,51 @@ void debugfs(const util::Path& disk, const std::string& name, const std::string&
   ASSERT_EQ(r.status, 0) << r.output;
 }
 
-TEST_F(DiskImage, AnActiveImageThatDoesNotBootFallsBackToPassive) {
-  util::Path disk = work_->path() / "fallback.raw";
-  fs::copy_file(artifact("raw"), disk);
+// Replaces the active image's rootfs with 1 MiB of garbage and COS_OEM's GRUB environment
+// block with one that says `vars`.
+void break_active_and_set_grubenv(const util::Path& disk, const std::vector<std::string>& vars) {
   util::TempDir dir = util::TempDir::scratch();
-  // The active image becomes garbage; boot assessment allows one try (instead of three, to keep
-  // the test short).
   util::write_file_atomic(dir.path() / "garbage", std::string(1 << 20, 'x'));
   debugfs(disk, "COS_STATE",
           fmt::format("rm /cOS/active/rootfs.img\nwrite {} /cOS/active/rootfs.img\n",
                       (dir.path() / "garbage").string()));
   util::Path env = dir.path() / "grubenv";
-  for (auto args : std::vector<std::vector<std::string>>{
-           {"grub-editenv", env.string(), "create"},
-           {"grub-editenv", env.string(), "set", "pok8s_entry=active", "pok8s_tries=1",
-            "pok8s_max_tries=1", "pok8s_fallback="}}) {
+  std::vector<std::string> set = {"grub-editenv", env.string(), "set"};
+  set.insert(set.end(), vars.begin(), vars.end());
+  for (const auto& args :
+       std::vector<std::vector<std::string>>{{"grub-editenv", env.string(), "create"}, set}) {
     auto r = util::run_process(args);
     ASSERT_EQ(r.status, 0) << r.output;
   }
   debugfs(disk, "COS_OEM", fmt::format("rm /grubenv\nwrite {} /grubenv\n", env.string()));
+}
+
+TEST_F(DiskImage, ResetFromRecoveryRestoresActiveAndWipesPersistent) {
+  util::Path disk = work_->path() / "reset.raw";
+  fs::copy_file(artifact("raw"), disk);
+  EXPECT_EQ(boot(disk).line.rfind("POK8S-DISK root=ro version=v0.1.0 home=none", 0), 0u);
+  // The active image is broken; GRUB is told to boot recovery.
+  break_active_and_set_grubenv(disk, {"pok8s_entry=recovery", "pok8s_tries=3",
+                                      "pok8s_max_tries=3", "pok8s_fallback="});
+  Probe recovery = boot(disk);
+  ASSERT_TRUE(recovery.status.is_object()) << recovery.line;
+  EXPECT_EQ(recovery.status["mode"], "recovery") << recovery.status.dump();
+  EXPECT_EQ(recovery.reset.rfind("POK8S-RESET rc=0 ", 0), 0u) << recovery.reset;
+  // Active boots again, and what COS_PERSISTENT held (/home/e2e of the first boot) is gone.
+  Probe after = boot(disk);
+  EXPECT_EQ(after.line, "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes");
+  ASSERT_TRUE(after.status.is_object()) << after.line;
+  EXPECT_EQ(after.status["mode"], "active") << after.status.dump();
+  EXPECT_EQ(after.status["fallback"], nullptr) << after.status.dump();
+}
+
+TEST_F(DiskImage, AnActiveImageThatDoesNotBootFallsBackToPassive) {
+  util::Path disk = work_->path() / "fallback.raw";
+  fs::copy_file(artifact("raw"), disk);
+  // The active image becomes garbage; boot assessment allows one try (instead of three, to keep
+  // the test short).
+  break_active_and_set_grubenv(disk, {"pok8s_entry=active", "pok8s_tries=1",
+                                      "pok8s_max_tries=1", "pok8s_fallback="});
 
   {
     // The first boot takes active's only try and fails in the initramfs, then reboots.

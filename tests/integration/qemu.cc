@@ -1,6 +1,8 @@
 // Starts QEMU with the serial console on pipes and collects its output on a thread.
 #include "integration/qemu.h"
 
+#include <fmt/format.h>
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -62,6 +64,11 @@ std::vector<std::string> qemu_argv(const QemuOptions& options, const util::Path&
     argv.push_back("-append");
     argv.push_back(options.append);
   }
+  if (options.cpus > 1) argv.insert(argv.end(), {"-smp", std::to_string(options.cpus)});
+  if (options.forward_port)
+    argv.insert(argv.end(), {"-nic", fmt::format("user,model=virtio-net-pci,restrict=on,guestfwd="
+                                                 "tcp:10.0.2.100:5000-tcp:127.0.0.1:{}",
+                                                 options.forward_port)});
   argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
   return argv;
 }

@@ -29,6 +29,10 @@ struct QemuOptions {
   std::optional<util::Path> initrd;
   std::string append;  // the kernel command line with `kernel`
   unsigned memory_mib = 1536;
+  unsigned cpus = 1;
+  // With a port: a user-mode NIC, restricted (no host, no outside), whose only way out is
+  // 10.0.2.100:5000 forwarded to 127.0.0.1:<port> (a test registry, say).
+  int forward_port = 0;
   std::vector<std::string> extra_args;
 };
 

@@ -173,18 +173,6 @@ std::string first_holder(const util::Path& holders_dir) {
   return "";
 }
 
-// Runs a tool of the image; its output's last line becomes the error.
-void run_tool(const std::vector<std::string>& args, std::string_view what,
-              const util::ProcessOptions& options = {}) {
-  if (find_program(args[0]).empty())
-    throw Error(ErrorKind::kNotFound, fmt::format("Failed to {}: {} is not installed (not found "
-                                                  "in PATH)",
-                                                  what, args[0]));
-  auto r = util::run_process(args, options);
-  if (r.status != 0)
-    throw Error(ErrorKind::kIo, fmt::format("Failed to {}: {} exited with {}: {}", what, args[0],
-                                            r.status, util::last_line(r.output)));
-}
 
 // Copies directories and regular files below `from` into `to` (made if missing). The medium
 // holds nothing else; anything else is refused rather than skipped.

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdlib>
 
+#include "pok8s/node/command.h"
 #include "pok8s/util/error.h"
 
 namespace pok8s::node {
@@ -49,6 +50,18 @@ void Mounted::unmount() {
   fd.reset();
   if (::umount(dir_.c_str()) != 0) throw_errno("Failed to unmount " + dir_.string(), errno);
   mounted_ = false;
+}
+
+void run_tool(const std::vector<std::string>& args, std::string_view what,
+              const util::ProcessOptions& options) {
+  if (find_program(args[0]).empty())
+    throw Error(ErrorKind::kNotFound, fmt::format("Failed to {}: {} is not installed (not found "
+                                                  "in PATH)",
+                                                  what, args[0]));
+  auto r = util::run_process(args, options);
+  if (r.status != 0)
+    throw Error(ErrorKind::kIo, fmt::format("Failed to {}: {} exited with {}: {}", what, args[0],
+                                            r.status, util::last_line(r.output)));
 }
 
 void fsync_path(const util::Path& path) {

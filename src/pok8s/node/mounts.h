@@ -4,8 +4,11 @@
 #pragma once
 
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "pok8s/util/file.h"
+#include "pok8s/util/process.h"
 
 namespace pok8s::node {
 
@@ -39,6 +42,11 @@ class Mounted {
   util::Path dir_;
   bool mounted_ = false;
 };
+
+// Runs a tool of the image (sfdisk, mkfs.ext4); its output's last line becomes the error
+// "Failed to WHAT: TOOL exited with N: …", and a missing tool is named.
+void run_tool(const std::vector<std::string>& args, std::string_view what,
+              const util::ProcessOptions& options = {});
 
 // fsync(2) of a file or directory.
 void fsync_path(const util::Path& path);

@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "pok8s/node/reset.h"
+
 #include "pok8s/util/error.h"
 #include "pok8s/util/file.h"
 
@@ -117,6 +119,39 @@ TEST(Upgrade, ALiveSystemIsRefusedBeforeAnythingIsTouched) {
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
     EXPECT_NE(std::string(e.what()).find("runs live from /dev/sr0"), std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+
+namespace {
+
+TEST(Reset, OnlyTheRecoveryImageResetsAndNothingIsTouchedOtherwise) {
+  util::TempDir dir = util::TempDir::scratch();
+  util::write_file_atomic(dir.path() / "boot-state",
+                          "mode=active\nmedia_label=COS_STATE\nmedia_device=/dev/vda4\nimage=/"
+                          "cOS/active/rootfs.img\n");
+  ResetRequest r;
+  r.boot_state = dir.path() / "boot-state";
+  r.media = dir.path() / "media";
+  try {
+    run_reset(r, {});
+    FAIL() << "reset ran on the active image";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("runs its active image"), std::string::npos) << e.what();
+  }
+  // Recovery, but its medium lacks the image: named, before any partition is looked for.
+  util::write_file_atomic(dir.path() / "boot-state",
+                          "mode=recovery\nmedia_label=COS_RECOVERY\nmedia_device=/dev/vda3\n"
+                          "image=/cOS/recovery/rootfs.img\n");
+  try {
+    run_reset(r, {});
+    FAIL() << "reset ran without a recovery image";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kNotFound);
+    EXPECT_NE(std::string(e.what()).find("media/cOS/recovery/rootfs.img"), std::string::npos)
         << e.what();
   }
 }
