@@ -66,8 +66,10 @@ std::vector<std::string> qemu_argv(const QemuOptions& options, const util::Path&
   }
   if (options.cpus > 1) argv.insert(argv.end(), {"-smp", std::to_string(options.cpus)});
   if (options.forward_port)
+    // cmd: starts socat for each connection (a chardev target would carry only one).
     argv.insert(argv.end(), {"-nic", fmt::format("user,model=virtio-net-pci,restrict=on,guestfwd="
-                                                 "tcp:10.0.2.100:5000-tcp:127.0.0.1:{}",
+                                                 "tcp:10.0.2.100:5000-cmd:socat - "
+                                                 "TCP:127.0.0.1:{}",
                                                  options.forward_port)});
   argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
   return argv;
@@ -112,6 +114,8 @@ Qemu::Qemu(const QemuOptions& options, const util::Path& work_dir)
     output_ = "";
   }
   util::write_file_atomic(work_dir / "qemu.cmdline", cmd + "\n");
+  live_log_ =
+      util::UniqueFd(::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   reader_ = std::thread([this] { read_serial(); });
 }
 
@@ -140,6 +144,8 @@ void Qemu::read_serial() {
       return;
     }
     output_.append(buf, static_cast<std::size_t>(n));
+    if (live_log_.valid() && ::write(live_log_.get(), buf, static_cast<std::size_t>(n)) < 0)
+      live_log_.reset();
     changed_.notify_all();
   }
 }

@@ -31,7 +31,7 @@ struct QemuOptions {
   unsigned memory_mib = 1536;
   unsigned cpus = 1;
   // With a port: a user-mode NIC, restricted (no host, no outside), whose only way out is
-  // 10.0.2.100:5000 forwarded to 127.0.0.1:<port> (a test registry, say).
+  // 10.0.2.100:5000 forwarded to 127.0.0.1:<port> (a test registry, say) through socat.
   int forward_port = 0;
   std::vector<std::string> extra_args;
 };
@@ -66,6 +66,7 @@ class Qemu {
   util::UniqueFd stdin_;
   util::UniqueFd stdout_;
   util::Path log_path_;
+  util::UniqueFd live_log_;  // serial.log as it is written, for watching a slow boot
   std::thread reader_;
   mutable std::mutex mutex_;
   std::condition_variable changed_;
