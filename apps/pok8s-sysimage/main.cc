@@ -15,9 +15,9 @@
 
 #include "pok8s/build/artifacts.h"
 #include "pok8s/convert/convert.h"
+#include "pok8s/image/disk_layout.h"
 #include "pok8s/oci/blob_store.h"
 #include "pok8s/oci/image.h"
-#include "pok8s/image/disk_layout.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/sha256.h"
 
@@ -93,13 +93,13 @@ int verify(const std::string& dir) {
   try {
     info = json::parse(util::read_file(info_file, 1u << 20));
   } catch (const json::exception& e) {
-    throw Error(ErrorKind::kFormat, fmt::format("Failed to read {}: {}", info_file.string(),
-                                                e.what()));
+    throw Error(ErrorKind::kFormat,
+                fmt::format("Failed to read {}: {}", info_file.string(), e.what()));
   }
   if (!info.contains("files") || !info["files"].is_array() || info["files"].size() != 3)
-    throw Error(ErrorKind::kFormat,
-                fmt::format("Failed to read {}: it does not list the three files",
-                            info_file.string()));
+    throw Error(
+        ErrorKind::kFormat,
+        fmt::format("Failed to read {}: it does not list the three files", info_file.string()));
   for (const auto& f : info["files"]) {
     std::string name = f.value("name", "");
     if (name != image::kRootfsFile && name != image::kKernelFile && name != image::kInitrdFile)
@@ -119,8 +119,9 @@ int verify(const std::string& dir) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"pok8s-sysimage: write a system image (rootfs.img, vmlinuz, initrd) from a pok8s "
-               "image, and verify one; run by pok8s-agent upgrade"};
+  CLI::App app{
+      "pok8s-sysimage: write a system image (rootfs.img, vmlinuz, initrd) from a pok8s "
+      "image, and verify one; run by pok8s-agent upgrade"};
   app.set_version_flag("--version", std::string("pok8s-sysimage ") + POK8S_VERSION);
   app.require_subcommand(1);
   Options o;
@@ -137,8 +138,8 @@ int main(int argc, char** argv) {
   write->add_option("--creds", o.creds, "Registry credentials USER:PASSWORD");
   write->add_option("--jobs", o.jobs, "Blobs transferred at once")->default_val(4);
   std::string verify_dir;
-  auto* check = app.add_subcommand("verify", "Read a written system image back against its " +
-                                                 std::string(kInfoFile));
+  auto* check = app.add_subcommand(
+      "verify", "Read a written system image back against its " + std::string(kInfoFile));
   check->add_option("DIR", verify_dir, "The directory `write` wrote")->required();
   try {
     app.parse(argc, argv);

@@ -423,9 +423,9 @@ SystemFiles write_system_files(const oci::ResolvedImage& image, oci::BlobStore& 
   SystemFiles files;
   files.kernel_version = boot_files.kernel_version;
   util::make_dirs(dir);
-  for (auto [from, name] : {std::pair{&rootfs, image::kRootfsFile},
-                            std::pair{&boot_files.kernel, image::kKernelFile},
-                            std::pair{&boot_files.initrd, image::kInitrdFile}}) {
+  for (auto [from, name] :
+       {std::pair{&rootfs, image::kRootfsFile}, std::pair{&boot_files.kernel, image::kKernelFile},
+        std::pair{&boot_files.initrd, image::kInitrdFile}}) {
     util::Path to = dir / name;
     b.log(fmt::format("Writing {}", to.string()));
     // A cache on the same file system gives its file away; elsewhere it is copied.

@@ -24,9 +24,9 @@ std::vector<std::pair<std::string, std::string>> parse_ldd(std::string_view ldd_
     if (arrow == "=>") {
       words >> path;
       if (path == "not" || path.empty() || path[0] != '/')
-        throw Error(ErrorKind::kNotFound,
-                    fmt::format("Failed to bundle {}: the host has no {} (ldd: {})", binary,
-                                first, line));
+        throw Error(
+            ErrorKind::kNotFound,
+            fmt::format("Failed to bundle {}: the host has no {} (ldd: {})", binary, first, line));
       libs.emplace_back(first, path);
     } else if (first[0] == '/') {
       // The dynamic loader, named by its absolute path.

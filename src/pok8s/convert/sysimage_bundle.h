@@ -13,8 +13,8 @@
 namespace pok8s::convert {
 
 struct BundledFile {
-  std::string path;    // in the image, relative: "usr/lib/pok8s/sysimage/lib/libz.so.1"
-  util::Path source;   // on the host
+  std::string path;   // in the image, relative: "usr/lib/pok8s/sysimage/lib/libz.so.1"
+  util::Path source;  // on the host
 };
 
 // The bundle for `binary`: the binary itself, then its libraries by soname, then the loader.

@@ -173,7 +173,6 @@ std::string first_holder(const util::Path& holders_dir) {
   return "";
 }
 
-
 // Copies directories and regular files below `from` into `to` (made if missing). The medium
 // holds nothing else; anything else is refused rather than skipped.
 void copy_tree(const util::Path& from, const util::Path& to) {

@@ -21,11 +21,14 @@ using util::UniqueFd;
 WorkDir::WorkDir(const util::Path& parent, const std::string& prefix) {
   util::make_dirs(parent);
   std::string templ = (parent / (prefix + ".XXXXXX")).string();
-  if (!::mkdtemp(templ.data())) throw_errno("Failed to create a directory in " + parent.string(), errno);
+  if (!::mkdtemp(templ.data()))
+    throw_errno("Failed to create a directory in " + parent.string(), errno);
   path_ = templ;
 }
 
-WorkDir::~WorkDir() { ::rmdir(path_.c_str()); }
+WorkDir::~WorkDir() {
+  ::rmdir(path_.c_str());
+}
 
 Mounted::Mounted(const util::Path& device, const char* fstype, const util::Path& dir) : dir_(dir) {
   if (::mkdir(dir.c_str(), 0700) != 0) throw_errno("Failed to create " + dir.string(), errno);
@@ -86,7 +89,8 @@ void copy_file(const util::Path& from, const util::Path& to, unsigned mode) {
       throw Error(ErrorKind::kIo, fmt::format("Failed to copy {}: it ended early", from.string()));
     left -= static_cast<std::uint64_t>(n);
   }
-  if (::fchmod(out.get(), mode) != 0) throw_errno("Failed to set the mode of " + to.string(), errno);
+  if (::fchmod(out.get(), mode) != 0)
+    throw_errno("Failed to set the mode of " + to.string(), errno);
   if (::fsync(out.get()) != 0) throw_errno("Failed to write " + to.string(), errno);
 }
 

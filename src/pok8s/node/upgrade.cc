@@ -59,8 +59,7 @@ class WritableImages {
   WritableImages(const BootState& state, std::string_view label) : label_(label) {
     if (state.media_label == label) {
       dir_ = std::string(kMediaMount);
-      if (::mount(nullptr, dir_.c_str(), nullptr, MS_REMOUNT | MS_NOSUID | MS_NODEV, nullptr) !=
-          0)
+      if (::mount(nullptr, dir_.c_str(), nullptr, MS_REMOUNT | MS_NOSUID | MS_NODEV, nullptr) != 0)
         throw_errno(fmt::format("Failed to make {} ({}) writable", dir_.string(), label), errno);
       remounted_ = true;
       return;
@@ -177,8 +176,8 @@ UpgradeResult upgrade_system(const UpgradeOptions& o) {
   auto log = [&](const std::string& line) {
     if (o.log) o.log(line);
   };
-  BootState state = parse_boot_state(util::read_file(o.boot_state_file, 1u << 16),
-                                     o.boot_state_file.string());
+  BootState state =
+      parse_boot_state(util::read_file(o.boot_state_file, 1u << 16), o.boot_state_file.string());
   if (state.mode == BootMode::kLive)
     throw Error(ErrorKind::kUnsupported,
                 fmt::format("Failed to upgrade: this system runs live from {}; install it first "
@@ -201,8 +200,8 @@ UpgradeResult upgrade_system(const UpgradeOptions& o) {
   if (present(cache)) util::remove_tree(cache);
 
   log(fmt::format("Writing {} to {} on {}", o.source, partial.string(), label));
-  std::vector<std::string> args = {"write", o.source, "--output", partial.string(), "--cache",
-                                   cache.string()};
+  std::vector<std::string> args = {"write",          o.source,  "--output",
+                                   partial.string(), "--cache", cache.string()};
   if (!o.tls_verify) args.insert(args.end(), {"--tls-verify", "false"});
   if (!o.authfile.empty()) args.insert(args.end(), {"--authfile", o.authfile});
   if (!o.creds.empty()) args.insert(args.end(), {"--creds", o.creds});

@@ -42,8 +42,8 @@ struct UpgradeOptions {
 };
 
 struct UpgradeResult {
-  std::string target;          // "active" or "recovery"
-  nlohmann::json image;        // the new image's image.json
+  std::string target;             // "active" or "recovery"
+  nlohmann::json image;           // the new image's image.json
   bool passive_replaced = false;  // the old active became passive
 };
 

@@ -118,8 +118,7 @@ TEST(Upgrade, ALiveSystemIsRefusedBeforeAnythingIsTouched) {
     FAIL() << "a live system was upgraded";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
-    EXPECT_NE(std::string(e.what()).find("runs live from /dev/sr0"), std::string::npos)
-        << e.what();
+    EXPECT_NE(std::string(e.what()).find("runs live from /dev/sr0"), std::string::npos) << e.what();
   }
 }
 
