@@ -244,17 +244,15 @@ int upgrade_command(UpgradeArgs& a) {
   print_stage_summary("after-upgrade", node::run_stage("after-upgrade", configs, stage_context));
   std::string version = r.image.value("version", "");
   if (a.json) {
-    nlohmann::json j = {{"target", r.target},
-                        {"image", r.image},
-                        {"passiveReplaced", r.passive_replaced}};
+    nlohmann::json j = {
+        {"target", r.target}, {"image", r.image}, {"passiveReplaced", r.passive_replaced}};
     std::printf("%s\n", j.dump(2).c_str());
   } else {
-    std::printf("%s",
-                fmt::format("upgraded the {} image to {} ({}, {}){}; reboot to use it\n", r.target,
-                            version.empty() ? "an unversioned image" : version,
-                            r.image.value("source", ""), r.image.value("digest", ""),
-                            r.passive_replaced ? "; the previous one is now passive" : "")
-                    .c_str());
+    std::printf("%s", fmt::format("upgraded the {} image to {} ({}, {}){}; reboot to use it\n",
+                                  r.target, version.empty() ? "an unversioned image" : version,
+                                  r.image.value("source", ""), r.image.value("digest", ""),
+                                  r.passive_replaced ? "; the previous one is now passive" : "")
+                          .c_str());
   }
   return kExitOk;
 }
@@ -329,6 +327,27 @@ int reset_command(const ResetArgs& a) {
                        : a.poweroff ? node::AfterInstall::kPowerOff
                                     : node::AfterInstall::kNothing);
   return outcome.before_reset.ok() && outcome.after_reset.ok() ? kExitOk : kExitStepFailed;
+}
+
+int expand_command(bool reboot) {
+  using namespace pok8s;
+  node::ExpandRequest request;
+  request.log = [](std::string_view line) {
+    std::fprintf(stderr, "%.*s\n", static_cast<int>(line.size()), line.data());
+  };
+  if (!node::expand_disk(request)) {
+    std::printf(
+        "nothing to expand: this system does not run a self-expanding disk's first "
+        "boot\n");
+    return kExitOk;
+  }
+  std::printf(
+      "expanded the disk: COS_STATE and COS_PERSISTENT made, active and passive "
+      "written%s\n",
+      reboot ? "; rebooting into active" : "; reboot to boot active");
+  std::fflush(stdout);
+  if (reboot) node::finish_install(node::AfterInstall::kReboot);
+  return kExitOk;
 }
 
 int install_command(const InstallArgs& a) {
@@ -469,9 +488,10 @@ int main(int argc, char** argv) {
   auto* upgrade = app.add_subcommand(
       "upgrade", "Install a new active (or recovery) image from an image source; reboot to use it");
   UpgradeArgs upgrade_args;
-  upgrade->add_option("--source", upgrade_args.options.source,
-                      "The new image: docker://REGISTRY/REPO:TAG, oci:DIR[:TAG], "
-                      "oci-archive:FILE")
+  upgrade
+      ->add_option("--source", upgrade_args.options.source,
+                   "The new image: docker://REGISTRY/REPO:TAG, oci:DIR[:TAG], "
+                   "oci-archive:FILE")
       ->required();
   upgrade->add_flag("--recovery", upgrade_args.options.recovery,
                     "Replace the recovery image instead of the active one");
@@ -488,9 +508,10 @@ int main(int argc, char** argv) {
   upgrade->add_option("--sysimage-dir", upgrade_args.options.sysimage_dir)->group("");
   upgrade->callback([&] { run = [&] { return upgrade_command(upgrade_args); }; });
 
-  auto* reset = app.add_subcommand(
-      "reset", "From the recovery image: rewrite active and passive from it and wipe "
-               "COS_PERSISTENT");
+  auto* reset =
+      app.add_subcommand("reset",
+                         "From the recovery image: rewrite active and passive from it and wipe "
+                         "COS_PERSISTENT");
   ResetArgs reset_args;
   reset->add_flag("--keep-persistent", reset_args.keep_persistent,
                   "Keep COS_PERSISTENT's data (/home, /etc/ssh, /var/lib/…)");
@@ -499,6 +520,14 @@ int main(int argc, char** argv) {
   auto* reset_reboot = reset->add_flag("--reboot", reset_args.reboot, "Reboot when done");
   reset->add_flag("--poweroff", reset_args.poweroff, "Power off when done")->excludes(reset_reboot);
   reset->callback([&] { run = [&] { return reset_command(reset_args); }; });
+
+  auto* expand =
+      app.add_subcommand("expand",
+                         "On a self-expanding disk's first boot (recovery): make COS_STATE and "
+                         "COS_PERSISTENT to fill the disk and write active and passive");
+  bool expand_reboot = false;
+  expand->add_flag("--reboot", expand_reboot, "Reboot into active when done");
+  expand->callback([&] { run = [&] { return expand_command(expand_reboot); }; });
 
   try {
     app.parse(argc, argv);

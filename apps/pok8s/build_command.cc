@@ -19,6 +19,7 @@ struct BuildFlags {
   std::string spec;  // -f: a build spec instead of SRC and the flags
   std::vector<std::string> artifacts = {"iso"};
   std::string disk_size;
+  bool expandable = false;
   std::string output;
   std::string config;
   std::string compression = "zstd";
@@ -35,6 +36,7 @@ int run_build(const GlobalOptions& g, const std::string& src, const BuildFlags& 
   build::BuildOptions options;
   options.kinds = b.artifacts;
   if (!b.disk_size.empty()) options.disk.size = parse_size(b.disk_size, "--disk-size");
+  options.disk.expandable = b.expandable;
   options.output_dir = b.output;
   if (!b.config.empty()) options.cloud_config = util::Path(b.config);
   options.compression = image::parse_squashfs_compression(b.compression);
@@ -149,6 +151,9 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
   cmd->add_option("--disk-size", b->disk_size,
                   "Size of raw/qcow2/vhd disks, like 8G or 6000M (default: what the layout "
                   "needs plus 1 GiB of COS_PERSISTENT)");
+  cmd->add_flag("--expandable", b->expandable,
+                "Disks with only COS_GRUB, COS_OEM and COS_RECOVERY: the first boot (recovery) "
+                "makes COS_STATE and COS_PERSISTENT to fill the disk, then boots active");
   cmd->add_option("-o,--output", b->output, "Directory that receives the artifacts")->required();
   cmd->add_option("--config", b->config,
                   "A #cloud-config file: /config.yaml on the ISO, /oem/90_custom.yaml on disks");
@@ -163,9 +168,9 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
     if (!b->spec.empty()) {
       // The spec says everything the flags would; both at once would leave one of them unused.
       for (const char* flag :
-           {"--artifact", "--disk-size", "--config", "--compression", "--compression-level",
-            "--version", "--variant", "--k8s", "--k8s-version", "--k8s-binary", "--k8s-sha256",
-            "--model", "--arch", "--packages"})
+           {"--artifact", "--disk-size", "--expandable", "--config", "--compression",
+            "--compression-level", "--version", "--variant", "--k8s", "--k8s-version",
+            "--k8s-binary", "--k8s-sha256", "--model", "--arch", "--packages"})
         if (cmd->count(flag) > 0)
           throw CLI::ValidationError(flag, "comes from the build spec given with -f");
       run = [&g, b, c, t] { return run_spec_build(g, *b, *c, *t); };

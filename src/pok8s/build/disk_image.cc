@@ -76,9 +76,11 @@ void pin_directories(const util::Path& root, std::int64_t timestamp) {
 
 // GRUB's environment block with boot assessment's starting values, written by GRUB's own
 // grub-editenv (the host's grub-common) so its format is GRUB's.
-void write_grubenv(const util::Path& path, int boot_tries) {
+void write_grubenv(const util::Path& path, int boot_tries, bool recovery_first = false) {
   std::vector<std::string> set = {"grub-editenv", path.string(), "set"};
   std::string vars = boot::initial_grubenv_vars(boot_tries);
+  // A self-expanding disk has no COS_STATE yet: its first boot is the recovery image's.
+  if (recovery_first) vars.replace(0, vars.find('\n'), "pok8s_entry=recovery");
   for (std::size_t start = 0; start < vars.size();) {
     std::size_t end = vars.find('\n', start);
     set.push_back(vars.substr(start, end - start));
@@ -151,19 +153,19 @@ void pin_vhd_footer(const util::Path& vhd, std::int64_t timestamp, std::string_v
 }  // namespace
 
 image::GptLayout plan_disk_image(const DiskContents& c, const DiskImageOptions& options) {
-  if (options.expandable)
-    throw Error(ErrorKind::kUnsupported,
-                "Failed to write the disk image: the self-expanding layout is not built yet");
   const std::uint64_t image_size = size_of(c.rootfs) + size_of(c.kernel) + size_of(c.initrd);
   image::DiskLayoutOptions layout_options;
   layout_options.image_size = image_size;
   layout_options.seed = c.seed;
   layout_options.disk_size = options.size;
+  layout_options.expandable = options.expandable;
   if (layout_options.disk_size == 0)
     layout_options.disk_size =
         (2 + image::kDefaultGrubMiB + image::kDefaultOemMiB +
          image::partition_mib_for_images(image_size, 1) +
-         image::partition_mib_for_images(image_size, 3) + kDefaultPersistentMiB) *
+         (options.expandable
+              ? 0
+              : image::partition_mib_for_images(image_size, 3) + kDefaultPersistentMiB)) *
         image::kMiB;
   boot::initial_grubenv_vars(options.boot_tries);  // checks the count
   return image::plan_disk(layout_options);
@@ -189,16 +191,25 @@ void write_disk_image(const DiskContents& c, const DiskImageOptions& options,
   util::Path oem = scratch / "oem";
   util::Path recovery = scratch / "recovery";
   util::Path state = scratch / "state";
-  stage_file(install.grubenv, oem / image::kGrubEnvFile, false, c.timestamp);
+  if (options.expandable) {
+    util::Path env = scratch / "expandable.grubenv";
+    write_grubenv(env, options.boot_tries, true);
+    stage_file(env, oem / image::kGrubEnvFile, false, c.timestamp);
+  } else {
+    stage_file(install.grubenv, oem / image::kGrubEnvFile, false, c.timestamp);
+  }
   if (c.cloud_config) {
     // It may hold passwords and tokens: readable by root only.
     util::write_file_atomic(oem / kOemConfigName, *c.cloud_config, 0600);
     set_time(oem / kOemConfigName, c.timestamp);
   }
   stage_system_image(c, recovery, "recovery", true);
-  stage_system_image(c, state, "active", true);
-  stage_system_image(c, state, "passive", false);  // a file of its own: upgrades rename them
-  for (const auto& tree : {oem, recovery, state}) pin_directories(tree, c.timestamp);
+  if (!options.expandable) {
+    stage_system_image(c, state, "active", true);
+    stage_system_image(c, state, "passive", false);  // a file of its own: upgrades rename them
+  }
+  for (const auto& tree : {oem, recovery, state})
+    if (!options.expandable || tree != state) pin_directories(tree, c.timestamp);
 
   util::TempFile disk(out);
   auto extents = image::write_gpt(disk.path(), layout);
@@ -208,8 +219,10 @@ void write_disk_image(const DiskContents& c, const DiskImageOptions& options,
       image::kGrubLabel, c.timestamp, disk.path(), esp.offset, esp.size);
   make_ext4(disk.path(), extents, image::kOemLabel, oem, c);
   make_ext4(disk.path(), extents, image::kRecoveryLabel, recovery, c);
-  make_ext4(disk.path(), extents, image::kStateLabel, state, c);
-  make_ext4(disk.path(), extents, image::kPersistentLabel, {}, c);
+  if (!options.expandable) {
+    make_ext4(disk.path(), extents, image::kStateLabel, state, c);
+    make_ext4(disk.path(), extents, image::kPersistentLabel, {}, c);
+  }
   disk.commit();
 }
 

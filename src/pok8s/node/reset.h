@@ -36,4 +36,22 @@ struct ResetOutcome {
 // COS_STATE (and COS_PERSISTENT when it is to be wiped) are found and not mounted.
 ResetOutcome run_reset(const ResetRequest& request, std::span<const config::CloudConfig> configs);
 
+struct ExpandRequest {
+  util::Path media = std::string(kMediaMount);  // COS_RECOVERY, mounted by pok8s-init
+  util::Path boot_state = std::string(kBootStateFile);
+  util::Path grubenv = std::string(kOemGrubEnvFile);
+  util::Path work_dir = "/run/pok8s";
+  util::Path sys_class_block = "/sys/class/block";
+  util::Path dev = "/dev";
+  std::function<void(std::string_view)> log;
+};
+
+// The first boot of a self-expanding disk (pok8s build --expandable), from its recovery image:
+// appends COS_STATE (room for three images) and COS_PERSISTENT (the rest of the disk, which
+// may have grown since the image was written) to the disk holding COS_RECOVERY, formats them
+// and writes active and passive from the recovery image. False, and nothing done, when the
+// system does not run its recovery image or COS_STATE exists. A disk without room for both is
+// refused, naming the sizes, before anything is written.
+bool expand_disk(const ExpandRequest& request);
+
 }  // namespace pok8s::node
