@@ -186,6 +186,76 @@ std::vector<MountStep> persistent_mounts() {
   return steps;
 }
 
+LayoutPaths parse_layout_env(std::string_view text) {
+  LayoutPaths out;
+  auto covered = [&](std::string_view dir) {
+    for (std::string_view p : kPersistentDirs)
+      if (dir == p || dir.starts_with(std::string(p) + "/") ||
+          p.starts_with(std::string(dir) + "/"))
+        return true;
+    return false;
+  };
+  std::size_t start = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string_view::npos) end = text.size();
+    std::string_view line = text.substr(start, end - start);
+    start = end + 1;
+    auto eq = line.find('=');
+    if (eq == std::string_view::npos) continue;
+    std::string_view key = line.substr(0, eq);
+    if (key.starts_with("export ")) key.remove_prefix(7);
+    if (key != "CUSTOM_BIND_MOUNTS" && key != "PERSISTENT_STATE_PATHS") continue;
+    std::string_view value = line.substr(eq + 1);
+    if (value.size() >= 2 && (value.front() == '"' || value.front() == '\'') &&
+        value.back() == value.front())
+      value = value.substr(1, value.size() - 2);
+    std::size_t at = 0;
+    while (at < value.size()) {
+      std::size_t next = value.find_first_of(" \t", at);
+      if (next == std::string_view::npos) next = value.size();
+      std::string path(value.substr(at, next - at));
+      at = next + 1;
+      if (path.empty()) continue;
+      while (path.size() > 1 && path.back() == '/') path.pop_back();
+      auto refuse = [&](std::string_view why) {
+        out.refused.push_back(fmt::format("{}: {}", path, why));
+      };
+      if (path.front() != '/') {
+        refuse("not an absolute path");
+        continue;
+      }
+      std::string dir = path.substr(1);
+      bool bad_part = dir.empty();
+      for (std::size_t p = 0; p <= dir.size() && !bad_part;) {
+        std::size_t q = dir.find('/', p);
+        if (q == std::string::npos) q = dir.size();
+        std::string_view part(dir.data() + p, q - p);
+        if (part.empty() || part == "." || part == "..") bad_part = true;
+        p = q + 1;
+      }
+      if (bad_part) {
+        refuse("/, empty, . and .. parts are not allowed");
+        continue;
+      }
+      bool system = false;
+      for (std::string_view top : {"proc", "sys", "dev", "run", "tmp", "oem"})
+        if (dir == top || dir.starts_with(std::string(top) + "/")) system = true;
+      if (system || dir == "etc" || dir == "var" || dir == "usr") {
+        refuse("a system directory");
+        continue;
+      }
+      if (covered(dir)) {
+        refuse("in or above a path that is already persistent");
+        continue;
+      }
+      if (std::find(out.dirs.begin(), out.dirs.end(), dir) == out.dirs.end())
+        out.dirs.push_back(dir);
+    }
+  }
+  return out;
+}
+
 std::string boot_state_text(const BootState& state) {
   // Values come from the command line and /sys: one line each, whatever they hold.
   auto one_line = [](std::string v) {
@@ -524,10 +594,13 @@ void copy_tree(const std::string& from, const std::string& to) {
 
 // A persistent directory's state on COS_PERSISTENT, made on the first boot from what the image
 // has there (so /etc/ssh keeps its ssh_config), complete or not at all.
-void seed_persistent_dir(std::string_view dir, const Console& console) {
-  std::string state = fmt::format("{}/{}", kPersistentMount, persistent_state_dir(dir));
+// `persistent` is where COS_PERSISTENT is mounted as pok8s-init sees it: kPersistentMount, or
+// below /sysroot once /run has moved there.
+void seed_persistent_dir(std::string_view dir, const Console& console,
+                         std::string_view persistent = kPersistentMount) {
+  std::string state = fmt::format("{}/{}", persistent, persistent_state_dir(dir));
   if (is_dir(state)) return;
-  util::make_dirs(fmt::format("{}/.state", kPersistentMount));
+  util::make_dirs(fmt::format("{}/.state", persistent));
   std::string partial = state + ".partial";
   std::error_code ec;
   std::filesystem::remove_all(partial, ec);  // left by a boot that stopped halfway
@@ -589,6 +662,37 @@ void mount_installed_system(const BootOptions& options, BootState& state, const 
     }
     seed_persistent_dir(kPersistentDirs[i], console);
     do_mount(binds[i], console);
+  }
+}
+
+// After the rootfs stage (/run is in /sysroot by then): the paths of kLayoutEnvFile, bind-mounted
+// from COS_PERSISTENT like the built-in ones.
+void mount_layout_paths(const Console& console) {
+  std::string env_file = sysroot_path(kLayoutEnvFile.substr(1));
+  if (::access(env_file.c_str(), R_OK) != 0) return;
+  LayoutPaths paths = parse_layout_env(read_to_end(env_file, 1 << 16));
+  for (const auto& why : paths.refused)
+    console.say(fmt::format("{}: not kept across reboots: {}", kLayoutEnvFile, why));
+  std::string persistent = sysroot_path(kPersistentMount.substr(1));
+  for (const auto& dir : paths.dirs) {
+    std::string target = sysroot_path(dir);
+    try {
+      util::make_dirs(target);
+    } catch (const Error& e) {
+      console.say(
+          fmt::format("/{} is not kept across reboots: cannot make it ({})", dir, e.what()));
+      continue;
+    }
+    seed_persistent_dir(dir, console, persistent);
+    do_mount({fmt::format("the persistent /{} ({})", dir, kLayoutEnvFile),
+              fmt::format("{}/{}", persistent, persistent_state_dir(dir)),
+              target,
+              "none",
+              MS_BIND,
+              "",
+              {},
+              ""},
+             console);
   }
 }
 
@@ -691,6 +795,8 @@ void boot(BootOptions& options, Console& console) {
                         stage, status));
     }
   }
+
+  if (!state.persistent_device.empty()) mount_layout_paths(console);
 
   if (!image_has_executable(options.init))
     throw Error(ErrorKind::kNotFound,

@@ -91,6 +91,21 @@ std::string persistent_state_dir(std::string_view dir);
 // each of kPersistentDirs from its state directory onto /sysroot.
 std::vector<MountStep> persistent_mounts();
 
+// Paths a cloud-config adds to the persistent ones, the Kairos way: a `rootfs` stage step writes
+// CUSTOM_BIND_MOUNTS (or PERSISTENT_STATE_PATHS) — space-separated absolute paths — to
+// kLayoutEnvFile with `environment_file`/`environment`. pok8s-init reads the file after the
+// rootfs stage and bind-mounts each new path from COS_PERSISTENT like the built-in ones.
+inline constexpr std::string_view kLayoutEnvFile = "/run/cos/cos-layout.env";
+
+struct LayoutPaths {
+  std::vector<std::string> dirs;     // relative to /, like kPersistentDirs; no duplicates
+  std::vector<std::string> refused;  // "PATH: why", for the console
+};
+// Reads the text of kLayoutEnvFile ("KEY=value" or KEY="value" lines; other keys ignored).
+// Refused: relative paths, "." or ".." components, /, and paths in or above /proc, /sys, /dev,
+// /run, /tmp, /oem or a built-in persistent path.
+LayoutPaths parse_layout_env(std::string_view text);
+
 // What the running system learns about its boot, in kBootStateFile.
 struct BootState {
   BootMode mode = BootMode::kLive;

@@ -166,3 +166,32 @@ TEST_F(MediaLabel, ListsBlockDevicesButNotRamDisksOrLoopDevices) {
             (std::vector<util::Path>{"/dev/sr0", "/dev/vda", "/dev/vda1"}));
   EXPECT_TRUE(block_devices(path("no-sys")).empty());
 }
+
+namespace {
+
+TEST(LayoutEnv, CustomBindMountsAreAddedTheWayKairosWritesThem) {
+  auto paths = pok8s::node::parse_layout_env(
+      "PERSISTENT_STATE_BIND=\"true\"\n"
+      "CUSTOM_BIND_MOUNTS=\"/var/lib/foo /srv/data/\"\n"
+      "export PERSISTENT_STATE_PATHS='/var/lib/foo /var/lib/longhorn/x /data'\n"
+      "OTHER=/ignored\n");
+  EXPECT_EQ(paths.dirs, (std::vector<std::string>{"var/lib/foo", "srv/data", "data"}));
+  ASSERT_EQ(paths.refused.size(), 1u);
+  EXPECT_EQ(paths.refused[0], "/var/lib/longhorn/x: in or above a path that is already persistent");
+}
+
+TEST(LayoutEnv, SystemAndMalformedPathsAreRefusedNamingThePath) {
+  auto paths = pok8s::node::parse_layout_env(
+      "CUSTOM_BIND_MOUNTS=relative /proc/x /run /var /var/../etc / /var/lib /ok\n");
+  EXPECT_EQ(paths.dirs, (std::vector<std::string>{"ok"}));
+  std::vector<std::string> expected = {"relative: not an absolute path",
+                                       "/proc/x: a system directory",
+                                       "/run: a system directory",
+                                       "/var: a system directory",
+                                       "/var/../etc: /, empty, . and .. parts are not allowed",
+                                       "/: /, empty, . and .. parts are not allowed",
+                                       "/var/lib: in or above a path that is already persistent"};
+  EXPECT_EQ(paths.refused, expected);
+}
+
+}  // namespace
