@@ -34,6 +34,11 @@ k3s:
   args: [--disable=traefik]
   env: {K3S_NODE_NAME: e2e-node}
 stages:
+  rootfs:
+    - name: e2e persistent path added the Kairos way
+      environment_file: /run/cos/cos-layout.env
+      environment:
+        CUSTOM_BIND_MOUNTS: /var/lib/e2e-extra
   boot.after:
     - name: e2e kubernetes probe (after the default stage that starts k3s)
       commands:
@@ -44,7 +49,8 @@ stages:
     - name: e2e disk probe
       commands:
         - |
-          if grep -q '^mode=recovery' /run/pok8s/boot-state; then
+          if grep -q '^mode=recovery' /run/pok8s/boot-state && [ -f /oem/e2e-reset ]; then
+            rm /oem/e2e-reset
             out=$(pok8s-agent reset 2>&1); rc=$?
             echo "POK8S-RESET rc=$rc $(echo "$out" | tail -1)" > /dev/ttyS0
           fi
@@ -54,10 +60,12 @@ stages:
           ssh=$(cat /etc/ssh/e2e 2>/dev/null || echo none)
           motd=$(grep -c pok8s-e2e /etc/motd 2>/dev/null)
           oem=no; [ -f /oem/90_custom.yaml ] && oem=yes
-          echo "POK8S-DISK root=$r version=$VERSION home=$home ssh=$ssh motd=$motd oem=$oem" > /dev/ttyS0
+          extra=$(cat /var/lib/e2e-extra/f 2>/dev/null || echo none)
+          echo "POK8S-DISK root=$r version=$VERSION home=$home ssh=$ssh motd=$motd oem=$oem extra=$extra" > /dev/ttyS0
           echo "POK8S-STATUS $(pok8s-agent status --json | tr -d '\n')" > /dev/ttyS0
           echo written > /home/e2e
           echo written > /etc/ssh/e2e
+          mkdir -p /var/lib/e2e-extra && echo written > /var/lib/e2e-extra/f
           echo pok8s-e2e >> /etc/motd
           sync
           # Power off once pok8s-booted.service has counted this boot as good.
@@ -131,7 +139,8 @@ TEST_F(DiskImage, RawBootsActiveReadOnlyAndKeepsOnlyPersistentPaths) {
   util::Path disk = work_->path() / "boot.raw";
   fs::copy_file(artifact("raw"), disk);
   Probe first = boot(disk);
-  EXPECT_EQ(first.line, "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes");
+  EXPECT_EQ(first.line,
+            "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes extra=none");
   ASSERT_TRUE(first.status.is_object()) << first.line;
   EXPECT_EQ(first.status["mode"], "active");
   EXPECT_EQ(first.status["entry"], "active");
@@ -143,8 +152,9 @@ TEST_F(DiskImage, RawBootsActiveReadOnlyAndKeepsOnlyPersistentPaths) {
 
   // /home and /etc/ssh come from COS_PERSISTENT; /etc/motd was in the tmpfs overlay.
   Probe second = boot(disk);
-  EXPECT_EQ(second.line,
-            "POK8S-DISK root=ro version=v0.1.0 home=written ssh=written motd=0 oem=yes");
+  EXPECT_EQ(
+      second.line,
+      "POK8S-DISK root=ro version=v0.1.0 home=written ssh=written motd=0 oem=yes extra=written");
   ASSERT_TRUE(second.status.is_object()) << second.line;
   EXPECT_EQ(second.status["mode"], "active");
   // GRUB took one try for this boot; the first boot gave its own back (pok8s-agent mark-booted).
@@ -198,15 +208,22 @@ TEST_F(DiskImage, ResetFromRecoveryRestoresActiveAndWipesPersistent) {
   fs::copy_file(artifact("raw"), disk);
   EXPECT_EQ(boot(disk).line.rfind("POK8S-DISK root=ro version=v0.1.0 home=none", 0), 0u);
   // The active image is broken; GRUB is told to boot recovery.
-  break_active_and_set_grubenv(disk, {"pok8s_entry=recovery", "pok8s_tries=3",
-                                      "pok8s_max_tries=3", "pok8s_fallback="});
+  break_active_and_set_grubenv(
+      disk, {"pok8s_entry=recovery", "pok8s_tries=3", "pok8s_max_tries=3", "pok8s_fallback="});
+  {
+    util::TempDir dir = util::TempDir::scratch();
+    util::write_file_atomic(dir.path() / "marker", "reset\n");
+    debugfs(disk, "COS_OEM",
+            fmt::format("write {} /e2e-reset\n", (dir.path() / "marker").string()));
+  }
   Probe recovery = boot(disk);
   ASSERT_TRUE(recovery.status.is_object()) << recovery.line;
   EXPECT_EQ(recovery.status["mode"], "recovery") << recovery.status.dump();
   EXPECT_EQ(recovery.reset.rfind("POK8S-RESET rc=0 ", 0), 0u) << recovery.reset;
   // Active boots again, and what COS_PERSISTENT held (/home/e2e of the first boot) is gone.
   Probe after = boot(disk);
-  EXPECT_EQ(after.line, "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes");
+  EXPECT_EQ(after.line,
+            "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes extra=none");
   ASSERT_TRUE(after.status.is_object()) << after.line;
   EXPECT_EQ(after.status["mode"], "active") << after.status.dump();
   EXPECT_EQ(after.status["fallback"], nullptr) << after.status.dump();
@@ -217,8 +234,8 @@ TEST_F(DiskImage, AnActiveImageThatDoesNotBootFallsBackToPassive) {
   fs::copy_file(artifact("raw"), disk);
   // The active image becomes garbage; boot assessment allows one try (instead of three, to keep
   // the test short).
-  break_active_and_set_grubenv(disk, {"pok8s_entry=active", "pok8s_tries=1",
-                                      "pok8s_max_tries=1", "pok8s_fallback="});
+  break_active_and_set_grubenv(
+      disk, {"pok8s_entry=active", "pok8s_tries=1", "pok8s_max_tries=1", "pok8s_fallback="});
 
   {
     // The first boot takes active's only try and fails in the initramfs, then reboots.
@@ -243,16 +260,68 @@ TEST_F(DiskImage, AnActiveImageThatDoesNotBootFallsBackToPassive) {
       << p.status.dump();
 }
 
+TEST_F(DiskImage, ASelfExpandingDiskGrowsToFillItsDiskOnTheFirstBoot) {
+  util::Path w = work_->path();
+  auto r = run_pok8s((w / "cache").string(),
+                     {"build", layout_ + ":" + kTag, "--artifact", "raw", "--expandable", "-o",
+                      (w / "expandable").string(), "--config", (w / "cloud.yaml").string()});
+  ASSERT_EQ(r.status, 0) << r.output;
+  util::Path built = w / "expandable" / (std::string(kBase) + ".raw");
+  auto names = [](const util::Path& disk) {
+    auto r = util::run_process({"sfdisk", "--json", disk.string()});
+    EXPECT_EQ(r.status, 0) << r.output;
+    std::vector<std::string> out;
+    for (const auto& p : nlohmann::json::parse(r.output)["partitiontable"]["partitions"])
+      out.push_back(p["name"]);
+    return out;
+  };
+  EXPECT_EQ(names(built), (std::vector<std::string>{"COS_GRUB", "COS_OEM", "COS_RECOVERY"}));
+  EXPECT_LT(fs::file_size(built), fs::file_size(artifact("raw")));
+
+  // The disk it is written to is bigger than the image: 6 GiB.
+  util::Path disk = w / "expanding.raw";
+  fs::copy_file(built, disk);
+  fs::resize_file(disk, 6ull << 30);
+  {
+    util::TempDir vm_dir = util::TempDir::scratch("/var/tmp");
+    QemuOptions options;
+    options.firmware = Firmware::kUefi;
+    options.disks.push_back(disk);
+    Qemu vm(options, vm_dir.path());
+    // Recovery boots, expands the disk and reboots (which ends QEMU here).
+    EXPECT_TRUE(vm.wait_exit(boot_timeout(std::chrono::seconds(900)))) << vm.tail(60);
+  }
+  EXPECT_EQ(names(disk), (std::vector<std::string>{"COS_GRUB", "COS_OEM", "COS_RECOVERY",
+                                                   "COS_STATE", "COS_PERSISTENT"}));
+  auto table = nlohmann::json::parse(util::run_process({"sfdisk", "--json", disk.string()}).output);
+  const auto& last = table["partitiontable"]["partitions"].back();
+  std::uint64_t end =
+      (last["start"].get<std::uint64_t>() + last["size"].get<std::uint64_t>()) * 512;
+  EXPECT_GT(end, (6ull << 30) - (2u << 20)) << table.dump();  // COS_PERSISTENT fills the disk
+
+  Probe p = boot(disk);
+  EXPECT_EQ(p.line,
+            "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes extra=none");
+  ASSERT_TRUE(p.status.is_object()) << p.line;
+  EXPECT_EQ(p.status["mode"], "active") << p.status.dump();
+  // And what it writes to /home now persists.
+  EXPECT_EQ(
+      boot(disk).line,
+      "POK8S-DISK root=ro version=v0.1.0 home=written ssh=written motd=0 oem=yes extra=written");
+}
+
 TEST_F(DiskImage, Qcow2Boots) {
   util::Path disk = work_->path() / "boot.qcow2";
   fs::copy_file(artifact("qcow2"), disk);
-  EXPECT_EQ(boot(disk).line, "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes");
+  EXPECT_EQ(boot(disk).line,
+            "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes extra=none");
 }
 
 TEST_F(DiskImage, VhdBoots) {
   util::Path disk = work_->path() / "boot.vhd";
   fs::copy_file(artifact("vhd"), disk);
-  EXPECT_EQ(boot(disk).line, "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes");
+  EXPECT_EQ(boot(disk).line,
+            "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes extra=none");
 }
 
 TEST_F(DiskImage, ManifestListsEveryDisk) {
