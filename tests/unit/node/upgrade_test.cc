@@ -156,3 +156,39 @@ TEST(Reset, OnlyTheRecoveryImageResetsAndNothingIsTouchedOtherwise) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Expand, NothingHappensOutsideTheRecoveryImage) {
+  util::TempDir dir = util::TempDir::scratch();
+  util::write_file_atomic(dir.path() / "boot-state",
+                          "mode=active\nmedia_label=COS_STATE\nmedia_device=/dev/vda4\nimage=/"
+                          "cOS/active/rootfs.img\n");
+  ExpandRequest r;
+  r.boot_state = dir.path() / "boot-state";
+  r.sys_class_block = dir.path() / "sys";
+  r.dev = dir.path() / "dev";
+  EXPECT_FALSE(expand_disk(r));
+}
+
+TEST(Expand, ARecoveryImageWithoutItsFilesIsRefusedByName) {
+  util::TempDir dir = util::TempDir::scratch();
+  util::write_file_atomic(dir.path() / "boot-state",
+                          "mode=recovery\nmedia_label=COS_RECOVERY\nmedia_device=/dev/vda3\n"
+                          "image=/cOS/recovery/rootfs.img\n");
+  util::make_dirs(dir.path() / "sys");
+  ExpandRequest r;
+  r.boot_state = dir.path() / "boot-state";
+  r.media = dir.path() / "media";
+  r.sys_class_block = dir.path() / "sys";
+  r.dev = dir.path() / "dev";
+  try {
+    expand_disk(r);
+    FAIL() << "expanded without a recovery image";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the recovery image has no"), std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
