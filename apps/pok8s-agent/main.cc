@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -33,7 +34,8 @@ constexpr int kExitConfigError = 2;
 // Where configs come from on every boot, in order, relative to the target root.
 std::vector<pok8s::util::Path> default_sources(const pok8s::util::Path& root) {
   return {root / "usr/lib/pok8s/stages", root / "etc/pok8s", root / "oem",
-          root / "run/pok8s/media/config.yaml"};
+          root / "run/pok8s/media/config.yaml",
+          root / std::string(pok8s::node::kDatasourceDir).substr(1)};
 }
 
 const char* kind_name(pok8s::node::StageEvent::Kind kind) {
@@ -236,6 +238,7 @@ int upgrade_command(UpgradeArgs& a) {
   a.options.log = [&](std::string_view line) {
     std::fprintf(stderr, "%.*s\n", static_cast<int>(line.size()), line.data());
   };
+  node::require_installed(a.options.boot_state_file);  // before any stage runs
   std::vector<config::CloudConfig> configs = config::load_cloud_configs(default_sources("/"));
   node::StageContext stage_context;
   stage_context.sink = [&](const node::StageEvent& e) { print_event(e, false); };
@@ -356,7 +359,8 @@ int install_command(const InstallArgs& a) {
     // The configs of every boot, with the medium's own config.yaml (wherever --media says it
     // is), then the --config files.
     std::vector<util::Path> sources = default_sources("/");
-    sources.back() = util::Path(a.media) / node::kMediaConfigFile;
+    std::replace(sources.begin(), sources.end(), util::Path("/run/pok8s/media/config.yaml"),
+                 util::Path(a.media) / node::kMediaConfigFile);
     for (const auto& c : a.configs) {
       config::validate_cloud_config(c);  // named directly: missing or headerless is an error
       sources.emplace_back(c);

@@ -10,6 +10,7 @@
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "e2e/pok8s_cli.h"
 #include "integration/qemu.h"
@@ -103,15 +104,17 @@ class DiskImage : public ::testing::Test {
   struct Probe {
     std::string line;
     nlohmann::json status;
-    std::string k8s;    // how systemd will start k3s
-    std::string reset;  // what pok8s-agent reset said, on a boot of the recovery image
+    std::string k8s;     // how systemd will start k3s
+    std::string reset;   // what pok8s-agent reset said, on a boot of the recovery image
+    std::string serial;  // the whole console
   };
   // Boots `disk` until its probe and status lines, and waits for it to power off.
-  static Probe boot(const util::Path& disk) {
+  static Probe boot(const util::Path& disk, const std::optional<util::Path>& second = {}) {
     util::TempDir vm_dir = util::TempDir::scratch("/var/tmp");
     QemuOptions options;
     options.firmware = Firmware::kUefi;
     options.disks.push_back(disk);
+    if (second) options.disks.push_back(*second);
     Qemu vm(options, vm_dir.path());
     Probe p;
     auto line = vm.wait_for_line("POK8S-DISK", boot_timeout(std::chrono::seconds(420)));
@@ -120,13 +123,14 @@ class DiskImage : public ::testing::Test {
       return p;
     }
     p.line = *line;
-    std::string serial = vm.serial();
-    if (auto at = serial.find("POK8S-RESET "); at != std::string::npos)
-      p.reset = serial.substr(at, serial.find('\n', at) - at);
+    p.serial = vm.serial();
+    if (auto at = p.serial.find("POK8S-RESET "); at != std::string::npos)
+      p.reset = p.serial.substr(at, p.serial.find('\n', at) - at);
     auto status = vm.wait_for_line("POK8S-STATUS ", std::chrono::seconds(60));
     if (status) p.status = nlohmann::json::parse(status->substr(13), nullptr, false);
     if (auto k8s = vm.wait_for_line("POK8S-K8S ", std::chrono::seconds(60))) p.k8s = *k8s;
     EXPECT_TRUE(vm.wait_exit(std::chrono::seconds(120))) << vm.tail(40);
+    p.serial = vm.serial();
     return p;
   }
 
@@ -310,11 +314,26 @@ TEST_F(DiskImage, ASelfExpandingDiskGrowsToFillItsDiskOnTheFirstBoot) {
       "POK8S-DISK root=ro version=v0.1.0 home=written ssh=written motd=0 oem=yes extra=written");
 }
 
-TEST_F(DiskImage, Qcow2Boots) {
+// Also: a NoCloud datasource disk (FAT, label CIDATA, made with mtools) adds its user-data.
+TEST_F(DiskImage, Qcow2BootsAndReadsACidataDisk) {
   util::Path disk = work_->path() / "boot.qcow2";
   fs::copy_file(artifact("qcow2"), disk);
-  EXPECT_EQ(boot(disk).line,
+  util::Path cidata = work_->path() / "cidata.img";
+  util::write_file_atomic(work_->path() / "user-data",
+                          "#cloud-config\nstages:\n  boot.after:\n    - name: from cidata\n"
+                          "      commands: [\"echo POK8S-CIDATA hello > /dev/ttyS0\"]\n");
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"mformat", "-i", cidata.string(), "-C", "-f", "1440", "-v", "CIDATA", "::"},
+           {"mcopy", "-i", cidata.string(), (work_->path() / "user-data").string(),
+            "::/user-data"}}) {
+    auto r = util::run_process(args);
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+  Probe p = boot(disk, cidata);
+  EXPECT_EQ(p.line,
             "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes extra=none");
+  EXPECT_NE(p.serial.find("POK8S-CIDATA hello"), std::string::npos)
+      << p.serial.substr(p.serial.size() > 3000 ? p.serial.size() - 3000 : 0);
 }
 
 TEST_F(DiskImage, VhdBoots) {

@@ -142,6 +142,37 @@ TEST_F(Agent, ReadsTheDefaultSourcesBelowTheRoot) {
   EXPECT_EQ(read("from-media"), "c");
 }
 
+TEST_F(Agent, ConfigShowPrintsTheMergedCloudConfigAndItsFiles) {
+  write("root/usr/lib/pok8s/stages/00-defaults.yaml",
+        "#cloud-config\nstages:\n  boot:\n    - name: defaults\n      commands: [true]\n");
+  write("root/oem/90_custom.yaml",
+        "#cloud-config\nhostname: edge-1\nstages:\n  boot:\n    - name: oem\n"
+        "      commands: [true]\n");
+  write("root/run/pok8s/datasource/cidata-user-data.yaml", "#cloud-config\nhostname: edge-2\n");
+  AgentRun r = agent("config show --root " + root().string(), dir_.path());
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("#cloud-config\n# from " + root().string() +
+                            "/usr/lib/pok8s/stages/00-defaults.yaml\n",
+                        0),
+            0u)
+      << r.out;
+  EXPECT_NE(r.out.find("hostname: edge-2"), std::string::npos) << r.out;  // the datasource last
+  auto defaults = r.out.find("name: defaults"), oem = r.out.find("name: oem");
+  EXPECT_NE(defaults, std::string::npos) << r.out;
+  EXPECT_NE(oem, std::string::npos) << r.out;
+  EXPECT_LT(defaults, oem) << r.out;
+}
+
+TEST_F(Agent, UpgradeRefusesALiveSystemBeforeAnyStage) {
+  write("boot-state", "mode=live\nmedia_label=COS_LIVE\nmedia_device=/dev/sr0\n");
+  AgentRun r = agent("upgrade --source docker://127.0.0.1:1/os:v2 --boot-state " +
+                         (dir_.path() / "boot-state").string(),
+                     dir_.path());
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("this system runs live from /dev/sr0; install it first"), std::string::npos)
+      << r.err;
+}
+
 TEST_F(Agent, KubernetesConfiguresTheEnabledSectionsService) {
   write("root/usr/lib/systemd/systemd", "");
   write("root/oem/90_custom.yaml",

@@ -26,6 +26,7 @@
 #include <memory>
 #include <thread>
 
+#include "pok8s/config/cloud_config.h"
 #include "pok8s/image/disk_layout.h"
 #include "pok8s/util/error.h"
 
@@ -665,6 +666,41 @@ void mount_installed_system(const BootOptions& options, BootState& state, const 
   }
 }
 
+// A NoCloud datasource disk: its user-data, when it is a #cloud-config, copied for the agent.
+// Anything wrong with it is said on the console and the boot goes on.
+void read_cidata(const Console& console) {
+  auto devices = block_devices();
+  std::optional<MediaMatch> match;
+  for (std::string_view label : kCidataLabels)
+    if ((match = find_by_label(label, devices))) break;
+  if (!match) return;
+  std::string dir = "/run/pok8s/cidata";
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return;
+  if (::mount(match->device.c_str(), dir.c_str(), match->filesystem.type.c_str(),
+              MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0) {
+    console.say(fmt::format("the datasource {} ({}): cannot mount it: {}", match->device.string(),
+                            match->filesystem.label, std::strerror(errno)));
+    ::rmdir(dir.c_str());
+    return;
+  }
+  try {
+    std::string text = read_to_end(dir + "/user-data", 1 << 20);
+    if (!config::has_cloud_config_header(text)) {
+      console.say(fmt::format("the datasource {}: user-data is not a #cloud-config; ignored",
+                              match->device.string()));
+    } else {
+      util::make_dirs(std::string(kDatasourceDir));
+      util::write_file_atomic(fmt::format("{}/cidata-user-data.yaml", kDatasourceDir), text, 0600);
+      console.step(fmt::format("read the cloud-config of the datasource {} ({})",
+                               match->device.string(), match->filesystem.label));
+    }
+  } catch (const Error& e) {
+    console.say(fmt::format("the datasource {}: {}", match->device.string(), e.what()));
+  }
+  ::umount(dir.c_str());
+  ::rmdir(dir.c_str());
+}
+
 // After the rootfs stage (/run is in /sysroot by then): the paths of kLayoutEnvFile, bind-mounted
 // from COS_PERSISTENT like the built-in ones.
 void mount_layout_paths(const Console& console) {
@@ -779,6 +815,7 @@ void boot(BootOptions& options, Console& console) {
   BootState state{
       options.mode, options.media_label, media.device.string(), options.image_path, "", ""};
   if (options.mode != BootMode::kLive) mount_installed_system(options, state, console);
+  read_cidata(console);
   util::write_file_atomic(std::string(kBootStateFile), boot_state_text(state));
   console.step(fmt::format("wrote {}", kBootStateFile));
 

@@ -106,6 +106,12 @@ struct LayoutPaths {
 // /run, /tmp, /oem or a built-in persistent path.
 LayoutPaths parse_layout_env(std::string_view text);
 
+// Cloud-configs pok8s-init found outside the image and the boot media, for the agent: a
+// NoCloud datasource disk's user-data (file system labelled cidata or CIDATA) as
+// cidata-user-data.yaml.
+inline constexpr std::string_view kDatasourceDir = "/run/pok8s/datasource";
+inline constexpr std::array<std::string_view, 2> kCidataLabels = {"cidata", "CIDATA"};
+
 // What the running system learns about its boot, in kBootStateFile.
 struct BootState {
   BootMode mode = BootMode::kLive;

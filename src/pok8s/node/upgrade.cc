@@ -172,17 +172,22 @@ json installed_images(const util::Path& images_dir) {
   return out;
 }
 
-UpgradeResult upgrade_system(const UpgradeOptions& o) {
-  auto log = [&](const std::string& line) {
-    if (o.log) o.log(line);
-  };
+BootState require_installed(const util::Path& boot_state_file) {
   BootState state =
-      parse_boot_state(util::read_file(o.boot_state_file, 1u << 16), o.boot_state_file.string());
+      parse_boot_state(util::read_file(boot_state_file, 1u << 16), boot_state_file.string());
   if (state.mode == BootMode::kLive)
     throw Error(ErrorKind::kUnsupported,
                 fmt::format("Failed to upgrade: this system runs live from {}; install it first "
                             "(pok8s-agent install)",
                             state.media_device));
+  return state;
+}
+
+UpgradeResult upgrade_system(const UpgradeOptions& o) {
+  auto log = [&](const std::string& line) {
+    if (o.log) o.log(line);
+  };
+  BootState state = require_installed(o.boot_state_file);
   UpgradeResult result;
   result.target = o.recovery ? "recovery" : "active";
   std::string_view label = o.recovery ? image::kRecoveryLabel : image::kStateLabel;

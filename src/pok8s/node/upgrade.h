@@ -47,6 +47,10 @@ struct UpgradeResult {
   bool passive_replaced = false;  // the old active became passive
 };
 
+// The boot state of an installed system; throws Error(kUnsupported) on a live one ("install it
+// first"), before anything runs.
+BootState require_installed(const util::Path& boot_state_file);
+
 // Runs the whole upgrade on an installed system; throws Error naming the step, the source and
 // the partition. Nothing installed changes unless the new image verified.
 UpgradeResult upgrade_system(const UpgradeOptions& options);
