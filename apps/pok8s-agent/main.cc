@@ -14,6 +14,7 @@
 #include "pok8s/config/cloud_config.h"
 #include "pok8s/config/install_config.h"
 #include "pok8s/config/kubernetes_config.h"
+#include "pok8s/config/lifecycle_config.h"
 #include "pok8s/config/merge.h"
 #include "pok8s/image/disk_layout.h"
 #include "pok8s/node/boot_status.h"
@@ -159,6 +160,10 @@ int validate_command(const std::vector<std::string>& files) {
       for (const auto& w : install.warnings) std::fprintf(stderr, "pok8s-agent: %s\n", w.c_str());
       std::vector<std::string> k8s_warnings;
       pok8s::config::read_kubernetes_config({&config, 1}, k8s_warnings);
+      for (auto& w : pok8s::config::read_upgrade_config({&config, 1}).warnings)
+        k8s_warnings.push_back(std::move(w));
+      for (auto& w : pok8s::config::read_reset_config({&config, 1}).warnings)
+        k8s_warnings.push_back(std::move(w));
       for (auto& w : pok8s::config::ignored_section_warnings(config))
         k8s_warnings.push_back(std::move(w));
       for (const auto& w : k8s_warnings) std::fprintf(stderr, "pok8s-agent: %s\n", w.c_str());
@@ -218,6 +223,8 @@ void print_stage_summary(const char* name, const pok8s::node::StageResult& r);
 struct UpgradeArgs {
   pok8s::node::UpgradeOptions options;
   bool json = false;
+  bool reboot = false;
+  bool poweroff = false;
 };
 
 // The merged cloud-config, with the files it came from as comments.
@@ -240,6 +247,11 @@ int upgrade_command(UpgradeArgs& a) {
   };
   node::require_installed(a.options.boot_state_file);  // before any stage runs
   std::vector<config::CloudConfig> configs = config::load_cloud_configs(default_sources("/"));
+  config::UpgradeConfig settings = config::read_upgrade_config(configs);
+  for (const auto& w : settings.warnings) std::fprintf(stderr, "pok8s-agent: %s\n", w.c_str());
+  a.options.recovery = a.options.recovery || settings.recovery;
+  bool reboot = a.reboot || (!a.poweroff && settings.reboot);
+  bool poweroff = a.poweroff || (!a.reboot && settings.poweroff);
   node::StageContext stage_context;
   stage_context.sink = [&](const node::StageEvent& e) { print_event(e, false); };
   print_stage_summary("before-upgrade", node::run_stage("before-upgrade", configs, stage_context));
@@ -257,6 +269,10 @@ int upgrade_command(UpgradeArgs& a) {
                                   r.passive_replaced ? "; the previous one is now passive" : "")
                           .c_str());
   }
+  std::fflush(stdout);
+  node::finish_install(reboot     ? node::AfterInstall::kReboot
+                       : poweroff ? node::AfterInstall::kPowerOff
+                                  : node::AfterInstall::kNothing);
   return kExitOk;
 }
 
@@ -312,9 +328,13 @@ struct ResetArgs {
 int reset_command(const ResetArgs& a) {
   using namespace pok8s;
   std::vector<config::CloudConfig> configs = config::load_cloud_configs(default_sources("/"));
+  config::ResetConfig settings = config::read_reset_config(configs);
+  for (const auto& w : settings.warnings) std::fprintf(stderr, "pok8s-agent: %s\n", w.c_str());
   node::ResetRequest request;
-  request.reset_persistent = !a.keep_persistent;
-  request.reset_oem = a.reset_oem;
+  request.reset_persistent = !a.keep_persistent && settings.reset_persistent;
+  request.reset_oem = a.reset_oem || settings.reset_oem;
+  bool reboot = a.reboot || (!a.poweroff && settings.reboot);
+  bool poweroff = a.poweroff || (!a.reboot && settings.poweroff);
   request.log = [](std::string_view line) {
     std::fprintf(stderr, "%.*s\n", static_cast<int>(line.size()), line.data());
   };
@@ -323,12 +343,12 @@ int reset_command(const ResetArgs& a) {
   print_stage_summary("before-reset", outcome.before_reset);
   print_stage_summary("after-reset", outcome.after_reset);
   std::printf("reset the active and passive images from recovery%s%s\n",
-              a.keep_persistent ? "" : "; COS_PERSISTENT is empty",
-              a.reset_oem ? "; COS_OEM holds only the GRUB environment" : "");
+              request.reset_persistent ? "; COS_PERSISTENT is empty" : "",
+              request.reset_oem ? "; COS_OEM holds only the GRUB environment" : "");
   std::fflush(stdout);
-  node::finish_install(a.reboot     ? node::AfterInstall::kReboot
-                       : a.poweroff ? node::AfterInstall::kPowerOff
-                                    : node::AfterInstall::kNothing);
+  node::finish_install(reboot     ? node::AfterInstall::kReboot
+                       : poweroff ? node::AfterInstall::kPowerOff
+                                  : node::AfterInstall::kNothing);
   return outcome.before_reset.ok() && outcome.after_reset.ok() ? kExitOk : kExitStepFailed;
 }
 
@@ -507,6 +527,10 @@ int main(int argc, char** argv) {
                       "Registry credentials file (auth.json or docker config.json)");
   upgrade->add_option("--creds", upgrade_args.options.creds, "Registry credentials USER:PASSWORD");
   upgrade->add_flag("--json", upgrade_args.json, "Print the result as JSON");
+  auto* upgrade_reboot =
+      upgrade->add_flag("--reboot", upgrade_args.reboot, "Reboot into the new image when done");
+  upgrade->add_flag("--poweroff", upgrade_args.poweroff, "Power off when done")
+      ->excludes(upgrade_reboot);
   upgrade->add_option("--boot-state", upgrade_args.options.boot_state_file)->group("");
   upgrade->add_option("--grubenv", upgrade_args.options.grubenv)->group("");
   upgrade->add_option("--sysimage-dir", upgrade_args.options.sysimage_dir)->group("");

@@ -8,6 +8,7 @@
 #include "pok8s/config/cloud_config.h"
 #include "pok8s/config/install_config.h"
 #include "pok8s/config/kubernetes_config.h"
+#include "pok8s/config/lifecycle_config.h"
 #include "pok8s/util/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -38,6 +39,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       for (const auto& a : k8s->args)
         if (a.empty() || a.find('\n') != std::string::npos) __builtin_trap();
     pok8s::config::ignored_section_warnings(config);
+    try {
+      auto upgrade = pok8s::config::read_upgrade_config({&config, 1});
+      if (upgrade.reboot && upgrade.poweroff) __builtin_trap();
+    } catch (const pok8s::Error&) {
+    }
+    auto reset = pok8s::config::read_reset_config({&config, 1});
+    if (reset.reboot && reset.poweroff) __builtin_trap();
   } catch (const pok8s::Error&) {
   }
   return 0;

@@ -20,6 +20,7 @@
 #include "pok8s/config/cloud_config.h"
 #include "pok8s/config/install_config.h"
 #include "pok8s/config/kubernetes_config.h"
+#include "pok8s/config/lifecycle_config.h"
 #include "pok8s/convert/convert.h"
 #include "pok8s/image/disk_layout.h"
 #include "pok8s/image/fat.h"
@@ -318,6 +319,8 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
     // The installer reads the install block on the node; a typo in it stops the build instead.
     std::vector<std::string> warnings = config::read_install_config({&parsed, 1}).warnings;
     config::read_kubernetes_config({&parsed, 1}, warnings);
+    for (auto& w : config::read_upgrade_config({&parsed, 1}).warnings) warnings.push_back(w);
+    for (auto& w : config::read_reset_config({&parsed, 1}).warnings) warnings.push_back(w);
     for (auto& w : config::ignored_section_warnings(parsed)) warnings.push_back(std::move(w));
     for (const auto& warning : warnings)
       if (options.log) options.log(warning);

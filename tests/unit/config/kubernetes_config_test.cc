@@ -111,15 +111,15 @@ TEST(KubernetesConfig, KairosKeysPok8sDoesNotImplementAreWarnedAbout) {
 TEST(IgnoredSections, EveryKairosSectionNoModuleReadsIsNamed) {
   auto c = parse_cloud_config(
       "#cloud-config\nk3s: {enabled: true}\ninstall: {auto: true}\nupgrade:\n  recovery: true\n"
-      "p2p: {}\n",
+      "p2p: {}\nbundles: []\n",
       "/oem/a.yaml");
-  auto w = ignored_section_warnings(c);
+  auto w = ignored_section_warnings(c);  // upgrade is read by lifecycle_config
   ASSERT_EQ(w.size(), 2u);
-  EXPECT_EQ(w[0],
-            "cloud-config /oem/a.yaml: line 6: p2p is ignored: pok8s does not implement it yet");
   EXPECT_EQ(
-      w[1],
-      "cloud-config /oem/a.yaml: line 5: upgrade is ignored: pok8s does not implement it yet");
+      w[0],
+      "cloud-config /oem/a.yaml: line 7: bundles is ignored: pok8s does not implement it yet");
+  EXPECT_EQ(w[1],
+            "cloud-config /oem/a.yaml: line 6: p2p is ignored: pok8s does not implement it yet");
 }
 
 }  // namespace
