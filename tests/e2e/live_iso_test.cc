@@ -22,11 +22,15 @@ namespace {
 constexpr const char* kTag = "12-standard-amd64-generic-v0.1.0";
 constexpr const char* kIsoName = "debian-12-standard-amd64-generic-v0.1.0.iso";
 constexpr const char* kExpected =
-    "POK8S-E2E root=ro etc=rw version=v0.1.0 family=debian kubernetes=k3s release=12";
+    "POK8S-E2E root=ro etc=rw version=v0.1.0 family=debian kubernetes=k3s release=12 fs=yes "
+    "reconcile=enabled";
 
 // The boot stage writes what it sees on the serial console in one line.
 constexpr const char* kCloudConfig = R"(#cloud-config
 stages:
+  fs:
+    - name: e2e fs stage marker
+      files: [{path: /run/pok8s-e2e-fs, content: "yes"}]
   boot:
     - name: e2e probe
       commands:
@@ -34,7 +38,9 @@ stages:
           r=ro; touch /pok8s-probe 2>/dev/null && r=rw
           e=ro; touch /etc/pok8s-probe 2>/dev/null && e=rw
           . /etc/pok8s-release
-          echo "POK8S-E2E root=$r etc=$e version=$VERSION family=$FAMILY kubernetes=$KUBERNETES release=$FLAVOR_RELEASE" > /dev/ttyS0
+          fs=$(cat /run/pok8s-e2e-fs 2>/dev/null || echo no)
+          reconcile=$(systemctl is-enabled pok8s-reconcile.timer 2>/dev/null)
+          echo "POK8S-E2E root=$r etc=$e version=$VERSION family=$FAMILY kubernetes=$KUBERNETES release=$FLAVOR_RELEASE fs=$fs reconcile=$reconcile" > /dev/ttyS0
 )";
 
 std::string file_sha256(const util::Path& p) {

@@ -821,19 +821,23 @@ void boot(BootOptions& options, Console& console) {
 
   for (const auto& step : move_mounts()) do_mount(step, console);
 
-  if (image_has_executable(kAgentPath)) {
-    for (std::string stage : {"rootfs", "initramfs"}) {
-      console.step(fmt::format("running pok8s-agent stage {}", stage));
-      int status = run_agent({"stage", stage});
-      if (status != 0)
-        console.error(
-            fmt::format("Failed to run the {} stage: pok8s-agent exited with status "
-                        "{}; booting on",
-                        stage, status));
-    }
-  }
-
+  // Kairos's order: rootfs; then, with every file system in place (the paths the rootfs stage
+  // added too), fs; then initramfs.
+  bool agent = image_has_executable(kAgentPath);
+  auto run_stage = [&](const std::string& stage) {
+    if (!agent) return;
+    console.step(fmt::format("running pok8s-agent stage {}", stage));
+    int status = run_agent({"stage", stage});
+    if (status != 0)
+      console.error(
+          fmt::format("Failed to run the {} stage: pok8s-agent exited with status "
+                      "{}; booting on",
+                      stage, status));
+  };
+  run_stage("rootfs");
   if (!state.persistent_device.empty()) mount_layout_paths(console);
+  run_stage("fs");
+  run_stage("initramfs");
 
   if (!image_has_executable(options.init))
     throw Error(ErrorKind::kNotFound,
