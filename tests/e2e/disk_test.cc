@@ -275,8 +275,9 @@ TEST_F(DiskImage, ASelfExpandingDiskGrowsToFillItsDiskOnTheFirstBoot) {
     auto r = util::run_process({"sfdisk", "--json", disk.string()});
     EXPECT_EQ(r.status, 0) << r.output;
     std::vector<std::string> out;
-    for (const auto& p : nlohmann::json::parse(r.output)["partitiontable"]["partitions"])
-      out.push_back(p["name"]);
+    // Kept in a variable: a range-for over a member of a temporary would dangle.
+    nlohmann::json table = nlohmann::json::parse(r.output);
+    for (const auto& p : table["partitiontable"]["partitions"]) out.push_back(p["name"]);
     return out;
   };
   EXPECT_EQ(names(built), (std::vector<std::string>{"COS_GRUB", "COS_OEM", "COS_RECOVERY"}));
