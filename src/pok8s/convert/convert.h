@@ -33,9 +33,9 @@ struct ConvertOptions {
   // false converts again (newer packages from the archive, say).
   bool reuse_cached = true;
   std::optional<std::int64_t> source_date_epoch;
-  util::Path data_dir;                        // share/pok8s; default util::data_dir()
-  util::Path agent_binary;                    // default util::node_binary("pok8s-agent")
-  util::Path init_binary;                     // default util::node_binary("pok8s-init")
+  util::Path data_dir;         // share/pok8s; default util::data_dir()
+  util::Path agent_binary;     // default util::node_binary("pok8s-agent")
+  util::Path init_binary;      // default util::node_binary("pok8s-init")
   util::Path sysimage_binary;  // default util::node_binary("pok8s-sysimage"), with its libraries
   std::function<void(std::string_view)> log;  // one line per step, and the tools' output
 };
