@@ -114,44 +114,6 @@ std::string probe_content(const util::Path& device) {
   return "a signature libblkid found";
 }
 
-// "MAJOR:MINOR" -> mount point, from /proc/self/mountinfo (field 3 is the device, 5 the mount
-// point, octal-escaped).
-std::map<std::string, std::string> mounted_devices(const util::Path& mountinfo) {
-  std::map<std::string, std::string> out;
-  std::string text = read_small(mountinfo, kMaxProcBytes);
-  std::size_t start = 0;
-  while (start < text.size()) {
-    std::size_t end = text.find('\n', start);
-    if (end == std::string::npos) end = text.size();
-    std::string_view line(text.data() + start, end - start);
-    start = end + 1;
-    std::vector<std::string_view> fields;
-    std::size_t pos = 0;
-    while (pos < line.size() && fields.size() < 5) {
-      std::size_t sp = line.find(' ', pos);
-      if (sp == std::string_view::npos) sp = line.size();
-      fields.push_back(line.substr(pos, sp - pos));
-      pos = sp + 1;
-    }
-    if (fields.size() < 5) continue;
-    // Spaces and the like in a mount point are written as three octal digits after a backslash.
-    std::string point;
-    std::string_view raw = fields[4];
-    for (std::size_t i = 0; i < raw.size(); ++i) {
-      auto octal = [&](std::size_t k) { return raw[k] >= '0' && raw[k] <= '7'; };
-      if (raw[i] == '\\' && i + 3 < raw.size() && octal(i + 1) && octal(i + 2) && octal(i + 3)) {
-        point += static_cast<char>((raw[i + 1] - '0') * 64 + (raw[i + 2] - '0') * 8 +
-                                   (raw[i + 3] - '0'));
-        i += 3;
-      } else {
-        point += raw[i];
-      }
-    }
-    out.emplace(std::string(fields[2]), point);
-  }
-  return out;
-}
-
 // Device names used as swap, from /proc/swaps ("/dev/vda2 partition ...").
 std::vector<std::string> swap_devices(const util::Path& swaps) {
   std::vector<std::string> out;
@@ -261,6 +223,44 @@ std::optional<BootState> read_boot_state(const util::Path& file) {
 }
 
 }  // namespace
+
+// "MAJOR:MINOR" -> mount point, from /proc/self/mountinfo (field 3 is the device, 5 the mount
+// point, octal-escaped).
+std::map<std::string, std::string> mounted_devices(const util::Path& mountinfo) {
+  std::map<std::string, std::string> out;
+  std::string text = read_small(mountinfo, kMaxProcBytes);
+  std::size_t start = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    std::string_view line(text.data() + start, end - start);
+    start = end + 1;
+    std::vector<std::string_view> fields;
+    std::size_t pos = 0;
+    while (pos < line.size() && fields.size() < 5) {
+      std::size_t sp = line.find(' ', pos);
+      if (sp == std::string_view::npos) sp = line.size();
+      fields.push_back(line.substr(pos, sp - pos));
+      pos = sp + 1;
+    }
+    if (fields.size() < 5) continue;
+    // Spaces and the like in a mount point are written as three octal digits after a backslash.
+    std::string point;
+    std::string_view raw = fields[4];
+    for (std::size_t i = 0; i < raw.size(); ++i) {
+      auto octal = [&](std::size_t k) { return raw[k] >= '0' && raw[k] <= '7'; };
+      if (raw[i] == '\\' && i + 3 < raw.size() && octal(i + 1) && octal(i + 2) && octal(i + 3)) {
+        point += static_cast<char>((raw[i + 1] - '0') * 64 + (raw[i + 2] - '0') * 8 +
+                                   (raw[i + 3] - '0'));
+        i += 3;
+      } else {
+        point += raw[i];
+      }
+    }
+    out.emplace(std::string(fields[2]), point);
+  }
+  return out;
+}
 
 BlockKind block_kind_by_name(std::string_view name) {
   for (std::string_view prefix : {"loop", "ram", "zram", "sr", "fd", "dm-", "md", "nbd", "zd"})

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -102,6 +103,9 @@ std::string sfdisk_script(const image::GptLayout& layout);
 
 // "COS_GRUB 64 MiB, COS_OEM 64 MiB, …, COS_PERSISTENT the rest".
 std::string layout_summary(const image::GptLayout& layout);
+
+// "MAJOR:MINOR" -> mount point, from `mountinfo` (/proc/self/mountinfo).
+std::map<std::string, std::string> mounted_devices(const util::Path& mountinfo);
 
 enum class AfterInstall { kNothing, kReboot, kPowerOff };
 

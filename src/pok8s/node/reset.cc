@@ -7,7 +7,6 @@
 
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 #include "pok8s/image/disk_layout.h"
 #include "pok8s/image/gpt.h"
@@ -21,21 +20,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Where `device` is mounted, from /proc/self/mountinfo (field 3 is MAJOR:MINOR, field 5 the
-// mount point); empty when it is not.
+// Where `device` is mounted (the installer's reader of /proc/self/mountinfo); empty when not.
 std::string mount_point_of(const util::Path& device) {
   struct stat st {};
   if (::stat(device.c_str(), &st) != 0 || !S_ISBLK(st.st_mode)) return "";
-  std::string want = fmt::format("{}:{}", major(st.st_rdev), minor(st.st_rdev));
-  std::istringstream in(util::read_file("/proc/self/mountinfo", 4u << 20));
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream f(line);
-    std::string id, parent, devno, root, point;
-    f >> id >> parent >> devno >> root >> point;
-    if (devno == want) return point;
-  }
-  return "";
+  auto mounts = mounted_devices("/proc/self/mountinfo");
+  auto it = mounts.find(fmt::format("{}:{}", major(st.st_rdev), minor(st.st_rdev)));
+  return it == mounts.end() ? "" : it->second;
 }
 
 util::Path find_partition(std::string_view label) {
