@@ -20,6 +20,7 @@ struct BuildFlags {
   std::vector<std::string> artifacts = {"iso"};
   std::string disk_size;
   bool expandable = false;
+  bool bios = false;
   std::string output;
   std::string config;
   std::string compression = "zstd";
@@ -37,6 +38,7 @@ int run_build(const GlobalOptions& g, const std::string& src, const BuildFlags& 
   options.kinds = b.artifacts;
   if (!b.disk_size.empty()) options.disk.size = parse_size(b.disk_size, "--disk-size");
   options.disk.expandable = b.expandable;
+  options.disk.bios = b.bios;
   options.output_dir = b.output;
   if (!b.config.empty()) options.cloud_config = util::Path(b.config);
   options.compression = image::parse_squashfs_compression(b.compression);
@@ -154,6 +156,9 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
   cmd->add_flag("--expandable", b->expandable,
                 "Disks with only COS_GRUB, COS_OEM and COS_RECOVERY: the first boot (recovery) "
                 "makes COS_STATE and COS_PERSISTENT to fill the disk, then boots active");
+  cmd->add_flag("--bios", b->bios,
+                "Disks that boot on BIOS firmware too: a BIOS boot partition with GRUB's core "
+                "image and GRUB's boot code in the MBR (UEFI boots them either way)");
   cmd->add_option("-o,--output", b->output, "Directory that receives the artifacts")->required();
   cmd->add_option("--config", b->config,
                   "A #cloud-config file: /config.yaml on the ISO, /oem/90_custom.yaml on disks");
@@ -168,7 +173,7 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
     if (!b->spec.empty()) {
       // The spec says everything the flags would; both at once would leave one of them unused.
       for (const char* flag :
-           {"--artifact", "--disk-size", "--expandable", "--config", "--compression",
+           {"--artifact", "--disk-size", "--expandable", "--bios", "--config", "--compression",
             "--compression-level", "--version", "--variant", "--k8s", "--k8s-version",
             "--k8s-binary", "--k8s-sha256", "--model", "--arch", "--packages"})
         if (cmd->count(flag) > 0)

@@ -87,8 +87,8 @@ class DiskImage : public ::testing::Test {
     if (convert_debian_fixture(w, w / "layout", "v0.1.0", setup_error_).empty()) return;
     util::write_file_atomic(w / "cloud.yaml", kCloudConfig);
     auto r = run_pok8s((w / "cache").string(),
-                       {"build", layout_ + ":" + kTag, "--artifact", "raw,qcow2,vhd", "-o",
-                        (w / "out").string(), "--config", (w / "cloud.yaml").string()});
+                       {"build", layout_ + ":" + kTag, "--artifact", "raw,qcow2,vhd", "--bios",
+                        "-o", (w / "out").string(), "--config", (w / "cloud.yaml").string()});
     if (r.status != 0) return fail("build failed:\n" + r.output);
   }
   static void TearDownTestSuite() {
@@ -109,10 +109,11 @@ class DiskImage : public ::testing::Test {
     std::string serial;  // the whole console
   };
   // Boots `disk` until its probe and status lines, and waits for it to power off.
-  static Probe boot(const util::Path& disk, const std::optional<util::Path>& second = {}) {
+  static Probe boot(const util::Path& disk, const std::optional<util::Path>& second = {},
+                    Firmware firmware = Firmware::kUefi) {
     util::TempDir vm_dir = util::TempDir::scratch("/var/tmp");
     QemuOptions options;
-    options.firmware = Firmware::kUefi;
+    options.firmware = firmware;
     options.disks.push_back(disk);
     if (second) options.disks.push_back(*second);
     Qemu vm(options, vm_dir.path());
@@ -337,11 +338,17 @@ TEST_F(DiskImage, Qcow2BootsAndReadsACidataDisk) {
       << p.serial.substr(p.serial.size() > 3000 ? p.serial.size() - 3000 : 0);
 }
 
-TEST_F(DiskImage, VhdBoots) {
+// Built with --bios: SeaBIOS runs GRUB's boot code from the MBR, which loads its core image
+// from the BIOS boot partition, which reads the same menu from COS_GRUB.
+TEST_F(DiskImage, VhdBootsWithBiosFirmware) {
   util::Path disk = work_->path() / "boot.vhd";
   fs::copy_file(artifact("vhd"), disk);
-  EXPECT_EQ(boot(disk).line,
+  Probe p = boot(disk, std::nullopt, Firmware::kBios);
+  EXPECT_EQ(p.line,
             "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes extra=none");
+  EXPECT_NE(p.serial.find("GRUB loading"), std::string::npos);  // boot.img and diskboot's word
+  ASSERT_TRUE(p.status.is_object()) << p.line;
+  EXPECT_EQ(p.status["mode"], "active");
 }
 
 TEST_F(DiskImage, ManifestListsEveryDisk) {
@@ -360,8 +367,8 @@ TEST_F(DiskImage, ManifestListsEveryDisk) {
   auto table = nlohmann::json::parse(r.output)["partitiontable"];
   std::vector<std::string> names;
   for (const auto& p : table["partitions"]) names.push_back(p["name"]);
-  EXPECT_EQ(names, (std::vector<std::string>{"COS_GRUB", "COS_OEM", "COS_RECOVERY", "COS_STATE",
-                                             "COS_PERSISTENT"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"BIOS", "COS_GRUB", "COS_OEM", "COS_RECOVERY",
+                                             "COS_STATE", "COS_PERSISTENT"}));
   // qemu-img reads both conversions back as the same disk.
   // (A fixed VHD is raw data with a footer: named by its format, not probed.)
   for (const char* ext : {"qcow2", "vhd"}) {
@@ -375,7 +382,7 @@ TEST_F(DiskImage, ManifestListsEveryDisk) {
 TEST_F(DiskImage, TheSameInputsBuildTheSameBytesFromAnEmptyCache) {
   util::Path w = work_->path();
   auto r = run_pok8s((w / "cache2").string(),
-                     {"build", layout_ + ":" + kTag, "--artifact", "raw,qcow2,vhd", "-o",
+                     {"build", layout_ + ":" + kTag, "--artifact", "raw,qcow2,vhd", "--bios", "-o",
                       (w / "out2").string(), "--config", (w / "cloud.yaml").string()});
   ASSERT_EQ(r.status, 0) << r.output;
   for (const char* ext : {"raw", "qcow2", "vhd"})

@@ -2,11 +2,15 @@
 // build --artifact iso with a cloud-config that says install: {auto: true, device: auto,
 // poweroff: true}. Booted in QEMU (TCG, OVMF) with a blank disk, the live system installs
 // itself and powers off; the disk then boots alone into the active image, read-only. Two blank
-// disks, or a disk too small, are refused with one line on the console and stay all zeros.
+// disks, or a disk too small, are refused with one line on the console and stay all zeros. The
+// same install booted by SeaBIOS makes a disk that boots by BIOS (GRUB's boot code, a BIOS boot
+// partition).
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
 #include <unistd.h>
+
+#include <fmt/format.h>
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -107,13 +111,17 @@ class Install : public ::testing::Test {
   static inline util::Path iso_;
 };
 
-TEST_F(Install, TheLiveMediumInstallsToTheBlankDiskWhichThenBootsActive) {
-  util::Path disk = blank_disk(work_->path(), "installed.raw", 8192);
+// Installs from the ISO booted by `firmware` and boots the disk by the same firmware. Under BIOS
+// the installer adds a BIOS boot partition and writes GRUB's boot code (install.firmware unset:
+// it follows how the live system booted).
+void install_and_boot_active(const util::Path& iso, const util::Path& disk, Firmware firmware) {
+  const bool bios = firmware == Firmware::kBios;
+  auto part = [&](int n) { return fmt::format("/dev/vda{}", bios ? n + 1 : n); };
   {
     util::TempDir vm_dir = util::TempDir::scratch("/var/tmp");
     QemuOptions options;
-    options.firmware = Firmware::kUefi;
-    options.cdrom = iso_;
+    options.firmware = firmware;
+    options.cdrom = iso;
     options.disks = {disk};
     Qemu vm(options, vm_dir.path());
     auto live = vm.wait_for_line("POK8S-INSTALL", boot_timeout(std::chrono::seconds(600)));
@@ -127,13 +135,18 @@ TEST_F(Install, TheLiveMediumInstallsToTheBlankDiskWhichThenBootsActive) {
     std::string serial = vm.serial();
     // One line per step, in order.
     std::size_t at = 0;
-    for (const char* step :
-         {"install: installing to /dev/vda (8192 MiB, blank)", "install: COS_GRUB 64 MiB, COS_OEM",
-          "install: writing a GPT to /dev/vda with sfdisk",
-          "install: making a FAT file system labelled COS_GRUB on /dev/vda1",
-          "install: making an ext4 file system labelled COS_PERSISTENT on /dev/vda5",
-          "install: copied grubenv and 1 cloud-config to COS_OEM",
-          "install: copying the active and passive images to COS_STATE", "install: powering off"}) {
+    std::vector<std::string> steps = {
+        "install: installing to /dev/vda (8192 MiB, blank)",
+        bios ? "install: BIOS 1 MiB, COS_GRUB 64 MiB, COS_OEM"
+             : "install: COS_GRUB 64 MiB, COS_OEM",
+        "install: writing a GPT to /dev/vda with sfdisk",
+        "install: making a FAT file system labelled COS_GRUB on " + part(1),
+        "install: making an ext4 file system labelled COS_PERSISTENT on " + part(5),
+        "install: copied grubenv and 1 cloud-config to COS_OEM",
+        "install: copying the active and passive images to COS_STATE"};
+    if (bios) steps.push_back("install: writing GRUB's BIOS boot code to /dev/vda and /dev/vda1");
+    steps.push_back("install: powering off");
+    for (const auto& step : steps) {
       std::size_t found = serial.find(step, at);
       EXPECT_NE(found, std::string::npos) << step << "\n" << vm.tail(60);
       if (found != std::string::npos) at = found;
@@ -147,13 +160,15 @@ TEST_F(Install, TheLiveMediumInstallsToTheBlankDiskWhichThenBootsActive) {
   EXPECT_EQ(table["label"], "gpt");
   std::vector<std::string> names;
   for (const auto& p : table["partitions"]) names.push_back(p["name"]);
-  EXPECT_EQ(names, (std::vector<std::string>{"COS_GRUB", "COS_OEM", "COS_RECOVERY", "COS_STATE",
-                                             "COS_PERSISTENT"}));
+  std::vector<std::string> expected = {"COS_GRUB", "COS_OEM", "COS_RECOVERY", "COS_STATE",
+                                       "COS_PERSISTENT"};
+  if (bios) expected.insert(expected.begin(), "BIOS");
+  EXPECT_EQ(names, expected);
 
   // The disk alone: GRUB from COS_GRUB, the active image from COS_STATE, /oem from COS_OEM.
   util::TempDir vm_dir = util::TempDir::scratch("/var/tmp");
   QemuOptions options;
-  options.firmware = Firmware::kUefi;
+  options.firmware = firmware;
   options.disks = {disk};
   Qemu vm(options, vm_dir.path());
   auto line = vm.wait_for_line("POK8S-INSTALL", boot_timeout(std::chrono::seconds(600)));
@@ -167,6 +182,14 @@ TEST_F(Install, TheLiveMediumInstallsToTheBlankDiskWhichThenBootsActive) {
   EXPECT_EQ(j["entry"], "active");
   EXPECT_EQ(j["version"], "v0.1.0");
   EXPECT_TRUE(vm.wait_exit(std::chrono::seconds(180))) << vm.tail(40);
+}
+
+TEST_F(Install, TheLiveMediumInstallsToTheBlankDiskWhichThenBootsActive) {
+  install_and_boot_active(iso_, blank_disk(work_->path(), "installed.raw", 8192), Firmware::kUefi);
+}
+
+TEST_F(Install, BootedByBiosItInstallsADiskThatBootsByBios) {
+  install_and_boot_active(iso_, blank_disk(work_->path(), "bios.raw", 8192), Firmware::kBios);
 }
 
 TEST_F(Install, TwoBlankDisksAreRefusedNamingBothAndStayBlank) {

@@ -24,7 +24,7 @@ namespace {
 constexpr std::string_view kGrubLibDir = "/usr/lib/grub";
 constexpr std::size_t kMaxLabelLength = 32;
 // Bumped whenever the way the images are made changes, so old cache entries are not reused.
-constexpr std::string_view kCacheVersion = "pok8s-grub-2";  // 2: ext2, prefix
+constexpr std::string_view kCacheVersion = "pok8s-grub-3";  // 2: ext2, prefix; 3: BIOS disks
 
 // What a live boot needs on either platform: find the medium on a CD or a partitioned USB stick,
 // read the ISO and the ESP, run grub.cfg, load Linux, talk on the serial console.
@@ -46,7 +46,10 @@ struct Platform {
 };
 constexpr Platform kEfi{"x86_64-efi", "x86_64-efi", "BOOTX64.EFI", "efi_gop"};
 constexpr Platform kBios{"i386-pc", "i386-pc-eltorito", "eltorito.img", "biosdisk"};
+constexpr Platform kBiosDisk{"i386-pc", "i386-pc", "core.img", "biosdisk"};
+constexpr const Platform* kPlatforms[] = {&kEfi, &kBios, &kBiosDisk};
 constexpr std::string_view kHybridMbr = "boot_hybrid.img";
+constexpr std::string_view kBootImage = "boot.img";
 
 std::string trimmed(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
@@ -73,19 +76,20 @@ std::vector<std::string> modules_for(const Platform& platform) {
 // Everything an image depends on: GRUB's version and kernel, the module list and the config.
 std::string cache_key(std::string_view version, std::string_view early_config) {
   std::string key = fmt::format("{}\n{}\n{}", kCacheVersion, version, early_config);
-  for (const Platform* p : {&kEfi, &kBios}) {
+  for (const Platform* p : kPlatforms) {
     util::Path dir = util::Path(kGrubLibDir) / p->name;
     key += fmt::format(
         "\n{} {} {} {}", p->format, util::sha256_hex(util::read_file(dir / "kernel.img")),
         util::sha256_hex(util::read_file(dir / "moddep.lst")), fmt::join(modules_for(*p), ","));
   }
-  key +=
-      "\n" + util::sha256_hex(util::read_file(util::Path(kGrubLibDir) / kBios.name / kHybridMbr));
+  for (std::string_view file : {kHybridMbr, kBootImage})
+    key += "\n" + util::sha256_hex(util::read_file(util::Path(kGrubLibDir) / kBios.name / file));
   return util::sha256_hex(key);
 }
 
 GrubImages images_in(const util::Path& dir) {
-  return {dir / kEfi.output, dir / kBios.output, dir / kHybridMbr};
+  return {dir / kEfi.output, dir / kBios.output, dir / kHybridMbr, dir / kBiosDisk.output,
+          dir / kBootImage};
 }
 
 // Splits a kernel command line the way the kernel does (whitespace separates, double quotes
@@ -127,7 +131,7 @@ std::string grub_early_config(std::string_view volume_label, std::string_view pr
 GrubImages make_grub_images(const util::Path& cache_dir, std::string_view volume_label,
                             std::string_view prefix) {
   std::string early_config = grub_early_config(volume_label, prefix);
-  for (const Platform* p : {&kEfi, &kBios}) {
+  for (const Platform* p : kPlatforms) {
     util::Path kernel = util::Path(kGrubLibDir) / p->name / "kernel.img";
     if (!std::filesystem::exists(kernel))
       throw Error(ErrorKind::kNotFound,
@@ -148,7 +152,7 @@ GrubImages make_grub_images(const util::Path& cache_dir, std::string_view volume
   util::TempDir tmp(dir);
   util::Path config = tmp.path() / "early.cfg";
   util::write_file_atomic(config, early_config);
-  for (const Platform* p : {&kEfi, &kBios}) {
+  for (const Platform* p : kPlatforms) {
     std::vector<std::string> args = {"grub-mkimage",
                                      "-O",
                                      std::string(p->format),
@@ -167,8 +171,9 @@ GrubImages make_grub_images(const util::Path& cache_dir, std::string_view volume
                                               "with {}: {}",
                                               p->format, r.status, trimmed(r.output)));
   }
-  util::write_file_atomic(tmp.path() / kHybridMbr,
-                          util::read_file(util::Path(kGrubLibDir) / kBios.name / kHybridMbr, 512));
+  for (std::string_view file : {kHybridMbr, kBootImage})
+    util::write_file_atomic(tmp.path() / file,
+                            util::read_file(util::Path(kGrubLibDir) / kBios.name / file, 512));
   try {
     tmp.commit();
   } catch (const Error&) {

@@ -1,5 +1,6 @@
-// GRUB for live media: the EFI binary and the BIOS El Torito core image built with grub-mkimage
-// from the host's GRUB (grub-efi-amd64-bin, grub-pc-bin) and cached, and the live menu.
+// GRUB for live media and disks: the EFI binary and the BIOS El Torito and disk core images
+// built with grub-mkimage from the host's GRUB (grub-efi-amd64-bin, grub-pc-bin) and cached,
+// and the live and installed menus.
 #pragma once
 
 #include <string>
@@ -14,6 +15,8 @@ struct GrubImages {
   util::Path efi_binary;       // x86_64-efi, to install as EFI/BOOT/BOOTX64.EFI
   util::Path bios_eltorito;    // i386-pc-eltorito, the El Torito no-emulation boot image
   util::Path bios_hybrid_mbr;  // boot_hybrid.img, the isohybrid MBR of the system area
+  util::Path bios_core;        // i386-pc, for a disk's BIOS boot partition (image/bios_boot.h)
+  util::Path bios_boot;        // boot.img, the MBR boot code that loads bios_core
 };
 
 // Builds (or finds in `cache_dir`) GRUB images for a live medium labelled `volume_label`. Both

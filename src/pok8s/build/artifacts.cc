@@ -258,6 +258,8 @@ BuiltArtifact write_live_iso(Build& b, const boot::GrubImages& grub,
       {"install/EFI/BOOT/BOOTX64.EFI", disk_grub.efi_binary},
       {"install/grub/grub.cfg", install.grub_cfg},
       {"install/grubenv", install.grubenv},
+      {"install/bios/core.img", disk_grub.bios_core},
+      {"install/bios/boot.img", disk_grub.bios_boot},
   };
   if (b.options.cloud_config) {
     util::Path copy = scratch / "config.yaml";
@@ -348,6 +350,7 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
                  {"cloudConfig", util::sha256_hex(cloud_config)},
                  {"time", b.timestamp}};
   inputs["diskGrub"] = util::file_sha256(disk_grub.efi_binary);
+  inputs["diskGrubBios"] = util::file_sha256(disk_grub.bios_core);
   inputs["bootTries"] = options.disk.boot_tries;
   inputs["cmdline"] = kDiskCmdline;
   if (wants("iso")) {
@@ -355,7 +358,9 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
     inputs["label"] = options.volume_label;
   }
   if (disks) {
-    inputs["disk"] = {{"size", options.disk.size}, {"expandable", options.disk.expandable}};
+    inputs["disk"] = {{"size", options.disk.size},
+                      {"expandable", options.disk.expandable},
+                      {"bios", options.disk.bios}};
     // qemu-img writes qcow2 and vhd; a raw disk does not need it.
     if (wants("qcow2") || wants("vhd")) inputs["disk"]["qemuImg"] = disk_tool_version();
   }
@@ -365,6 +370,8 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
                         boot_files.kernel,
                         boot_files.initrd,
                         disk_grub.efi_binary,
+                        disk_grub.bios_core,
+                        disk_grub.bios_boot,
                         options.cloud_config ? std::optional(cloud_config) : std::nullopt,
                         kDiskCmdline,
                         result.build_id,

@@ -32,6 +32,9 @@ struct DiskImageOptions {
   // Only COS_GRUB, COS_OEM and COS_RECOVERY; the first boot makes COS_STATE and COS_PERSISTENT
   // to fill whatever disk it finds itself on.
   bool expandable = false;
+  // A BIOS boot partition with GRUB's core image, and GRUB's boot code in the MBR, so the disk
+  // boots on BIOS firmware as well as UEFI.
+  bool bios = false;
   int boot_tries = 3;  // boots a new image may fail before GRUB falls back (boot/grub.h)
 };
 inline constexpr std::uint64_t kDefaultPersistentMiB = 1024;

@@ -14,6 +14,7 @@
 #include <filesystem>
 
 #include "pok8s/boot/grub.h"
+#include "pok8s/image/bios_boot.h"
 #include "pok8s/image/disk_layout.h"
 #include "pok8s/image/ext4.h"
 #include "pok8s/image/fat.h"
@@ -159,10 +160,11 @@ image::GptLayout plan_disk_image(const DiskContents& c, const DiskImageOptions& 
   layout_options.seed = c.seed;
   layout_options.disk_size = options.size;
   layout_options.expandable = options.expandable;
+  layout_options.bios = options.bios;
   if (layout_options.disk_size == 0)
     layout_options.disk_size =
-        (2 + image::kDefaultGrubMiB + image::kDefaultOemMiB +
-         image::partition_mib_for_images(image_size, 1) +
+        (2 + (options.bios ? image::kBiosBootMiB : 0) + image::kDefaultGrubMiB +
+         image::kDefaultOemMiB + image::partition_mib_for_images(image_size, 1) +
          (options.expandable
               ? 0
               : image::partition_mib_for_images(image_size, 3) + kDefaultPersistentMiB)) *
@@ -217,6 +219,12 @@ void write_disk_image(const DiskContents& c, const DiskImageOptions& options,
   image::write_fat_partition(
       {{"EFI/BOOT/BOOTX64.EFI", c.grub_efi}, {"grub/grub.cfg", install.grub_cfg}},
       image::kGrubLabel, c.timestamp, disk.path(), esp.offset, esp.size);
+  if (options.bios) {
+    const auto& bios = extent(extents, image::kBiosBootName);
+    image::write_bios_boot(disk.path(), bios.offset, bios.size,
+                           util::read_file(c.grub_bios_boot, image::kBiosSector),
+                           util::read_file(c.grub_bios_core, image::kMaxCoreImage));
+  }
   make_ext4(disk.path(), extents, image::kOemLabel, oem, c);
   make_ext4(disk.path(), extents, image::kRecoveryLabel, recovery, c);
   if (!options.expandable) {

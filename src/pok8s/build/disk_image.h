@@ -21,7 +21,9 @@ struct DiskContents {
   util::Path rootfs;  // the squashfs rootfs image
   util::Path kernel;
   util::Path initrd;
-  util::Path grub_efi;  // GRUB's EFI binary, finding COS_GRUB and its /grub/grub.cfg
+  util::Path grub_efi;        // GRUB's EFI binary, finding COS_GRUB and its /grub/grub.cfg
+  util::Path grub_bios_core;  // GRUB's i386-pc core image, the same; written with options.bios
+  util::Path grub_bios_boot;  // GRUB's boot.img, the MBR code that loads it
   std::optional<std::string> cloud_config;
   std::string cmdline;     // kernel parameters for every menu entry
   std::string seed;        // partition and file system UUIDs derive from it (the build id)

@@ -73,6 +73,7 @@ std::string origin(const StrictYaml& yaml, const YAML::Node& key_node) {
 struct InstallSettings {
   std::optional<std::pair<std::string, SettingOrigin>> device;
   std::optional<bool> auto_install;
+  std::optional<std::string> firmware;
   std::optional<std::pair<bool, SettingOrigin>> reboot, poweroff;
   std::optional<std::uint64_t> oem_mib, recovery_mib, state_mib, persistent_mib;
 };
@@ -134,10 +135,11 @@ class InstallReader {
       s.poweroff = {yaml_.read_bool(value, path), origin(yaml_, key_node)};
     } else if (key == "firmware") {
       std::string firmware = yaml_.read_string(value, path);
-      if (firmware != "efi")
-        yaml_.fail(value, fmt::format("{} \"{}\" is not supported by pok8s: it installs for UEFI "
-                                      "(efi)",
+      if (firmware != "efi" && firmware != "bios")
+        yaml_.fail(value, fmt::format("{} \"{}\" is not supported by pok8s: it installs for efi "
+                                      "or bios",
                                       path, printable(firmware)));
+      s.firmware = firmware;
     } else if (key == "part-table") {
       std::string table = yaml_.read_string(value, path);
       if (table != "gpt")
@@ -234,6 +236,7 @@ InstallConfig read_install_config(std::span<const CloudConfig> configs) {
     InstallSettings s = InstallReader(config, out.warnings).read(it->second);
     if (s.device) std::tie(out.device, out.device_origin) = *s.device;
     if (s.auto_install) out.auto_install = *s.auto_install;
+    if (s.firmware) out.firmware = *s.firmware;
     if (s.reboot) std::tie(out.reboot, reboot_origin) = *s.reboot;
     if (s.poweroff) std::tie(out.poweroff, poweroff_origin) = *s.poweroff;
     if (s.oem_mib) out.oem_mib = *s.oem_mib;

@@ -22,6 +22,9 @@ struct InstallConfig {
   std::string device = "auto";  // "auto" (the one blank disk) or an absolute /dev path
   SettingOrigin device_origin;
   bool auto_install = false;  // `auto`: install at boot from the live medium
+  // "efi": UEFI only; "bios": GRUB's BIOS boot code too (the ESP is written either way, so the
+  // disk boots on both); "": bios when the installing system was not booted by UEFI.
+  std::string firmware;
   bool reboot = false;
   bool poweroff = false;
   // Partition sizes in MiB from `partitions.<name>.size`; 0 means the default (for persistent:
@@ -38,8 +41,8 @@ struct InstallConfig {
 // Reads the `install` sections of `configs` in order. Kairos keys pok8s leaves alone become
 // warnings; an unknown key (a typo), a wrong type, a size out of range, or a Kairos setting
 // pok8s cannot honour without doing something else than asked (no-format: true, firmware:
-// bios, part-table: msdos, reboot and poweroff both true) throws Error(kInvalidInput)
-// "Failed to read cloud-config FILE: line N: ...".
+// other than efi or bios, part-table: msdos, reboot and poweroff both true) throws
+// Error(kInvalidInput) "Failed to read cloud-config FILE: line N: ...".
 InstallConfig read_install_config(std::span<const CloudConfig> configs);
 
 }  // namespace pok8s::config

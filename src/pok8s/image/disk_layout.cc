@@ -10,7 +10,6 @@
 namespace pok8s::image {
 namespace {
 
-constexpr std::uint64_t kBiosBootMiB = 1;
 // ext4 spends about 5 % on reserved blocks and a little on inodes and the journal; a quarter
 // more than the images and a fixed 64 MiB cover it for every image size we make.
 constexpr std::uint64_t kSlackPercent = 25;
@@ -64,7 +63,7 @@ GptLayout plan_partitions(const DiskLayoutOptions& o) {
   };
   std::uint64_t total = 2;  // the GPTs' first and last MiB
   if (o.bios) {
-    add("BIOS", kBiosBootType, kBiosBootMiB, true);
+    add(kBiosBootName, kBiosBootType, kBiosBootMiB, true);
     total += kBiosBootMiB;
   }
   add("COS_GRUB", kEspType, grub);

@@ -49,6 +49,9 @@ inline constexpr std::string_view kInitrdFile = "initrd";
 inline constexpr std::string_view kGrubEnvFile = "grubenv";
 
 inline constexpr std::uint64_t kDefaultGrubMiB = 64;
+// The BIOS boot partition (GPT name; no file system) holding GRUB's core image.
+inline constexpr const char* kBiosBootName = "BIOS";
+inline constexpr std::uint64_t kBiosBootMiB = 1;
 inline constexpr std::uint64_t kDefaultOemMiB = 64;
 inline constexpr std::uint64_t kMinPersistentMiB = 64;
 

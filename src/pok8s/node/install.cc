@@ -22,6 +22,7 @@
 #include <memory>
 #include <thread>
 
+#include "pok8s/image/bios_boot.h"
 #include "pok8s/image/disk_layout.h"
 #include "pok8s/node/boot_status.h"
 #include "pok8s/node/command.h"
@@ -391,6 +392,8 @@ InstallMedia find_install_media(const util::Path& media) {
                  media / "install/grub",
                  media / "install/grubenv",
                  std::nullopt,
+                 std::nullopt,
+                 std::nullopt,
                  0};
   for (const auto& p : {m.kernel, m.initrd, m.rootfs, m.efi_dir, m.grub_dir, m.grubenv})
     if (::access(p.c_str(), R_OK) != 0)
@@ -399,13 +402,20 @@ InstallMedia find_install_media(const util::Path& media) {
                               "medium?)",
                               p.string(), media.string()));
   if (util::Path c = media / kMediaConfigFile; ::access(c.c_str(), R_OK) == 0) m.config = c;
+  util::Path core = media / "install/bios/core.img";
+  util::Path boot = media / "install/bios/boot.img";
+  if (::access(core.c_str(), R_OK) == 0 && ::access(boot.c_str(), R_OK) == 0) {
+    m.bios_core = core;
+    m.bios_boot = boot;
+  }
   m.image_size = size_of(m.rootfs) + size_of(m.kernel) + size_of(m.initrd);
   return m;
 }
 
 image::GptLayout plan_install(const config::InstallConfig& config, const BlockDevice& disk,
-                              std::uint64_t image_size) {
+                              std::uint64_t image_size, bool bios) {
   image::DiskLayoutOptions o;
+  o.bios = bios;
   // GPT and sfdisk work in whole MiB here; what is left of the last MiB is not used.
   o.disk_size = disk.size / image::kMiB * image::kMiB;
   o.image_size = image_size;
@@ -415,6 +425,11 @@ image::GptLayout plan_install(const config::InstallConfig& config, const BlockDe
   o.state_mib = config.state_mib;
   o.persistent_mib = config.persistent_mib;
   return image::plan_partitions(o);
+}
+
+bool wants_bios_boot(const config::InstallConfig& config, const util::Path& efi_firmware) {
+  if (!config.firmware.empty()) return config.firmware == "bios";
+  return ::access(efi_firmware.c_str(), F_OK) != 0;
 }
 
 std::string sfdisk_script(const image::GptLayout& layout) {
@@ -486,7 +501,13 @@ InstallOutcome run_install(const InstallRequest& request,
     setting = resolved.string();
   }
   BlockDevice disk = choose_install_device(setting, where, devices);
-  image::GptLayout layout = plan_install(config, disk, media.image_size);
+  const bool bios = wants_bios_boot(config, request.efi_firmware);
+  if (bios && !media.bios_core)
+    throw Error(ErrorKind::kNotFound,
+                fmt::format("Failed to install for BIOS firmware: {} has no install/bios/core.img "
+                            "(build the ISO with this pok8s)",
+                            request.media.string()));
+  image::GptLayout layout = plan_install(config, disk, media.image_size, bios);
   say("device", fmt::format("installing to {} ({}{})", disk.device.string(), mib(disk.size),
                             disk.content.empty() ? ", blank" : ", holding " + disk.content));
   say("plan", fmt::format("{} for a system image of {}", layout_summary(layout),
@@ -525,7 +546,9 @@ InstallOutcome run_install(const InstallRequest& request,
   for (std::size_t i = 0; i < parts.size(); ++i) {
     const std::string& label = layout.partitions[i].name;
     by_label[label] = parts[i];
-    if (label == image::kGrubLabel) {
+    if (label == image::kBiosBootName) {
+      // No file system: GRUB's core image goes there raw, below.
+    } else if (label == image::kGrubLabel) {
       say("format",
           fmt::format("making a FAT file system labelled {} on {}", label, parts[i].string()));
       run_tool({"mkfs.vfat", "-n", label, parts[i].string()}, "format " + parts[i].string());
@@ -575,6 +598,16 @@ InstallOutcome run_install(const InstallRequest& request,
     copy_system_image(media, state.path(), "passive");
 
     for (Mounted* m : {&state, &recovery, &oem, &esp}) m->unmount();
+  }
+  if (bios) {
+    const util::Path& part = by_label.at(image::kBiosBootName);
+    util::Path sys = request.probe_paths.sys_class_block / part.filename();
+    say("bootloader", fmt::format("writing GRUB's BIOS boot code to {} and {}",
+                                  disk.device.string(), part.string()));
+    image::write_bios_boot(disk.device, read_number(sys / "start") * kSector,
+                           read_number(sys / "size") * kSector,
+                           util::read_file(*media.bios_boot, image::kBiosSector),
+                           util::read_file(*media.bios_core, image::kMaxCoreImage));
   }
   ::sync();
   say("sync", fmt::format("wrote and unmounted every partition of {}", disk.device.string()));

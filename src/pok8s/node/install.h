@@ -78,12 +78,16 @@ std::vector<BlockDevice> probe_block_devices(const std::vector<std::string>& boo
 
 // What the live medium holds for the installer.
 struct InstallMedia {
-  util::Path kernel;                 // boot/kernel -> vmlinuz
-  util::Path initrd;                 // boot/initrd -> initrd
-  util::Path rootfs;                 // rootfs.squashfs -> rootfs.img
-  util::Path efi_dir;                // install/EFI -> COS_GRUB's /EFI
-  util::Path grub_dir;               // install/grub -> COS_GRUB's /grub
-  util::Path grubenv;                // install/grubenv -> COS_OEM's /grubenv
+  util::Path kernel;    // boot/kernel -> vmlinuz
+  util::Path initrd;    // boot/initrd -> initrd
+  util::Path rootfs;    // rootfs.squashfs -> rootfs.img
+  util::Path efi_dir;   // install/EFI -> COS_GRUB's /EFI
+  util::Path grub_dir;  // install/grub -> COS_GRUB's /grub
+  util::Path grubenv;   // install/grubenv -> COS_OEM's /grubenv
+  // install/bios/core.img and boot.img: GRUB's BIOS boot code (image/bios_boot.h); media
+  // written before pok8s made disks BIOS-bootable lack them.
+  std::optional<util::Path> bios_core;
+  std::optional<util::Path> bios_boot;
   std::optional<util::Path> config;  // config.yaml -> COS_OEM's /90_custom.yaml
   std::uint64_t image_size = 0;      // rootfs + kernel + initrd, what the layout is sized for
 };
@@ -94,8 +98,13 @@ InstallMedia find_install_media(const util::Path& media);
 
 // The partitions for `config`'s sizes on `disk`, checked against its size: kInvalidInput
 // naming the disk and the sizes when it is too small. Nothing is written.
+// With `bios`, a BIOS boot partition comes first.
 image::GptLayout plan_install(const config::InstallConfig& config, const BlockDevice& disk,
-                              std::uint64_t image_size);
+                              std::uint64_t image_size, bool bios = false);
+
+// Whether the installed disk gets GRUB's BIOS boot code: install.firmware bios, or no setting
+// and a system that was not booted by UEFI (no `efi_firmware`, /sys/firmware/efi).
+bool wants_bios_boot(const config::InstallConfig& config, const util::Path& efi_firmware);
 
 // The sfdisk script that writes `layout` (names and type GUIDs, sizes in MiB, the last
 // partition taking the rest; sfdisk picks the UUIDs).
@@ -125,6 +134,7 @@ struct InstallRequest {
   bool auto_from_config = false;      // install only on a live boot with install.auto: true
   util::Path boot_state = std::string(kBootStateFile);
   util::Path work_dir = "/run/pok8s";  // the partitions are mounted below it while copying
+  util::Path efi_firmware = "/sys/firmware/efi";  // absent when the live system booted by BIOS
   BlockProbePaths probe_paths;
   InstallSink sink;      // may be empty
   StageSink stage_sink;  // before-install and after-install events; may be empty

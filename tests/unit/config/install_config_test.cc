@@ -44,8 +44,10 @@ TEST(InstallConfig, WithoutAnInstallBlockTheDefaultsHold) {
   EXPECT_FALSE(c.reboot);
   EXPECT_FALSE(c.poweroff);
   EXPECT_EQ(c.persistent_mib, 0u);
+  EXPECT_EQ(c.firmware, "");
   EXPECT_TRUE(c.warnings.empty());
   EXPECT_EQ(read("#cloud-config\ninstall:\n").device, "auto");
+  EXPECT_EQ(read("#cloud-config\ninstall:\n  firmware: bios\n").firmware, "bios");
 }
 
 TEST(InstallConfig, ReadsTheKeysPok8sImplements) {
@@ -66,6 +68,7 @@ install:
 )");
   EXPECT_EQ(c.device, "/dev/vdb");
   EXPECT_EQ(c.device_origin, "/oem/90_custom.yaml:3");
+  EXPECT_EQ(c.firmware, "efi");
   EXPECT_TRUE(c.auto_install);
   EXPECT_TRUE(c.poweroff);
   EXPECT_FALSE(c.reboot);
@@ -162,9 +165,9 @@ TEST(InstallConfig, SettingsPok8sCannotHonourAreRefusedNotIgnored) {
   EXPECT_NE(error_of("#cloud-config\ninstall:\n  no-format: true\n")
                 .find("line 3: install.no-format: true is not supported by pok8s"),
             std::string::npos);
-  EXPECT_NE(error_of("#cloud-config\ninstall:\n  firmware: bios\n")
-                .find("line 3: install.firmware \"bios\" is not supported by pok8s"),
-            std::string::npos);
+  EXPECT_EQ(error_of("#cloud-config\ninstall:\n  firmware: coreboot\n"),
+            "Failed to read cloud-config /oem/90_custom.yaml: line 3: install.firmware "
+            "\"coreboot\" is not supported by pok8s: it installs for efi or bios");
   EXPECT_NE(error_of("#cloud-config\ninstall:\n  part-table: msdos\n")
                 .find("install.part-table \"msdos\" is not supported"),
             std::string::npos);

@@ -241,6 +241,29 @@ TEST(SfdiskScript, NamesTypesAndSizesEveryPartitionTheLastTakingTheRest) {
   EXPECT_EQ(sfdisk_script(l), expected);
 }
 
+TEST(PlanInstall, BiosPutsABiosBootPartitionFirst) {
+  image::GptLayout l = plan_install({}, disk("/dev/vda", 8), 100 * image::kMiB, true);
+  ASSERT_EQ(l.partitions.size(), 6u);
+  EXPECT_EQ(l.partitions[0].name, image::kBiosBootName);
+  EXPECT_EQ(sfdisk_script(l).substr(0, 105),
+            "label: gpt\nsize=1MiB, type=21686148-6449-6E6F-744E-656564454649, name=\"BIOS\", "
+            "attrs=\"LegacyBIOSBootable\"\n");
+}
+
+TEST(PlanInstall, BiosBootFollowsTheFirmwareSettingElseHowTheInstallerBooted) {
+  util::TempDir dir = util::TempDir::scratch();
+  util::Path efi = dir.path() / "efi";
+  config::InstallConfig c;
+  EXPECT_TRUE(wants_bios_boot(c, efi));  // booted by BIOS: no /sys/firmware/efi
+  util::make_dirs(efi);
+  EXPECT_FALSE(wants_bios_boot(c, efi));
+  c.firmware = "bios";
+  EXPECT_TRUE(wants_bios_boot(c, efi));
+  c.firmware = "efi";
+  std::filesystem::remove(efi);
+  EXPECT_FALSE(wants_bios_boot(c, efi));
+}
+
 // The script is what sfdisk takes: written to a disk image file, read back by name and size.
 TEST(SfdiskScript, SfdiskWritesItAsPlanned) {
   if (util::run_process({"sh", "-c", "command -v sfdisk"}).status != 0) GTEST_SKIP() << "no sfdisk";
@@ -310,8 +333,15 @@ TEST(FindInstallMedia, NamesTheFirstMissingFile) {
   InstallMedia m = find_install_media(dir.path());
   EXPECT_EQ(m.image_size, 3000u);
   EXPECT_FALSE(m.config);
+  EXPECT_FALSE(m.bios_core);
   util::write_file_atomic(dir.path() / "config.yaml", "#cloud-config\n");
   EXPECT_TRUE(find_install_media(dir.path()).config);
+  // GRUB's BIOS boot code counts only whole: core.img and boot.img.
+  util::make_dirs(dir.path() / "install/bios");
+  util::write_file_atomic(dir.path() / "install/bios/core.img", "core");
+  EXPECT_FALSE(find_install_media(dir.path()).bios_core);
+  util::write_file_atomic(dir.path() / "install/bios/boot.img", "boot");
+  EXPECT_EQ(find_install_media(dir.path()).bios_boot, dir.path() / "install/bios/boot.img");
 }
 
 }  // namespace
