@@ -338,15 +338,15 @@ TEST_F(DiskImage, Qcow2BootsAndReadsACidataDisk) {
       << p.serial.substr(p.serial.size() > 3000 ? p.serial.size() - 3000 : 0);
 }
 
-// Built with --bios: SeaBIOS runs GRUB's boot code from the MBR, which loads its core image
-// from the BIOS boot partition, which reads the same menu from COS_GRUB.
+// Built with --bios: SeaBIOS (QEMU's firmware without OVMF; no UEFI to fall back on) runs
+// GRUB's boot code from the MBR, which loads its core image from the BIOS boot partition,
+// which reads the same menu from COS_GRUB.
 TEST_F(DiskImage, VhdBootsWithBiosFirmware) {
   util::Path disk = work_->path() / "boot.vhd";
   fs::copy_file(artifact("vhd"), disk);
   Probe p = boot(disk, std::nullopt, Firmware::kBios);
   EXPECT_EQ(p.line,
             "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes extra=none");
-  EXPECT_NE(p.serial.find("GRUB loading"), std::string::npos);  // boot.img and diskboot's word
   ASSERT_TRUE(p.status.is_object()) << p.line;
   EXPECT_EQ(p.status["mode"], "active");
 }
