@@ -18,6 +18,7 @@
 #include "pok8s/config/merge.h"
 #include "pok8s/image/disk_layout.h"
 #include "pok8s/node/boot_status.h"
+#include "pok8s/node/config_url.h"
 #include "pok8s/node/grubenv.h"
 #include "pok8s/node/install.h"
 #include "pok8s/node/kubernetes.h"
@@ -88,6 +89,35 @@ void print_event(const pok8s::node::StageEvent& e, bool json) {
   }
 }
 
+// Fetches the configs' config_url into the datasource directory; false when one failed (each
+// named on stderr).
+bool fetch_config_url(const pok8s::util::Path& root) {
+  using namespace pok8s;
+  std::vector<config::CloudConfig> configs;
+  for (const auto& file : config::expand_config_paths(default_sources(root))) {
+    try {
+      if (auto c = config::load_cloud_config_file(file)) configs.push_back(std::move(*c));
+    } catch (const Error&) {
+      // Reported when the stage loads the configs.
+    }
+  }
+  node::ConfigUrlOptions o;
+  o.datasource_dir = root / std::string(node::kDatasourceDir).substr(1);
+  o.sysimage_dir = root / std::string(node::kSysimageDir).substr(1);
+  o.log = [](std::string_view line) {
+    std::fprintf(stderr, "pok8s-agent: config_url: %.*s\n", static_cast<int>(line.size()),
+                 line.data());
+  };
+  try {
+    node::ConfigUrlResult r = node::fetch_config_urls(configs, o);
+    for (const auto& e : r.errors) std::fprintf(stderr, "pok8s-agent: %s\n", e.c_str());
+    return r.errors.empty();
+  } catch (const Error& e) {
+    std::fprintf(stderr, "pok8s-agent: %s\n", e.what());
+    return false;
+  }
+}
+
 int run_stage_command(const std::string& name, const pok8s::util::Path& root,
                       const std::vector<std::string>& extra, bool no_defaults, bool json) {
   using namespace pok8s;
@@ -98,6 +128,8 @@ int run_stage_command(const std::string& name, const pok8s::util::Path& root,
   // A broken file is reported and left out; the others still run so a boot still gets its
   // users and services. The exit code still says a config was refused.
   bool config_error = false;
+  // The network is up: fetch what config_url names, for this stage and every later one.
+  if (name == "network" && !no_defaults) config_error = !fetch_config_url(root);
   std::vector<config::CloudConfig> configs;
   for (const auto& file : config::expand_config_paths(sources)) {
     try {

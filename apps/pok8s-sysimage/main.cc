@@ -6,7 +6,8 @@
 // It is dynamically linked (libcurl has no static build in Debian) and shipped in every
 // converted image with its library closure and its own dynamic loader under
 // /usr/lib/pok8s/sysimage, so it runs the same on glibc and musl distributions. The static
-// pok8s-agent runs it and does the rest: space, verification, the A/B rotation.
+// pok8s-agent runs it and does the rest: space, verification, the A/B rotation. The agent's
+// network stage runs its `fetch` for config_url, the same way.
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
@@ -15,6 +16,7 @@
 
 #include "pok8s/build/artifacts.h"
 #include "pok8s/convert/convert.h"
+#include "pok8s/convert/download.h"
 #include "pok8s/image/disk_layout.h"
 #include "pok8s/oci/blob_store.h"
 #include "pok8s/oci/image.h"
@@ -116,12 +118,20 @@ int verify(const std::string& dir) {
   return 0;
 }
 
+// Downloads one file over HTTP(S) (pok8s-agent's config_url): complete at `output` or not there.
+int fetch(const std::string& url, const std::string& output, std::uint64_t limit) {
+  convert::download_file(url, output, limit);
+  std::fprintf(stderr, "Fetched %s\n", url.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{
       "pok8s-sysimage: write a system image (rootfs.img, vmlinuz, initrd) from a pok8s "
-      "image, and verify one; run by pok8s-agent upgrade"};
+      "image, and verify one; run by pok8s-agent upgrade. Also fetches config_url for "
+      "pok8s-agent"};
   app.set_version_flag("--version", std::string("pok8s-sysimage ") + POK8S_VERSION);
   app.require_subcommand(1);
   Options o;
@@ -141,12 +151,21 @@ int main(int argc, char** argv) {
   auto* check = app.add_subcommand(
       "verify", "Read a written system image back against its " + std::string(kInfoFile));
   check->add_option("DIR", verify_dir, "The directory `write` wrote")->required();
+  std::string url;
+  std::string fetch_output;
+  std::uint64_t fetch_limit = 1u << 20;
+  auto* get = app.add_subcommand("fetch", "Download one file over HTTP(S) (config_url)");
+  get->add_option("URL", url, "http:// or https://")->required();
+  get->add_option("-o,--output", fetch_output, "The file to write (complete, or not at all)")
+      ->required();
+  get->add_option("--max-bytes", fetch_limit, "Refuse a larger download")->default_val(1u << 20);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
   try {
+    if (get->parsed()) return fetch(url, fetch_output, fetch_limit);
     return write->parsed() ? run(o) : verify(verify_dir);
   } catch (const Error& e) {
     std::fprintf(stderr, "pok8s-sysimage: %s\n", e.what());

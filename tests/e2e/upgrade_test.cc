@@ -7,6 +7,8 @@
 //                    image (its /sbin/init exits at once).
 //   boots 3…:        the broken active fails each try; GRUB falls back to passive (v2) by
 //                    itself, and status says why.
+// The cloud-config's config_url (a web server on 127.0.0.1, 10.0.2.100:8080 in the guest) is
+// fetched by the network stage of boot 1, and the stage it adds runs.
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
@@ -15,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "e2e/pok8s_cli.h"
+#include "integration/file_server.h"
 #include "integration/qemu.h"
 #include "integration/registry_harness.h"
 #include "pok8s/util/file.h"
@@ -33,6 +36,7 @@ constexpr const char* kV2 = "12-standard-amd64-generic-v2";
 constexpr const char* kBase = "debian-12-standard-amd64-generic-v0.1.0";
 
 constexpr const char* kCloudConfig = R"yaml(#cloud-config
+config_url: http://10.0.2.100:8080/node.yaml
 stages:
   boot:
     - name: e2e upgrade probe
@@ -144,6 +148,12 @@ class Upgrade : public ::testing::Test {
       return fail(std::string("making the broken images failed: ") + e.what());
     }
     registry_ = new TestRegistry();
+    // What config_url names: a stage that reports the file the agent fetched it to.
+    web_ = new FileServer(std::map<std::string, std::string>{
+        {"/node.yaml",
+         "#cloud-config\nstages:\n  network:\n    - name: e2e config_url probe\n"
+         "      commands:\n        - echo \"POK8S-CONFIG-URL from=$(ls "
+         "/run/pok8s/datasource/config_url-*.yaml)\" > /dev/ttyS0\n"}});
     for (auto [tag, name] :
          {std::pair{kV2, "v2"}, {"broken", "broken"}, {"tampered", "tampered"}}) {
       auto r =
@@ -166,6 +176,8 @@ class Upgrade : public ::testing::Test {
     if (r.status != 0) return fail("build failed:\n" + r.output);
   }
   static void TearDownTestSuite() {
+    delete web_;
+    web_ = nullptr;
     delete registry_;
     registry_ = nullptr;
     delete work_;
@@ -177,6 +189,7 @@ class Upgrade : public ::testing::Test {
   static inline std::string tampered_layer_;
   static inline util::TempDir* work_ = nullptr;
   static inline TestRegistry* registry_ = nullptr;
+  static inline FileServer* web_ = nullptr;
 };
 
 TEST_F(Upgrade, ToV2FromARegistryThenABrokenImageFallsBackToPassive) {
@@ -188,7 +201,7 @@ TEST_F(Upgrade, ToV2FromARegistryThenABrokenImageFallsBackToPassive) {
     options.disks.push_back(disk);
     options.cpus = 2;
     options.memory_mib = 2048;
-    options.forward_port = registry_->port();
+    options.forward_ports = {{5000, registry_->port()}, {8080, web_->port()}};
     return std::make_unique<Qemu>(options, dir);
   };
   const auto kUpgradeTimeout = boot_timeout(std::chrono::seconds(1800));
@@ -213,6 +226,10 @@ TEST_F(Upgrade, ToV2FromARegistryThenABrokenImageFallsBackToPassive) {
     auto v2 = vm->wait_for_line("POK8S-UPGRADE-v2 ", kUpgradeTimeout);
     ASSERT_TRUE(v2) << vm->tail(60);
     EXPECT_EQ(v2->find("POK8S-UPGRADE-v2 rc=0 "), 0u) << *v2 << "\n" << vm->tail(60);
+    // The network stage fetched config_url and ran the stage it brought.
+    auto fetched = vm->wait_for_line("POK8S-CONFIG-URL ", std::chrono::seconds(300));
+    ASSERT_TRUE(fetched) << vm->tail(60);
+    EXPECT_EQ(*fetched, "POK8S-CONFIG-URL from=/run/pok8s/datasource/config_url-01.yaml");
     EXPECT_TRUE(vm->wait_exit(std::chrono::seconds(180))) << vm->tail(40);
   }
   {

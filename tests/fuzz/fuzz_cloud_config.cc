@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "pok8s/config/cloud_config.h"
+#include "pok8s/config/config_url.h"
 #include "pok8s/config/install_config.h"
 #include "pok8s/config/kubernetes_config.h"
 #include "pok8s/config/lifecycle_config.h"
@@ -42,6 +43,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     try {
       auto upgrade = pok8s::config::read_upgrade_config({&config, 1});
       if (upgrade.reboot && upgrade.poweroff) __builtin_trap();
+    } catch (const pok8s::Error&) {
+    }
+    try {
+      // What the agent hands to pok8s-sysimage: one http(s) URL, printable, no spaces.
+      for (const auto& u : pok8s::config::read_config_urls({&config, 1}))
+        if (!(u.url.starts_with("http://") || u.url.starts_with("https://")) ||
+            u.url.find_first_of(" \n\t") != std::string::npos ||
+            u.url.size() > pok8s::config::kMaxConfigUrlLength)
+          __builtin_trap();
     } catch (const pok8s::Error&) {
     }
     auto reset = pok8s::config::read_reset_config({&config, 1});

@@ -14,10 +14,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "integration/file_server.h"
 #include "pok8s/util/file.h"
 
 namespace fs = std::filesystem;
 using namespace pok8s;
+using pok8s::testing::FileServer;
 
 namespace {
 
@@ -161,6 +163,78 @@ TEST_F(Agent, ConfigShowPrintsTheMergedCloudConfigAndItsFiles) {
   EXPECT_NE(defaults, std::string::npos) << r.out;
   EXPECT_NE(oem, std::string::npos) << r.out;
   EXPECT_LT(defaults, oem) << r.out;
+}
+
+// The root's pok8s-sysimage bundle, as convert ships it, made of the host's loader and the
+// build's binary (the host's libraries are where the loader looks anyway).
+void add_sysimage_bundle(const fs::path& root) {
+  fs::path dir = root / "usr/lib/pok8s/sysimage";
+  util::make_dirs(dir / "lib");
+  fs::create_symlink("/lib64/ld-linux-x86-64.so.2", dir / "lib/ld-linux-x86-64.so.2");
+  fs::create_symlink(fs::path(POK8S_TEST_BIN).parent_path() / "pok8s-sysimage",
+                     dir / "pok8s-sysimage");
+}
+
+TEST_F(Agent, TheNetworkStageFetchesConfigUrlAndWhatItNamesInTurn) {
+  FileServer server({});
+  FileServer web(
+      {{"/a.yaml", "#cloud-config\nconfig_url: " + server.url("/none") +
+                       "\nstages:\n  network:\n    - files: [{path: /from-a, content: a}]\n"},
+       {"/b.yaml", "#cloud-config\nconfig_url: ../b\n"}});
+  add_sysimage_bundle(root());
+  write("root/oem/90_custom.yaml", "#cloud-config\nconfig_url: " + web.url("/a.yaml") + "\n");
+  write("root/oem/91_more.yaml",
+        "#cloud-config\nconfig_url: \"\"\nstages:\n  network:\n    - files: [{path: /from-oem, "
+        "content: o}]\n");
+  AgentRun r = agent("stage network --root " + root().string(), dir_.path());
+  // a.yaml's config_url is a 404 (named with where it was set); the stage still ran a.yaml.
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_EQ(read("from-a"), "a");
+  EXPECT_EQ(read("from-oem"), "o");
+  EXPECT_NE(r.err.find("pok8s-agent: config_url: fetched " + web.url("/a.yaml") + " (" +
+                       root().string() + "/oem/90_custom.yaml:2) to " + root().string() +
+                       "/run/pok8s/datasource/config_url-01.yaml"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("pok8s-agent: Failed to fetch config_url " + server.url("/none") + " (" +
+                       web.url("/a.yaml") + ":2): Failed to download " + server.url("/none") +
+                       ": The requested URL returned error: 404"),
+            std::string::npos)
+      << r.err;
+  struct stat st {};
+  ASSERT_EQ(::stat((root() / "run/pok8s/datasource/config_url-01.yaml").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+
+  // Served again without the broken link: a clean run, and the old file replaced.
+  write("root/oem/90_custom.yaml", "#cloud-config\nconfig_url: " + web.url("/b.yaml") + "\n");
+  r = agent("stage network --root " + root().string(), dir_.path());
+  EXPECT_EQ(r.status, 2) << r.err;  // b.yaml's own config_url is not a URL
+  EXPECT_NE(r.err.find("Failed to read cloud-config " + web.url("/b.yaml") +
+                       ": line 2: config_url must be an http:// or https:// URL"),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(fs::exists(root() / "run/pok8s/datasource/config_url-01.yaml"));
+}
+
+TEST_F(Agent, ConfigUrlThatIsNotACloudConfigIsLeftOutAndNamed) {
+  FileServer web({{"/page", "<html>not a config</html>\n"},
+                  {"/ok.yaml", "#cloud-config\nhostname: fetched-host\n"}});
+  add_sysimage_bundle(root());
+  write("root/oem/90_custom.yaml", "#cloud-config\nconfig_url: " + web.url("/page") + "\n");
+  write("root/etc/pok8s/10.yaml", "#cloud-config\nconfig_url: " + web.url("/ok.yaml") + "\n");
+  AgentRun r = agent("stage network --root " + root().string(), dir_.path());
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("Failed to read cloud-config " + web.url("/page") + ":"), std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("(config_url in " + root().string() + "/oem/90_custom.yaml:2)"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(util::read_file(root() / "run/pok8s/datasource/config_url-01.yaml"),
+            "#cloud-config\nhostname: fetched-host\n");
+  EXPECT_FALSE(fs::exists(root() / "run/pok8s/datasource/config_url-02.yaml"));
+  // config show has it, last.
+  r = agent("config show --root " + root().string(), dir_.path());
+  EXPECT_NE(r.out.find("hostname: fetched-host"), std::string::npos) << r.out;
 }
 
 TEST_F(Agent, UpgradeRefusesALiveSystemBeforeAnyStage) {

@@ -65,12 +65,13 @@ std::vector<std::string> qemu_argv(const QemuOptions& options, const util::Path&
     argv.push_back(options.append);
   }
   if (options.cpus > 1) argv.insert(argv.end(), {"-smp", std::to_string(options.cpus)});
-  if (options.forward_port)
+  if (!options.forward_ports.empty()) {
+    std::string nic = "user,model=virtio-net-pci,restrict=on";
     // cmd: starts socat for each connection (a chardev target would carry only one).
-    argv.insert(argv.end(), {"-nic", fmt::format("user,model=virtio-net-pci,restrict=on,guestfwd="
-                                                 "tcp:10.0.2.100:5000-cmd:socat - "
-                                                 "TCP:127.0.0.1:{}",
-                                                 options.forward_port)});
+    for (const auto& [guest, host] : options.forward_ports)
+      nic += fmt::format(",guestfwd=tcp:10.0.2.100:{}-cmd:socat - TCP:127.0.0.1:{}", guest, host);
+    argv.insert(argv.end(), {"-nic", nic});
+  }
   argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
   return argv;
 }

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -30,9 +31,10 @@ struct QemuOptions {
   std::string append;  // the kernel command line with `kernel`
   unsigned memory_mib = 1536;
   unsigned cpus = 1;
-  // With a port: a user-mode NIC, restricted (no host, no outside), whose only way out is
-  // 10.0.2.100:5000 forwarded to 127.0.0.1:<port> (a test registry, say) through socat.
-  int forward_port = 0;
+  // With ports: a user-mode NIC, restricted (no host, no outside), whose only ways out are
+  // 10.0.2.100:<guest port> forwarded to 127.0.0.1:<host port> (a test registry, a web server)
+  // through socat.
+  std::map<int, int> forward_ports;  // guest port -> host port
   std::vector<std::string> extra_args;
 };
 

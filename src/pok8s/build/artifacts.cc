@@ -18,6 +18,7 @@
 #include "pok8s/boot/kernel.h"
 #include "pok8s/build/disk_image.h"
 #include "pok8s/config/cloud_config.h"
+#include "pok8s/config/config_url.h"
 #include "pok8s/config/install_config.h"
 #include "pok8s/config/kubernetes_config.h"
 #include "pok8s/config/lifecycle_config.h"
@@ -323,6 +324,7 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
     config::read_kubernetes_config({&parsed, 1}, warnings);
     for (auto& w : config::read_upgrade_config({&parsed, 1}).warnings) warnings.push_back(w);
     for (auto& w : config::read_reset_config({&parsed, 1}).warnings) warnings.push_back(w);
+    config::read_config_urls({&parsed, 1});  // fetched on the node: a bad URL stops the build
     for (auto& w : config::ignored_section_warnings(parsed)) warnings.push_back(std::move(w));
     for (const auto& warning : warnings)
       if (options.log) options.log(warning);

@@ -660,10 +660,10 @@ std::vector<CloudConfig> load_cloud_configs(const std::vector<util::Path>& paths
 }
 
 std::vector<std::string> ignored_section_warnings(const CloudConfig& config) {
-  // Read by install_config, lifecycle_config and kubernetes_config; the rest is accepted and
-  // left alone.
-  constexpr std::string_view kRead[] = {"install",   "upgrade", "reset",     "k3s",
-                                        "k3s-agent", "k0s",     "k0s-worker"};
+  // Read by install_config, lifecycle_config, kubernetes_config and config_url; the rest is
+  // accepted and left alone.
+  constexpr std::string_view kRead[] = {"install",   "upgrade", "reset",      "k3s",
+                                        "k3s-agent", "k0s",     "k0s-worker", "config_url"};
   std::vector<std::string> out;
   for (const auto& [key, node] : config.sections)
     if (!contains(kRead, key))

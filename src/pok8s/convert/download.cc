@@ -42,14 +42,11 @@ size_t on_data(char* data, size_t size, size_t count, void* user) {
   return n;
 }
 
-}  // namespace
-
-void download_verified(const std::string& url, const std::string& sha256_hex,
-                       const util::Path& dest, std::uint64_t limit) {
+// Streams `url` into `tmp`; its sha256.
+std::string fetch_into(const std::string& url, util::TempFile& tmp, std::uint64_t limit) {
   if (!url.starts_with("https://") && !url.starts_with("http://"))
     throw Error(ErrorKind::kInvalidInput,
                 fmt::format("Failed to download {}: only http(s) URLs are supported", url));
-  util::TempFile tmp(dest);
   Sink sink{tmp.fd(), {}, 0, limit, nullptr};
   std::unique_ptr<CURL, decltype(&curl_easy_cleanup)> curl(curl_easy_init(), curl_easy_cleanup);
   char errbuf[CURL_ERROR_SIZE] = {};
@@ -73,10 +70,31 @@ void download_verified(const std::string& url, const std::string& sha256_hex,
       throw Error(e.kind(), fmt::format("Failed to download {}: {}", url, e.what()));
     }
   }
-  if (rc != CURLE_OK)
-    throw Error(ErrorKind::kIo, fmt::format("Failed to download {}: {}", url,
-                                            *errbuf ? errbuf : curl_easy_strerror(rc)));
-  std::string actual = sink.hash.hex_digest();
+  if (rc != CURLE_OK) {
+    // A server's 4xx is an answer (kNotFound: no use asking again); the rest may pass (kIo).
+    long status = 0;
+    curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &status);
+    bool client_error = rc == CURLE_HTTP_RETURNED_ERROR && status >= 400 && status < 500;
+    throw Error(
+        client_error ? ErrorKind::kNotFound : ErrorKind::kIo,
+        fmt::format("Failed to download {}: {}", url, *errbuf ? errbuf : curl_easy_strerror(rc)));
+  }
+  return sink.hash.hex_digest();
+}
+
+}  // namespace
+
+std::string download_file(const std::string& url, const util::Path& dest, std::uint64_t limit) {
+  util::TempFile tmp(dest);
+  std::string sha256 = fetch_into(url, tmp, limit);
+  tmp.commit();
+  return sha256;
+}
+
+void download_verified(const std::string& url, const std::string& sha256_hex,
+                       const util::Path& dest, std::uint64_t limit) {
+  util::TempFile tmp(dest);
+  std::string actual = fetch_into(url, tmp, limit);
   if (actual != sha256_hex)
     throw Error(
         ErrorKind::kSignature,

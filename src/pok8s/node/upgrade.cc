@@ -99,24 +99,8 @@ class WritableImages {
   std::optional<Mounted> mounted_;
 };
 
-// The dynamic loader shipped in the bundle's lib/ (ld-linux-x86-64.so.2 and the like).
-util::Path bundle_loader(const util::Path& sysimage_dir) {
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(sysimage_dir / "lib", ec))
-    if (e.path().filename().string().starts_with("ld-linux")) return e.path();
-  throw Error(ErrorKind::kNotFound,
-              fmt::format("Failed to upgrade: {} has no dynamic loader in lib/ (this image "
-                          "predates pok8s-sysimage; convert it again)",
-                          sysimage_dir.string()));
-}
-
 int run_sysimage(const UpgradeOptions& o, std::vector<std::string> args) {
-  util::Path dir = o.sysimage_dir;
-  std::vector<std::string> argv = {bundle_loader(dir).string(), "--library-path",
-                                   (dir / "lib").string(),
-                                   (dir / std::string(kSysimageBinary)).string()};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return run_command({argv, {}, {}});
+  return run_command({sysimage_argv(o.sysimage_dir, std::move(args)), {}, {}});
 }
 
 // Flushes the written files and drops them from the page cache, so reading them back reads
@@ -244,6 +228,26 @@ UpgradeResult upgrade_system(const UpgradeOptions& o) {
   if (!o.recovery && arm_new_active(o.grubenv))
     log(fmt::format("GRUB boots the new active image next ({})", o.grubenv.string()));
   return result;
+}
+
+std::vector<std::string> sysimage_argv(const util::Path& sysimage_dir,
+                                       std::vector<std::string> args) {
+  // The dynamic loader shipped in the bundle's lib/ (ld-linux-x86-64.so.2 and the like).
+  util::Path loader;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(sysimage_dir / "lib", ec))
+    if (e.path().filename().string().starts_with("ld-linux")) loader = e.path();
+  if (loader.empty())
+    throw Error(ErrorKind::kNotFound,
+                fmt::format("Failed to run pok8s-sysimage: {} has no dynamic loader in lib/ (this "
+                            "image predates pok8s-sysimage; convert it again)",
+                            sysimage_dir.string()));
+  std::vector<std::string> argv = {loader.string(), "--library-path",
+                                   (sysimage_dir / "lib").string(),
+                                   (sysimage_dir / std::string(kSysimageBinary)).string()};
+  argv.insert(argv.end(), std::make_move_iterator(args.begin()),
+              std::make_move_iterator(args.end()));
+  return argv;
 }
 
 }  // namespace pok8s::node

@@ -51,6 +51,11 @@ struct UpgradeResult {
 // first"), before anything runs.
 BootState require_installed(const util::Path& boot_state_file);
 
+// The command line that runs the bundle's pok8s-sysimage with `args`: its own loader and
+// libraries, nothing from the image's. Throws Error(kNotFound) when the bundle has no loader.
+std::vector<std::string> sysimage_argv(const util::Path& sysimage_dir,
+                                       std::vector<std::string> args);
+
 // Runs the whole upgrade on an installed system; throws Error naming the step, the source and
 // the partition. Nothing installed changes unless the new image verified.
 UpgradeResult upgrade_system(const UpgradeOptions& options);
