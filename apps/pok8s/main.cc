@@ -9,6 +9,7 @@
 #include "convert_command.h"
 #include "global_options.h"
 #include "image_commands.h"
+#include "keys_command.h"
 #include "pok8s/util/error.h"
 #include "serve_command.h"
 
@@ -31,6 +32,7 @@ int main(int argc, char** argv) {
   cli::add_image_commands(app, global, run);
   cli::add_convert_command(app, global, run);
   cli::add_build_command(app, global, run);
+  cli::add_keys_commands(app, global, run);
   cli::add_serve_commands(app, global, run);
 
   try {

@@ -162,3 +162,26 @@ TEST(Cli, RefusalsAreOneLineWithNonZeroExit) {
   EXPECT_NE(missing.status, 0);
   EXPECT_EQ(std::count(missing.out.begin(), missing.out.end(), '\n'), 1) << missing.out;
 }
+
+TEST(Cli, KeysGenerateThenCheckAndRefuseAnIncompleteSetInOneLine) {
+  util::TempDir tmp = util::TempDir::scratch();
+  std::string dir = (tmp.path() / "keys").string();
+  Shell gen = sh(pok8s_bin() + " --json keys generate " + dir + " --name Edge 2>/dev/null");
+  ASSERT_EQ(gen.status, 0) << gen.out;
+  auto j = nlohmann::json::parse(gen.out);
+  EXPECT_EQ(j["certificates"]["db"]["subject"], "/CN=Edge db");
+  Shell check = sh(pok8s_bin() + " keys check " + dir + " 2>&1");
+  EXPECT_EQ(check.status, 0) << check.out;
+  EXPECT_NE(check.out.find("are complete and valid"), std::string::npos) << check.out;
+
+  Shell again = sh(pok8s_bin() + " -q keys generate " + dir + " 2>&1");
+  EXPECT_EQ(again.status, 2);
+  EXPECT_EQ(again.out, "pok8s: Failed to generate keys in " + dir +
+                           ": it exists and is not an empty directory\n");
+  fs::remove(tmp.path() / "keys/tpm2-pcr-public.pem");
+  Shell bad = sh(pok8s_bin() + " keys check " + dir + " 2>&1");
+  EXPECT_EQ(bad.status, 3);
+  EXPECT_EQ(bad.out, "pok8s: Failed to use the keys in " + dir +
+                         ": tpm2-pcr-public.pem: missing (make a key set with pok8s keys "
+                         "generate)\n");
+}
