@@ -12,14 +12,14 @@ build_pkgs=(build-essential cmake ninja-build pkg-config git ca-certificates
   libarchive-dev libcurl4-openssl-dev libssl-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libzstd-dev libgtest-dev libgmock-dev libyaml-cpp-dev libsquashfs-dev libisofs-dev libblkid-dev
   grub-common grub-efi-amd64-bin grub-pc-bin mtools uidmap libsqlite3-dev libpq-dev libcpp-httplib-dev
-  libfdisk-dev e2fsprogs qemu-utils)
+  libfdisk-dev e2fsprogs qemu-utils libcryptsetup-dev)
 # Booting what the demo builds, and the Debian base it starts from.
 boot_pkgs=(qemu-system-x86 ovmf seabios)
 demo_pkgs=(mmdebstrap mount "${boot_pkgs[@]}")
 test_pkgs=(mmdebstrap mount docker-registry apache2-utils skopeo umoci clang libclang-rt-14-dev
   python3 python3-cryptography libbenchmark-dev time bc "${boot_pkgs[@]}" squashfs-tools xorriso
   cpio busybox-static systemd postgresql chromium openssl wrk fdisk socat
-  efitools sbsigntool)
+  efitools sbsigntool cryptsetup-bin)
 # The browser test runs Playwright (from npm) on Node.js; a machine may already have a Node.js of
 # its own (not Debian's), then it is used as it is.
 command -v npm >/dev/null 2>&1 || test_pkgs+=(nodejs npm)

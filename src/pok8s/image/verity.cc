@@ -1,0 +1,98 @@
+#include "pok8s/image/verity.h"
+
+#include <libcryptsetup.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "pok8s/util/error.h"
+
+namespace pok8s::image {
+namespace {
+
+struct CryptDeleter {
+  void operator()(crypt_device* cd) const { crypt_free(cd); }
+};
+
+std::string from_hex(std::string_view hex, const util::Path& image) {
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  std::string out;
+  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
+    int hi = nibble(hex[i]), lo = nibble(hex[i + 1]);
+    if (hi < 0 || lo < 0) break;
+    out.push_back(static_cast<char>(hi * 16 + lo));
+  }
+  if (out.empty() || out.size() * 2 != hex.size() || out.size() > 64)
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to make the verity tree of {}: the salt must be 1 to 64 bytes "
+                            "of lowercase hex",
+                            image.string()));
+  return out;
+}
+
+}  // namespace
+
+VerityTree append_verity_tree(const util::Path& image, std::string_view salt_hex) {
+  std::string salt = from_hex(salt_hex, image);
+  struct stat st {};
+  if (::stat(image.c_str(), &st) != 0) throw_errno("Failed to read " + image.string(), errno);
+  if (st.st_size == 0)
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to make the verity tree of {}: it is empty", image.string()));
+  VerityTree tree;
+  tree.data_blocks =
+      (static_cast<std::uint64_t>(st.st_size) + kVerityBlockSize - 1) / kVerityBlockSize;
+  tree.hash_offset = tree.data_blocks * kVerityBlockSize;
+  if (::truncate(image.c_str(), static_cast<off_t>(tree.hash_offset)) != 0)
+    throw_errno("Failed to pad " + image.string(), errno);
+
+  crypt_device* raw = nullptr;
+  // The same file holds the data and, after it, the tree.
+  int r = crypt_init_data_device(&raw, image.c_str(), image.c_str());
+  std::unique_ptr<crypt_device, CryptDeleter> cd(raw);
+  auto fail = [&](const char* step, int code) {
+    throw Error(ErrorKind::kIo, fmt::format("Failed to make the verity tree of {}: {}: {}",
+                                            image.string(), step, std::strerror(-code)));
+  };
+  if (r < 0) fail("crypt_init", r);
+  crypt_params_verity params{};
+  params.hash_name = "sha256";
+  params.data_device = image.c_str();
+  params.salt = salt.data();
+  params.salt_size = static_cast<std::uint32_t>(salt.size());
+  params.hash_type = 1;  // the kernel's current format
+  params.data_block_size = kVerityBlockSize;
+  params.hash_block_size = kVerityBlockSize;
+  params.data_size = tree.data_blocks;
+  params.hash_area_offset = tree.hash_offset;
+  params.flags = CRYPT_VERITY_NO_HEADER | CRYPT_VERITY_CREATE_HASH;
+  if ((r = crypt_format(cd.get(), CRYPT_VERITY, nullptr, nullptr, nullptr, nullptr, 0, &params)) <
+      0)
+    fail("crypt_format", r);
+  std::vector<char> root(static_cast<std::size_t>(crypt_get_volume_key_size(cd.get())));
+  std::size_t root_size = root.size();
+  if ((r = crypt_volume_key_get(cd.get(), CRYPT_ANY_SLOT, root.data(), &root_size, nullptr, 0)) < 0)
+    fail("reading the root hash", r);
+  for (std::size_t i = 0; i < root_size; ++i)
+    tree.root_hash += fmt::format("{:02x}", static_cast<unsigned char>(root[i]));
+  tree.salt = std::string(salt_hex);
+  if (::stat(image.c_str(), &st) != 0) throw_errno("Failed to read " + image.string(), errno);
+  tree.hash_size = static_cast<std::uint64_t>(st.st_size) - tree.hash_offset;
+  return tree;
+}
+
+std::string verity_cmdline(const VerityTree& t) {
+  return fmt::format("pok8s.verity={},{},{},{}", t.root_hash, t.salt, t.data_blocks, t.hash_offset);
+}
+
+}  // namespace pok8s::image
