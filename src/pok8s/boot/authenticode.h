@@ -1,0 +1,32 @@
+// Authenticode signatures of EFI applications (systemd-boot, UKIs), made with OpenSSL: the
+// image's SHA-256 Authenticode digest in a PKCS#7 SignedData (SpcIndirectDataContent), appended
+// as the attribute certificate table. What `sbverify --cert db.crt` and the firmware's Secure
+// Boot accept.
+#pragma once
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include <string>
+#include <string_view>
+
+#include "pok8s/boot/pe.h"
+#include "pok8s/util/file.h"
+
+namespace pok8s::boot {
+
+// The SHA-256 Authenticode digest (raw bytes) of `bytes`: everything up to the attribute
+// certificate table but the checksum and the certificate table's directory entry (Windows
+// Authenticode PE Signature Format, "Calculating the PE Image Hash"; sections laid out in file
+// order without gaps, as EFI toolchains and pok8s write them, hash the same either way).
+std::string authenticode_digest(std::string_view bytes, const PeImage& pe);
+
+// `bytes` signed by `cert`/`key`: an existing signature is replaced, the file padded to 8 bytes
+// and the new attribute certificate table appended. Throws Error(kFormat) for a PE image it
+// cannot read (naming `what`).
+std::string sign_pe(std::string_view bytes, X509* cert, EVP_PKEY* key, std::string_view what);
+
+// sign_pe of the file `in` into `out` (complete or not at all).
+void sign_pe_file(const util::Path& in, const util::Path& out, X509* cert, EVP_PKEY* key);
+
+}  // namespace pok8s::boot
