@@ -11,7 +11,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <memory>
+#include <vector>
 
 #include "pok8s/util/error.h"
 #include "pok8s/util/sha256.h"
@@ -150,6 +152,22 @@ std::string sign_pe(std::string_view bytes, X509* cert, EVP_PKEY* key, std::stri
   if (pe.number_of_rva_and_sizes <= 4)
     throw Error(ErrorKind::kFormat,
                 fmt::format("Failed to sign {}: it has no certificate table directory", what));
+  // Verifiers hash the headers, then the sections in file order, then what follows; firmware
+  // and sbverify disagree on data between sections, so an image with such a gap is refused.
+  std::vector<PeSection> sections;
+  for (const auto& s : pe.sections)
+    if (s.raw_size != 0) sections.push_back(s);
+  std::sort(sections.begin(), sections.end(),
+            [](const PeSection& a, const PeSection& b) { return a.raw_offset < b.raw_offset; });
+  std::uint64_t covered = pe.size_of_headers;
+  for (const auto& s : sections) {
+    if (s.raw_offset != covered)
+      throw Error(ErrorKind::kFormat,
+                  fmt::format("Failed to sign {}: section {} starts at {:#x}, not where the one "
+                              "before it ends ({:#x})",
+                              what, s.name, s.raw_offset, covered));
+    covered += s.raw_size;
+  }
   // Unsigned, padded to 8 bytes: the attribute certificate table starts aligned.
   std::string image(bytes.substr(0, pe.cert_table_size != 0 ? pe.cert_table_offset : bytes.size()));
   image.resize((image.size() + 7) / 8 * 8, '\0');
