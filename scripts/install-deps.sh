@@ -19,7 +19,8 @@ demo_pkgs=(mmdebstrap mount "${boot_pkgs[@]}")
 test_pkgs=(mmdebstrap mount docker-registry apache2-utils skopeo umoci clang libclang-rt-14-dev
   python3 python3-cryptography libbenchmark-dev time bc "${boot_pkgs[@]}" squashfs-tools xorriso
   cpio busybox-static systemd postgresql chromium openssl wrk fdisk socat
-  efitools sbsigntool cryptsetup-bin)
+  efitools sbsigntool cryptsetup-bin swtpm swtpm-tools libtss2-tcti-swtpm0 libtss2-esys-3.0.2-0
+  libtss2-rc0 libtss2-mu0)
 # The browser test runs Playwright (from npm) on Node.js; a machine may already have a Node.js of
 # its own (not Debian's), then it is used as it is.
 command -v npm >/dev/null 2>&1 || test_pkgs+=(nodejs npm)
