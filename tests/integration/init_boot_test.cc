@@ -9,12 +9,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "integration/qemu.h"
 #include "integration/shell.h"
 #include "pok8s/boot/initramfs.h"
 #include "pok8s/boot/kernel.h"
+#include "pok8s/image/verity.h"
 #include "pok8s/oci/image.h"
 #include "pok8s/rootfs/flat_tree.h"
 #include "pok8s/util/file.h"
@@ -113,6 +115,31 @@ class InitBoot : public ::testing::Test {
       return;
     }
     util::remove_tree(rootfs);
+    // The same rootfs with a dm-verity tree, and a copy with one byte of its first block flipped.
+    try {
+      for (const char* name : {"verity", "tampered"}) {
+        fs::path root = dir / (std::string(name) + "-root");
+        fs::create_directories(root);
+        fs::copy_file(iso_root / "rootfs.squashfs", root / "rootfs.squashfs");
+        verity_ = image::append_verity_tree(root / "rootfs.squashfs", "0a0b0c0d");
+        if (std::string(name) == "tampered") {
+          std::fstream f(root / "rootfs.squashfs", std::ios::in | std::ios::out | std::ios::binary);
+          f.seekg(2000);
+          char c = 0;
+          f.get(c);
+          f.seekp(2000);
+          f.put(static_cast<char>(c ^ 0x01));
+        }
+        if (sh("xorriso -as mkisofs -quiet -V COS_LIVE -o " +
+               (dir / (std::string(name) + ".iso")).string() + " " + root.string() + " >&2")
+                .status != 0) {
+          setup_error_ = "making the verity ISOs failed";
+          return;
+        }
+      }
+    } catch (const std::exception& e) {
+      setup_error_ = std::string("making the verity tree failed: ") + e.what();
+    }
   }
   static void TearDownTestSuite() {
     delete work_;
@@ -133,6 +160,7 @@ class InitBoot : public ::testing::Test {
   static inline std::string setup_error_;
   static inline util::TempDir* work_ = nullptr;
   static inline boot::InitramfsResult result_;
+  static inline image::VerityTree verity_;
 };
 
 // The lines pok8s-init and the test init printed, and the kernel's words about init, for a
@@ -172,6 +200,38 @@ TEST_F(InitBoot, BootsTheImageReadOnlyWithWritableOverlays) {
   EXPECT_NE(serial.find("pok8s-test: state image=/rootfs.squashfs"), std::string::npos)
       << vm.tail(80);
   EXPECT_TRUE(vm.wait_exit(pok8s::testing::boot_timeout(std::chrono::seconds(120)))) << vm.tail(20);
+}
+
+// pok8s.verity: the image is mounted through dm-verity with the command line's root hash.
+TEST_F(InitBoot, MountsTheImageThroughDmVerity) {
+  auto vm_dir = util::TempDir::scratch(work_->path());
+  auto options =
+      machine("pok8s.init=/sbin/pok8s-test-init pok8s.debug " + image::verity_cmdline(verity_));
+  options.cdrom = work_->path() / "verity.iso";
+  pok8s::testing::Qemu vm(options, vm_dir.path());
+  ASSERT_TRUE(
+      vm.wait_for("pok8s-test: done", pok8s::testing::boot_timeout(std::chrono::seconds(600))))
+      << boot_story(vm.serial()) << "---\n"
+      << vm.tail(30);
+  EXPECT_NE(vm.serial().find("through dm-verity (root hash " + verity_.root_hash + ") as /dev/dm-"),
+            std::string::npos)
+      << boot_story(vm.serial());
+}
+
+// One flipped byte: the kernel's verity target refuses the block and pok8s-init says why.
+TEST_F(InitBoot, RefusesAnImageWhoseBlocksDoNotMatchTheRootHash) {
+  auto vm_dir = util::TempDir::scratch(work_->path());
+  auto options = machine("pok8s.init=/sbin/pok8s-test-init " + image::verity_cmdline(verity_));
+  options.cdrom = work_->path() / "tampered.iso";
+  pok8s::testing::Qemu vm(options, vm_dir.path());
+  EXPECT_TRUE(
+      vm.wait_for("pok8s-init: Failed to mount the image /rootfs.squashfs: dm-verity "
+                  "refused it: its blocks do not match the root hash",
+                  pok8s::testing::boot_timeout(std::chrono::seconds(600))))
+      << boot_story(vm.serial()) << "---\n"
+      << vm.tail(40);
+  EXPECT_NE(vm.serial().find("device-mapper: verity"), std::string::npos) << vm.tail(40);
+  EXPECT_EQ(vm.serial().find("pok8s-test: done"), std::string::npos);
 }
 
 TEST_F(InitBoot, SaysClearlyWhenTheMediaIsMissing) {

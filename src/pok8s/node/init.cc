@@ -1,6 +1,8 @@
 // pok8s-init: the plan (pure functions) and the few syscalls that carry it out as PID 1.
 #include "pok8s/node/init.h"
 
+#include "pok8s/node/dm_verity.h"
+
 #include <blkid.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -795,17 +797,32 @@ void boot(BootOptions& options, Console& console) {
   {
     LoopDevice loop(image);
     console.step(fmt::format("attached {} to {}", image, loop.path()));
-    auto fs = probe_filesystem(loop.path());
+    std::string root = loop.path();
+    if (options.verity) {
+      root = open_verity(loop.path(), *options.verity, "pok8s-root");
+      console.step(fmt::format("opened {} through dm-verity (root hash {}) as {}", loop.path(),
+                               options.verity->root_hash, root));
+    }
+    auto fs = probe_filesystem(root);
     std::string type = fs ? fs->type : "squashfs";
-    do_mount({"the image " + options.image_path,
-              loop.path(),
-              std::string(kSysroot),
-              type,
-              MS_RDONLY,
-              "",
-              {},
-              ""},
-             console);
+    try {
+      do_mount({"the image " + options.image_path,
+                root,
+                std::string(kSysroot),
+                type,
+                MS_RDONLY,
+                "",
+                {},
+                ""},
+               console);
+    } catch (const Error& e) {
+      if (!options.verity) throw;
+      // dm-verity answers a block that does not match with an I/O error (and a kernel line).
+      throw Error(ErrorKind::kSignature,
+                  fmt::format("Failed to mount the image {}: dm-verity refused it: its blocks do "
+                              "not match the root hash {} on the kernel command line ({})",
+                              options.image_path, options.verity->root_hash, e.what()));
+    }
   }
 
   for (const auto& step : overlay_mounts(

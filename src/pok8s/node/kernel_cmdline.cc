@@ -69,6 +69,43 @@ std::string_view boot_mode_name(BootMode mode) {
   return "unknown";
 }
 
+namespace {
+
+VerityParams parse_verity(const std::string& value) {
+  auto fail = [&]() {
+    return Error(ErrorKind::kInvalidInput,
+                 fmt::format("Failed to read the kernel command line: pok8s.verity={} is not "
+                             "<root hash>,<salt>,<data blocks>,<hash offset>",
+                             value));
+  };
+  std::vector<std::string> parts;
+  for (std::size_t start = 0;;) {
+    std::size_t comma = value.find(',', start);
+    parts.push_back(value.substr(start, comma == std::string::npos ? comma : comma - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  if (parts.size() != 4) throw fail();
+  auto is_hex = [](const std::string& s) {
+    return !s.empty() && s.size() % 2 == 0 &&
+           s.find_first_not_of("0123456789abcdef") == std::string::npos;
+  };
+  auto number = [&](const std::string& s) {
+    std::uint64_t n = 0;
+    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+    if (s.empty() || ec != std::errc() || end != s.data() + s.size()) throw fail();
+    return n;
+  };
+  VerityParams v{parts[0], parts[1], number(parts[2]), number(parts[3])};
+  if (v.root_hash.size() != 64 || !is_hex(v.root_hash) || !is_hex(v.salt) || v.salt.size() > 128 ||
+      v.data_blocks == 0 || v.data_blocks > (std::uint64_t{1} << 40) ||
+      v.hash_offset != v.data_blocks * 4096)
+    throw fail();
+  return v;
+}
+
+}  // namespace
+
 BootOptions parse_boot_options(std::string_view cmdline) {
   BootOptions options;
   for (const auto& param : parse_kernel_cmdline(cmdline)) {
@@ -126,6 +163,8 @@ BootOptions parse_boot_options(std::string_view cmdline) {
                                 "number of seconds up to 3600",
                                 v));
       options.wait_seconds = n;
+    } else if (key == "verity") {
+      options.verity = parse_verity(need_value());
     } else if (key == "modules") {
       for (auto& m : split_list(need_value())) options.modules.push_back(std::move(m));
     } else {

@@ -2,6 +2,7 @@
 // debug and emergency-shell switches, all under the `pok8s.` prefix.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -25,6 +26,15 @@ enum class BootMode { kLive, kActive, kPassive, kRecovery };
 
 std::string_view boot_mode_name(BootMode mode);
 
+// pok8s.verity=<root hash>,<salt>,<data blocks>,<hash offset>: the rootfs image carries a
+// dm-verity tree (SHA-256, 4 KiB blocks, no superblock) at the offset, after its data blocks.
+struct VerityParams {
+  std::string root_hash;  // 64 lowercase hex digits
+  std::string salt;       // lowercase hex, 2 to 128 digits
+  std::uint64_t data_blocks = 0;
+  std::uint64_t hash_offset = 0;  // bytes; data_blocks * 4096
+};
+
 // What pok8s reads from the command line. Unknown `pok8s.` keys are refused so a typo does not
 // silently boot something else.
 struct BootOptions {
@@ -36,6 +46,7 @@ struct BootOptions {
   bool shell = false;                           // pok8s.shell: emergency shell on failure
   unsigned wait_seconds = 30;                   // pok8s.wait=N: how long to wait for the media
   std::vector<std::string> modules;             // pok8s.modules=a,b: extra modules to load
+  std::optional<VerityParams> verity;           // pok8s.verity=…: mount the image through it
 };
 
 // Reads the options from a command line; throws Error(kInvalidInput) naming the parameter.

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "pok8s/node/dm_verity.h"
 #include "pok8s/util/error.h"
 
 namespace pok8s::node {
@@ -72,6 +73,35 @@ TEST(BootOptions, RefusesBadModeAndWait) {
   EXPECT_THROW(parse_boot_options("pok8s.wait=forever"), Error);
   EXPECT_THROW(parse_boot_options("pok8s.wait=99999"), Error);
   EXPECT_THROW(parse_boot_options("pok8s.media="), Error);
+}
+
+TEST(BootOptions, ReadsTheVerityParametersAndTheirTableLine) {
+  const std::string root(64, 'a');
+  BootOptions o = parse_boot_options("pok8s.verity=" + root + ",0a0b,257,1052672");
+  ASSERT_TRUE(o.verity);
+  EXPECT_EQ(o.verity->root_hash, root);
+  EXPECT_EQ(o.verity->salt, "0a0b");
+  EXPECT_EQ(o.verity->data_blocks, 257u);
+  EXPECT_EQ(o.verity->hash_offset, 1052672u);
+  EXPECT_EQ(verity_table("7:0", *o.verity), "1 7:0 7:0 4096 4096 257 257 sha256 " + root + " 0a0b");
+  EXPECT_FALSE(parse_boot_options("quiet").verity);
+}
+
+TEST(BootOptions, RefusesVerityParametersThatDoNotAddUp) {
+  const std::string root(64, 'a');
+  for (const std::string& bad :
+       {root + ",0a0b,257", root + ",0a0b,257,4096", root.substr(1) + ",0a0b,1,4096",
+        root + ",0A0B,1,4096", root + ",,1,4096", root + ",0a0b,0,0", root + ",0a0b,x,4096",
+        root + ",0a0b,1,4096,extra", std::string(64, 'g') + ",0a0b,1,4096"}) {
+    try {
+      parse_boot_options("pok8s.verity=" + bad);
+      ADD_FAILURE() << bad;
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()),
+                "Failed to read the kernel command line: pok8s.verity=" + bad +
+                    " is not <root hash>,<salt>,<data blocks>,<hash offset>");
+    }
+  }
 }
 
 }  // namespace
