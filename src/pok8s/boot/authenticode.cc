@@ -15,6 +15,7 @@
 #include <memory>
 #include <vector>
 
+#include "pok8s/util/endian.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/sha256.h"
 
@@ -36,10 +37,6 @@ using Pkcs7Ptr = std::unique_ptr<PKCS7, Pkcs7Deleter>;
   if (e != 0) ERR_error_string_n(e, buf, sizeof buf);
   ERR_clear_error();
   throw Error(ErrorKind::kInternal, fmt::format("Failed to sign {}: {}", what, buf));
-}
-
-void put_le(std::string& b, std::size_t at, std::uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) b[at + i] = static_cast<char>((v >> (8 * i)) & 0xff);
 }
 
 // DER: a tag and its content with the definite length.
@@ -140,11 +137,7 @@ std::string authenticode_digest(std::string_view b, const PeImage& pe) {
   hash(0, pe.checksum_field());
   hash(pe.checksum_field() + 4, pe.cert_dir_field());
   hash(pe.cert_dir_field() + 8, end);
-  std::string hex = sha.hex_digest();
-  std::string digest;
-  for (std::size_t i = 0; i < hex.size(); i += 2)
-    digest.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-  return digest;
+  return sha.digest();
 }
 
 std::string sign_pe(std::string_view bytes, X509* cert, EVP_PKEY* key, std::string_view what) {
@@ -171,7 +164,7 @@ std::string sign_pe(std::string_view bytes, X509* cert, EVP_PKEY* key, std::stri
   // Unsigned, padded to 8 bytes: the attribute certificate table starts aligned.
   std::string image(bytes.substr(0, pe.cert_table_size != 0 ? pe.cert_table_offset : bytes.size()));
   image.resize((image.size() + 7) / 8 * 8, '\0');
-  put_le(image, pe.cert_dir_field(), 0, 8);
+  util::put_le(image, pe.cert_dir_field(), 0, 8);
   pe.cert_table_offset = 0;
   pe.cert_table_size = 0;
 
@@ -179,13 +172,13 @@ std::string sign_pe(std::string_view bytes, X509* cert, EVP_PKEY* key, std::stri
       pkcs7_signature(indirect_data_content(authenticode_digest(image, pe)), cert, key, what);
   // WIN_CERTIFICATE: dwLength, wRevision, wCertificateType, then the PKCS#7 ContentInfo.
   std::string table(8, '\0');
-  put_le(table, 0, 8 + signature.size(), 4);
-  put_le(table, 4, kWinCertRevision, 2);
-  put_le(table, 6, kWinCertTypePkcsSignedData, 2);
+  util::put_le(table, 0, 8 + signature.size(), 4);
+  util::put_le(table, 4, kWinCertRevision, 2);
+  util::put_le(table, 6, kWinCertTypePkcsSignedData, 2);
   table += signature;
   table.resize((table.size() + 7) / 8 * 8, '\0');
-  put_le(image, pe.cert_dir_field(), image.size(), 4);
-  put_le(image, pe.cert_dir_field() + 4, table.size(), 4);
+  util::put_le(image, pe.cert_dir_field(), image.size(), 4);
+  util::put_le(image, pe.cert_dir_field() + 4, table.size(), 4);
   return image + table;
 }
 

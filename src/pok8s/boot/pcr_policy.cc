@@ -13,6 +13,7 @@
 #include <memory>
 
 #include "pok8s/util/error.h"
+#include "pok8s/util/sha256.h"
 
 namespace pok8s::boot {
 namespace {
@@ -22,24 +23,8 @@ constexpr std::uint16_t kTpmAlgSha256 = 0x000b;
 constexpr const char* kMeasuredSections[] = {".linux",  ".osrel", ".cmdline", ".initrd",
                                              ".splash", ".dtb",   ".pcrpkey"};
 
-std::string sha256(std::string_view data) {
-  std::string out(32, '\0');
-  unsigned int n = 0;
-  if (EVP_Digest(data.data(), data.size(), reinterpret_cast<unsigned char*>(out.data()), &n,
-                 EVP_sha256(), nullptr) != 1 ||
-      n != 32)
-    throw Error(ErrorKind::kInternal, "Failed to hash for the PCR policy");
-  return out;
-}
-
 void extend(std::string& pcr, std::string_view data) {
-  pcr = sha256(pcr + sha256(data));
-}
-
-std::string hex(std::string_view raw) {
-  std::string out;
-  for (unsigned char c : raw) out += fmt::format("{:02x}", c);
-  return out;
+  pcr = util::sha256_raw(pcr + util::sha256_raw(data));
 }
 
 std::string base64(std::string_view raw) {
@@ -88,8 +73,8 @@ std::string pcr11_policy_digest(std::string_view pcr11) {
   std::string input(32, '\0');  // the empty policy
   put_be(input, kTpmCcPolicyPcr, 4);
   input += selection;
-  input += sha256(pcr11);  // the digest of the selected PCRs' values, concatenated
-  return sha256(input);
+  input += util::sha256_raw(pcr11);  // the digest of the selected PCRs' values, concatenated
+  return util::sha256_raw(input);
 }
 
 std::string pcr_signature_json(const std::vector<PcrPhaseValue>& values, EVP_PKEY* key) {
@@ -98,7 +83,8 @@ std::string pcr_signature_json(const std::vector<PcrPhaseValue>& values, EVP_PKE
   unsigned char* der = nullptr;
   int n = i2d_PublicKey(key, &der);
   if (n <= 0) throw Error(ErrorKind::kInternal, "Failed to sign PCR policies: no public key");
-  std::string fingerprint = hex(sha256(std::string_view(reinterpret_cast<char*>(der), n)));
+  std::string fingerprint =
+      util::hex_encode(util::sha256_raw(std::string_view(reinterpret_cast<char*>(der), n)));
   OPENSSL_free(der);
 
   nlohmann::json entries = nlohmann::json::array();
@@ -115,8 +101,10 @@ std::string pcr_signature_json(const std::vector<PcrPhaseValue>& values, EVP_PKE
                        reinterpret_cast<const unsigned char*>(policy.data()), policy.size()) != 1)
       throw Error(ErrorKind::kInternal, "Failed to sign PCR policies");
     sig.resize(size);
-    entries.push_back(
-        {{"pcrs", {11}}, {"pkfp", fingerprint}, {"pol", hex(policy)}, {"sig", base64(sig)}});
+    entries.push_back({{"pcrs", {11}},
+                       {"pkfp", fingerprint},
+                       {"pol", util::hex_encode(policy)},
+                       {"sig", base64(sig)}});
   }
   return nlohmann::json{{"sha256", entries}}.dump();
 }

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "pok8s/util/endian.h"
 #include "pok8s/util/error.h"
 
 namespace pok8s::boot {
@@ -13,12 +14,6 @@ constexpr std::uint32_t kSectionHeaderSize = 40;
 constexpr std::uint32_t kDataDirectoriesOffset = 112;  // in a PE32+ optional header
 constexpr std::uint32_t kCertificateDirectory = 4;
 constexpr std::uint16_t kMaxSections = 96;  // the specification's limit
-
-std::uint64_t get(std::string_view b, std::size_t at, int bytes) {
-  std::uint64_t v = 0;
-  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(b[at + i]);
-  return v;
-}
 
 }  // namespace
 
@@ -34,23 +29,25 @@ PeImage parse_pe(std::string_view b, std::string_view what) {
   need(0, 64, "DOS header");
   if (b.substr(0, 2) != "MZ") throw fail("no MZ signature");
   PeImage pe;
-  pe.pe_offset = static_cast<std::uint32_t>(get(b, 0x3c, 4));
+  pe.pe_offset = static_cast<std::uint32_t>(util::get_le(b, 0x3c, 4));
   need(pe.pe_offset, 4 + kCoffHeaderSize, "COFF header");
   if (b.substr(pe.pe_offset, 4) != std::string_view("PE\0\0", 4)) throw fail("no PE signature");
   const std::uint32_t coff = pe.pe_offset + 4;
-  pe.machine = static_cast<std::uint16_t>(get(b, coff, 2));
-  const auto sections = static_cast<std::uint16_t>(get(b, coff + 2, 2));
-  const auto optional_size = static_cast<std::uint16_t>(get(b, coff + 16, 2));
+  pe.machine = static_cast<std::uint16_t>(util::get_le(b, coff, 2));
+  const auto sections = static_cast<std::uint16_t>(util::get_le(b, coff + 2, 2));
+  const auto optional_size = static_cast<std::uint16_t>(util::get_le(b, coff + 16, 2));
   if (sections > kMaxSections) throw fail(fmt::format("{} sections", sections));
   pe.optional_offset = coff + kCoffHeaderSize;
   need(pe.optional_offset, optional_size, "optional header");
-  if (optional_size < kDataDirectoriesOffset || get(b, pe.optional_offset, 2) != kPe32PlusMagic)
+  if (optional_size < kDataDirectoriesOffset ||
+      util::get_le(b, pe.optional_offset, 2) != kPe32PlusMagic)
     throw fail("not a PE32+ image");
-  pe.section_alignment = static_cast<std::uint32_t>(get(b, pe.optional_offset + 32, 4));
-  pe.file_alignment = static_cast<std::uint32_t>(get(b, pe.optional_offset + 36, 4));
-  pe.size_of_image = static_cast<std::uint32_t>(get(b, pe.optional_offset + 56, 4));
-  pe.size_of_headers = static_cast<std::uint32_t>(get(b, pe.optional_offset + 60, 4));
-  pe.number_of_rva_and_sizes = static_cast<std::uint32_t>(get(b, pe.optional_offset + 108, 4));
+  pe.section_alignment = static_cast<std::uint32_t>(util::get_le(b, pe.optional_offset + 32, 4));
+  pe.file_alignment = static_cast<std::uint32_t>(util::get_le(b, pe.optional_offset + 36, 4));
+  pe.size_of_image = static_cast<std::uint32_t>(util::get_le(b, pe.optional_offset + 56, 4));
+  pe.size_of_headers = static_cast<std::uint32_t>(util::get_le(b, pe.optional_offset + 60, 4));
+  pe.number_of_rva_and_sizes =
+      static_cast<std::uint32_t>(util::get_le(b, pe.optional_offset + 108, 4));
   if (pe.file_alignment == 0 || (pe.file_alignment & (pe.file_alignment - 1)) != 0 ||
       pe.section_alignment < pe.file_alignment)
     throw fail("bad file or section alignment");
@@ -68,18 +65,18 @@ PeImage parse_pe(std::string_view b, std::string_view what) {
     PeSection s;
     std::string_view name = b.substr(at, 8);
     s.name = std::string(name.substr(0, name.find('\0')));
-    s.virtual_size = static_cast<std::uint32_t>(get(b, at + 8, 4));
-    s.virtual_address = static_cast<std::uint32_t>(get(b, at + 12, 4));
-    s.raw_size = static_cast<std::uint32_t>(get(b, at + 16, 4));
-    s.raw_offset = static_cast<std::uint32_t>(get(b, at + 20, 4));
-    s.characteristics = static_cast<std::uint32_t>(get(b, at + 36, 4));
+    s.virtual_size = static_cast<std::uint32_t>(util::get_le(b, at + 8, 4));
+    s.virtual_address = static_cast<std::uint32_t>(util::get_le(b, at + 12, 4));
+    s.raw_size = static_cast<std::uint32_t>(util::get_le(b, at + 16, 4));
+    s.raw_offset = static_cast<std::uint32_t>(util::get_le(b, at + 20, 4));
+    s.characteristics = static_cast<std::uint32_t>(util::get_le(b, at + 36, 4));
     if (s.raw_size != 0) need(s.raw_offset, s.raw_size, ("section " + s.name).c_str());
     pe.sections.push_back(std::move(s));
   }
 
   if (pe.number_of_rva_and_sizes > kCertificateDirectory) {
-    pe.cert_table_offset = static_cast<std::uint32_t>(get(b, pe.cert_dir_field(), 4));
-    pe.cert_table_size = static_cast<std::uint32_t>(get(b, pe.cert_dir_field() + 4, 4));
+    pe.cert_table_offset = static_cast<std::uint32_t>(util::get_le(b, pe.cert_dir_field(), 4));
+    pe.cert_table_size = static_cast<std::uint32_t>(util::get_le(b, pe.cert_dir_field() + 4, 4));
     if (pe.cert_table_size != 0) {
       need(pe.cert_table_offset, pe.cert_table_size, "attribute certificate table");
       // Signing appends to it and hashes everything before it: it must be the file's end.

@@ -22,6 +22,7 @@
 #include <filesystem>
 #include <functional>
 
+#include "pok8s/util/endian.h"
 #include "pok8s/util/error.h"
 
 namespace pok8s::boot {
@@ -64,19 +65,15 @@ std::string openssl_error(std::string_view fallback) {
   throw Error(ErrorKind::kInternal, fmt::format("Failed to {}: {}", what, openssl_error("")));
 }
 
-void put_le(std::string& out, std::uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-
 // An EFI_GUID in memory: the first three fields little-endian, the last eight bytes as written.
 std::string guid_bytes(std::string_view text) {
   auto hex = [&](std::size_t at, std::size_t digits) {
     return std::stoull(std::string(text.substr(at, digits)), nullptr, 16);
   };
   std::string out;
-  put_le(out, hex(0, 8), 4);
-  put_le(out, hex(9, 4), 2);
-  put_le(out, hex(14, 4), 2);
+  util::append_le(out, hex(0, 8), 4);
+  util::append_le(out, hex(9, 4), 2);
+  util::append_le(out, hex(14, 4), 2);
   for (std::size_t at : {19u, 21u, 24u, 26u, 28u, 30u, 32u, 34u})
     out.push_back(static_cast<char>(hex(at, 2)));
   return out;
@@ -104,7 +101,7 @@ std::string efi_time(std::int64_t t) {
     throw Error(ErrorKind::kInvalidInput,
                 fmt::format("Failed to sign: time {} is out of range", t));
   std::string out;
-  put_le(out, static_cast<std::uint64_t>(tm.tm_year + 1900), 2);
+  util::append_le(out, static_cast<std::uint64_t>(tm.tm_year + 1900), 2);
   for (int v : {tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec})
     out.push_back(static_cast<char>(v));
   out.append(9, '\0');  // Pad1, Nanosecond, TimeZone, Daylight, Pad2
@@ -234,9 +231,9 @@ std::string efi_signature_list(X509* cert, std::string_view owner_guid) {
   constexpr std::size_t kListHeader = 16 + 4 + 4 + 4;
   const std::size_t signature_size = 16 + der.size();  // SignatureOwner + SignatureData
   std::string out = guid_bytes(kEfiCertX509Guid);
-  put_le(out, kListHeader + signature_size, 4);  // SignatureListSize
-  put_le(out, 0, 4);                             // SignatureHeaderSize
-  put_le(out, signature_size, 4);                // SignatureSize
+  util::append_le(out, kListHeader + signature_size, 4);  // SignatureListSize
+  util::append_le(out, 0, 4);                             // SignatureHeaderSize
+  util::append_le(out, signature_size, 4);                // SignatureSize
   out += guid_bytes(owner_guid);
   out += der;
   return out;
@@ -246,7 +243,7 @@ std::string efi_signed_update_payload(std::string_view variable, std::string_vie
                                       std::int64_t time) {
   std::string payload = utf16le(variable);
   payload += guid_bytes(vendor_guid_of(variable));
-  put_le(payload, kAuthVariableAttributes, 4);
+  util::append_le(payload, kAuthVariableAttributes, 4);
   payload += efi_time(time);
   payload += esl;
   return payload;
@@ -269,9 +266,10 @@ std::string efi_signed_update(std::string_view variable, std::string_view esl, X
   i2d_PKCS7_SIGNED(p7->d.sign, &p);
 
   std::string out = efi_time(time);
-  put_le(out, 4 + 2 + 2 + 16 + der.size(), 4);  // WIN_CERTIFICATE.dwLength, CertData included
-  put_le(out, kWinCertRevision, 2);
-  put_le(out, kWinCertTypeEfiGuid, 2);
+  util::append_le(out, 4 + 2 + 2 + 16 + der.size(),
+                  4);  // WIN_CERTIFICATE.dwLength, CertData included
+  util::append_le(out, kWinCertRevision, 2);
+  util::append_le(out, kWinCertTypeEfiGuid, 2);
   out += guid_bytes(kEfiCertTypePkcs7Guid);
   out += der;
   out += esl;

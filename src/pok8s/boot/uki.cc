@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "pok8s/boot/pe.h"
+#include "pok8s/util/endian.h"
 #include "pok8s/util/error.h"
 
 namespace pok8s::boot {
@@ -22,10 +23,6 @@ constexpr const char* kUkiSectionNames[] = {".osrel",   ".cmdline", ".uname",  "
 
 std::uint64_t align_up(std::uint64_t v, std::uint64_t a) {
   return (v + a - 1) / a * a;
-}
-
-void put_le(std::string& b, std::size_t at, std::uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) b[at + i] = static_cast<char>((v >> (8 * i)) & 0xff);
 }
 
 }  // namespace
@@ -64,9 +61,9 @@ std::string assemble_uki(const UkiInputs& in) {
           std::max<std::uint64_t>(sections_end, std::uint64_t{s.raw_offset} + s.raw_size);
   if (pe.cert_table_size == 0 || pe.cert_table_offset >= sections_end) {
     stub.resize(std::min<std::uint64_t>(stub.size(), sections_end));
-    put_le(stub, pe.cert_dir_field(), 0, 8);
+    util::put_le(stub, pe.cert_dir_field(), 0, 8);
     pe.cert_table_size = 0;
-    put_le(stub, pe.pe_offset + 4 + 8, 0, 8);  // PointerToSymbolTable, NumberOfSymbols
+    util::put_le(stub, pe.pe_offset + 4 + 8, 0, 8);  // PointerToSymbolTable, NumberOfSymbols
   }
   if (pe.cert_table_size != 0) throw fail("its signature table is not after its sections");
 
@@ -100,11 +97,11 @@ std::string assemble_uki(const UkiInputs& in) {
       const std::size_t at = pe.section_table_offset + kSectionHeaderSize * i;
       if (pe.sections[i].raw_size != 0) {
         pe.sections[i].raw_offset += static_cast<std::uint32_t>(grow);
-        put_le(stub, at + 20, pe.sections[i].raw_offset, 4);
+        util::put_le(stub, at + 20, pe.sections[i].raw_offset, 4);
       }
     }
     pe.size_of_headers += static_cast<std::uint32_t>(grow);
-    put_le(stub, pe.optional_offset + 60, pe.size_of_headers, 4);
+    util::put_le(stub, pe.optional_offset + 60, pe.size_of_headers, 4);
   }
 
   std::uint64_t next_va = 0;
@@ -123,19 +120,20 @@ std::string assemble_uki(const UkiInputs& in) {
     const std::size_t at = pe.section_table_offset + kSectionHeaderSize * index++;
     std::string header(kSectionHeaderSize, '\0');
     header.replace(0, name.size(), name);
-    put_le(header, 8, data.size(), 4);  // VirtualSize
-    put_le(header, 12, next_va, 4);     // VirtualAddress
-    put_le(header, 16, raw_size, 4);    // SizeOfRawData
-    put_le(header, 20, out.size(), 4);  // PointerToRawData
-    put_le(header, 36, kDataSectionFlags, 4);
+    util::put_le(header, 8, data.size(), 4);  // VirtualSize
+    util::put_le(header, 12, next_va, 4);     // VirtualAddress
+    util::put_le(header, 16, raw_size, 4);    // SizeOfRawData
+    util::put_le(header, 20, out.size(), 4);  // PointerToRawData
+    util::put_le(header, 36, kDataSectionFlags, 4);
     out.replace(at, kSectionHeaderSize, header);
     out += data;
     out.resize(out.size() + (raw_size - data.size()), '\0');
     next_va += data.size();
   }
-  put_le(out, pe.pe_offset + 4 + 2, index, 2);  // NumberOfSections
-  put_le(out, pe.optional_offset + 56, align_up(next_va, pe.section_alignment), 4);  // SizeOfImage
-  put_le(out, pe.checksum_field(), 0, 4);
+  util::put_le(out, pe.pe_offset + 4 + 2, index, 2);  // NumberOfSections
+  util::put_le(out, pe.optional_offset + 56, align_up(next_va, pe.section_alignment),
+               4);  // SizeOfImage
+  util::put_le(out, pe.checksum_field(), 0, 4);
   parse_pe(out, what + " (as a UKI)");  // what was written reads back
   return out;
 }

@@ -15,10 +15,14 @@
 #include <cerrno>
 #include <cstring>
 
+#include "pok8s/util/endian.h"
 #include "pok8s/util/error.h"
 
 namespace pok8s::image {
 namespace {
+
+using util::get_le;
+using util::put_le;
 
 constexpr std::size_t kBootCodeSize = 440;        // the MBR's code, before the disk signature
 constexpr std::size_t kKernelSector = 0x5c;       // le64: LBA of core.img's first sector
@@ -29,16 +33,6 @@ constexpr std::size_t kBlockListSegment = 0x1fe;  // le16: where they load, 0x82
 constexpr std::uint16_t kCoreLoadSegment = 0x820;
 constexpr std::size_t kMbrPartitionType = 0x1c2;  // the first MBR entry's type byte
 constexpr unsigned char kProtectiveType = 0xee;
-
-std::uint64_t get_le(std::string_view b, std::size_t at, int bytes) {
-  std::uint64_t v = 0;
-  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(b[at + i]);
-  return v;
-}
-
-void put_le(std::string& b, std::size_t at, std::uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) b[at + i] = static_cast<char>((v >> (8 * i)) & 0xff);
-}
 
 bool has_boot_signature(std::string_view sector) {
   return sector.size() == kBiosSector && static_cast<unsigned char>(sector[510]) == 0x55 &&

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "pok8s/util/error.h"
+#include "pok8s/util/sha256.h"
 
 namespace pok8s::image {
 namespace {
@@ -83,8 +84,7 @@ VerityTree append_verity_tree(const util::Path& image, std::string_view salt_hex
   std::size_t root_size = root.size();
   if ((r = crypt_volume_key_get(cd.get(), CRYPT_ANY_SLOT, root.data(), &root_size, nullptr, 0)) < 0)
     fail("reading the root hash", r);
-  for (std::size_t i = 0; i < root_size; ++i)
-    tree.root_hash += fmt::format("{:02x}", static_cast<unsigned char>(root[i]));
+  tree.root_hash = util::hex_encode(std::string_view(root.data(), root_size));
   tree.salt = std::string(salt_hex);
   if (::stat(image.c_str(), &st) != 0) throw_errno("Failed to read " + image.string(), errno);
   tree.hash_size = static_cast<std::uint64_t>(st.st_size) - tree.hash_offset;

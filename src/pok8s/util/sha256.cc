@@ -32,16 +32,20 @@ void Sha256::update(std::span<const std::byte> data) {
     throw Error("Failed to update SHA-256");
 }
 
-std::string Sha256::hex_digest() {
+std::string Sha256::digest() {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned len = 0;
   if (EVP_DigestFinal_ex(state_->ctx, md, &len) != 1) throw Error("Failed to finish SHA-256");
+  return std::string(reinterpret_cast<const char*>(md), len);
+}
+
+std::string hex_encode(std::string_view raw) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
-  out.reserve(len * 2);
-  for (unsigned i = 0; i < len; ++i) {
-    out += kHex[md[i] >> 4];
-    out += kHex[md[i] & 15];
+  out.reserve(raw.size() * 2);
+  for (unsigned char c : raw) {
+    out += kHex[c >> 4];
+    out += kHex[c & 15];
   }
   return out;
 }
@@ -50,6 +54,12 @@ std::string sha256_hex(std::string_view data) {
   Sha256 h;
   h.update(data);
   return h.hex_digest();
+}
+
+std::string sha256_raw(std::string_view data) {
+  Sha256 h;
+  h.update(data);
+  return h.digest();
 }
 
 std::string file_sha256(const Path& path) {

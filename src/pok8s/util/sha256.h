@@ -11,6 +11,9 @@
 
 namespace pok8s::util {
 
+// `raw` as lowercase hex, two digits a byte.
+std::string hex_encode(std::string_view raw);
+
 class Sha256 {
  public:
   Sha256();
@@ -22,8 +25,10 @@ class Sha256 {
 
   void update(std::span<const std::byte> data);
   void update(std::string_view data) { update(std::as_bytes(std::span(data.data(), data.size()))); }
+  // The digest, 32 raw bytes; the object cannot be updated afterwards.
+  std::string digest();
   // The lowercase hex digest; the object cannot be updated afterwards.
-  std::string hex_digest();
+  std::string hex_digest() { return hex_encode(digest()); }
 
  private:
   struct State;
@@ -31,6 +36,7 @@ class Sha256 {
 };
 
 std::string sha256_hex(std::string_view data);
+std::string sha256_raw(std::string_view data);  // 32 bytes
 
 // The sha256 of a file's contents, as lowercase hex.
 std::string file_sha256(const Path& path);
