@@ -87,7 +87,7 @@ std::size_t der_header_size(std::string_view element) {
 }
 
 std::string pkcs7_signature(const std::string& idc, X509* cert, EVP_PKEY* key,
-                            std::string_view what) {
+                            std::optional<std::int64_t> signing_time, std::string_view what) {
   Pkcs7Ptr p7(PKCS7_new());
   if (!p7 || PKCS7_set_type(p7.get(), NID_pkcs7_signed) != 1) fail_openssl(what);
   PKCS7_SIGNER_INFO* si = PKCS7_add_signature(p7.get(), cert, key, EVP_sha256());
@@ -95,6 +95,11 @@ std::string pkcs7_signature(const std::string& idc, X509* cert, EVP_PKEY* key,
   ASN1_OBJECT* type = OBJ_txt2obj(kSpcIndirectDataOid, 1);
   if (PKCS7_add_signed_attribute(si, NID_pkcs9_contentType, V_ASN1_OBJECT, type) != 1)
     fail_openssl(what);
+  // Without one, OpenSSL adds the clock's time, and the same input signs differently each time.
+  if (signing_time) {
+    ASN1_TIME* t = ASN1_TIME_set(nullptr, static_cast<time_t>(*signing_time));
+    if (t == nullptr || PKCS7_add0_attrib_signing_time(si, t) != 1) fail_openssl(what);
+  }
   if (PKCS7_content_new(p7.get(), NID_pkcs7_data) != 1) fail_openssl(what);
   // PKCS#7 digests the content's value without its tag and length: the messageDigest
   // attribute Authenticode verifiers compare.
@@ -140,7 +145,8 @@ std::string authenticode_digest(std::string_view b, const PeImage& pe) {
   return sha.digest();
 }
 
-std::string sign_pe(std::string_view bytes, X509* cert, EVP_PKEY* key, std::string_view what) {
+std::string sign_pe(std::string_view bytes, X509* cert, EVP_PKEY* key, std::string_view what,
+                    std::optional<std::int64_t> signing_time) {
   PeImage pe = parse_pe(bytes, what);
   if (pe.number_of_rva_and_sizes <= 4)
     throw Error(ErrorKind::kFormat,
@@ -168,8 +174,8 @@ std::string sign_pe(std::string_view bytes, X509* cert, EVP_PKEY* key, std::stri
   pe.cert_table_offset = 0;
   pe.cert_table_size = 0;
 
-  std::string signature =
-      pkcs7_signature(indirect_data_content(authenticode_digest(image, pe)), cert, key, what);
+  std::string signature = pkcs7_signature(indirect_data_content(authenticode_digest(image, pe)),
+                                          cert, key, signing_time, what);
   // WIN_CERTIFICATE: dwLength, wRevision, wCertificateType, then the PKCS#7 ContentInfo.
   std::string table(8, '\0');
   util::put_le(table, 0, 8 + signature.size(), 4);
@@ -182,8 +188,10 @@ std::string sign_pe(std::string_view bytes, X509* cert, EVP_PKEY* key, std::stri
   return image + table;
 }
 
-void sign_pe_file(const util::Path& in, const util::Path& out, X509* cert, EVP_PKEY* key) {
-  std::string signed_image = sign_pe(util::read_file(in, kMaxPeImageBytes), cert, key, in.string());
+void sign_pe_file(const util::Path& in, const util::Path& out, X509* cert, EVP_PKEY* key,
+                  std::optional<std::int64_t> signing_time) {
+  std::string signed_image =
+      sign_pe(util::read_file(in, kMaxPeImageBytes), cert, key, in.string(), signing_time);
   util::write_file_atomic(out, signed_image);
 }
 

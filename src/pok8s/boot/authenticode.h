@@ -7,6 +7,8 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -22,11 +24,14 @@ namespace pok8s::boot {
 std::string authenticode_digest(std::string_view bytes, const PeImage& pe);
 
 // `bytes` signed by `cert`/`key`: an existing signature is replaced, the file padded to 8 bytes
-// and the new attribute certificate table appended. Throws Error(kFormat) for a PE image it
-// cannot read (naming `what`).
-std::string sign_pe(std::string_view bytes, X509* cert, EVP_PKEY* key, std::string_view what);
+// and the new attribute certificate table appended. The signature's signingTime is
+// `signing_time` (seconds since the epoch), so a build signs reproducibly, or the clock's.
+// Throws Error(kFormat) for a PE image it cannot read (naming `what`).
+std::string sign_pe(std::string_view bytes, X509* cert, EVP_PKEY* key, std::string_view what,
+                    std::optional<std::int64_t> signing_time = std::nullopt);
 
 // sign_pe of the file `in` into `out` (complete or not at all).
-void sign_pe_file(const util::Path& in, const util::Path& out, X509* cert, EVP_PKEY* key);
+void sign_pe_file(const util::Path& in, const util::Path& out, X509* cert, EVP_PKEY* key,
+                  std::optional<std::int64_t> signing_time = std::nullopt);
 
 }  // namespace pok8s::boot

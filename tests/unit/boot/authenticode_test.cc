@@ -78,6 +78,21 @@ TEST_F(Authenticode, ResigningReplacesTheSignatureAndTheDigestIgnoresIt) {
   EXPECT_EQ(pe.cert_table_offset + pe.cert_table_size, s2.size());
 }
 
+TEST_F(Authenticode, AGivenSigningTimeSignsTheSameBytesEveryTime) {
+  SecureBootKeys k = load_secure_boot_keys(dir_->path() / "a");
+  std::string image = util::read_file(kSystemdBoot, kMaxPeImageBytes);
+  std::string one = sign_pe(image, k.db_cert.get(), k.db_key.get(), "x", 1700000000);
+  std::string two = sign_pe(image, k.db_cert.get(), k.db_key.get(), "x", 1700000000);
+  EXPECT_EQ(one, two);
+  EXPECT_NE(one, sign_pe(image, k.db_cert.get(), k.db_key.get(), "x", 1700000001));
+  // The time is in the signature: openssl's parse shows it among the signed attributes.
+  PeImage pe = parse_pe(one, "x");
+  util::Path p7 = dir_->path() / "sig.p7";
+  util::write_file_atomic(p7, one.substr(pe.cert_table_offset + 8, pe.cert_table_size - 8));
+  auto shown = util::run_process({"openssl", "asn1parse", "-inform", "DER", "-in", p7.string()});
+  EXPECT_NE(shown.output.find(":231114221320Z"), std::string::npos) << shown.output;
+}
+
 std::string format_error(std::string_view bytes) {
   try {
     parse_pe(bytes, "test.efi");
