@@ -21,6 +21,8 @@ struct BuildFlags {
   std::string disk_size;
   bool expandable = false;
   bool bios = false;
+  std::string keys;
+  std::string secure_boot_enroll = "force";
   std::string output;
   std::string config;
   std::string compression = "zstd";
@@ -39,6 +41,8 @@ int run_build(const GlobalOptions& g, const std::string& src, const BuildFlags& 
   if (!b.disk_size.empty()) options.disk.size = parse_size(b.disk_size, "--disk-size");
   options.disk.expandable = b.expandable;
   options.disk.bios = b.bios;
+  if (!b.keys.empty()) options.keys_dir = util::Path(b.keys);
+  options.secure_boot_enroll = b.secure_boot_enroll;
   options.output_dir = b.output;
   if (!b.config.empty()) options.cloud_config = util::Path(b.config);
   options.compression = image::parse_squashfs_compression(b.compression);
@@ -68,8 +72,14 @@ int run_build(const GlobalOptions& g, const std::string& src, const BuildFlags& 
   std::string human =
       fmt::format("Built {} (kernel {}, build id {})\n", src, r.kernel_version, r.build_id);
   nlohmann::json artifacts = artifacts_json(r, b.output, human);
+  if (r.uki_size != 0)
+    human += fmt::format("UKI: {} (no rootfs inside), command line: {}\n",
+                         human_size(static_cast<std::int64_t>(r.uki_size)), r.uki_cmdline);
   human += fmt::format("Manifest: {}", r.manifest.string());
+  nlohmann::json uki;
+  if (r.uki_size != 0) uki = {{"size", r.uki_size}, {"cmdline", r.uki_cmdline}};
   out.result(human, {{"source", src},
+                     {"uki", uki},
                      {"buildId", r.build_id},
                      {"kernel", r.kernel_version},
                      {"artifacts", artifacts},
@@ -147,9 +157,19 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
                                    "toppings, artifacts and cloud-config in one file");
   src_opt->excludes(spec_opt);
   cmd->add_option("--artifact", b->artifacts,
-                  "What to build: iso, raw, qcow2, vhd (repeat, or separate with commas)")
+                  "What to build: iso, raw, qcow2, vhd, uki, uki-iso (repeat, or separate with "
+                  "commas)")
       ->delimiter(',')
-      ->check(CLI::IsMember({"iso", "raw", "qcow2", "vhd"}));
+      ->check(CLI::IsMember({"iso", "raw", "qcow2", "vhd", "uki", "uki-iso"}));
+  cmd->add_option("--keys", b->keys,
+                  "Key set (pok8s keys generate) that signs the uki and uki-iso artifacts: "
+                  "systemd-boot and the UKI with db, the PCR policies with the PCR key");
+  cmd->add_option("--secure-boot-enroll", b->secure_boot_enroll,
+                  "What systemd-boot on the uki-iso does with its keys when the firmware is in "
+                  "setup mode: force (enroll, after a countdown a key press aborts), manual (a "
+                  "menu entry), off")
+      ->check(CLI::IsMember({"force", "manual", "off"}))
+      ->default_val("force");
   cmd->add_option("--disk-size", b->disk_size,
                   "Size of raw/qcow2/vhd disks, like 8G or 6000M (default: what the layout "
                   "needs plus 1 GiB of COS_PERSISTENT)");
@@ -173,9 +193,9 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
     if (!b->spec.empty()) {
       // The spec says everything the flags would; both at once would leave one of them unused.
       for (const char* flag :
-           {"--artifact", "--disk-size", "--expandable", "--bios", "--config", "--compression",
-            "--compression-level", "--version", "--variant", "--k8s", "--k8s-version",
-            "--k8s-binary", "--k8s-sha256", "--model", "--arch", "--packages"})
+           {"--artifact", "--disk-size", "--expandable", "--bios", "--keys", "--secure-boot-enroll",
+            "--config", "--compression", "--compression-level", "--version", "--variant", "--k8s",
+            "--k8s-version", "--k8s-binary", "--k8s-sha256", "--model", "--arch", "--packages"})
         if (cmd->count(flag) > 0)
           throw CLI::ValidationError(flag, "comes from the build spec given with -f");
       run = [&g, b, c, t] { return run_spec_build(g, *b, *c, *t); };

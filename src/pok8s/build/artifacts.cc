@@ -13,10 +13,12 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 
+#include "pok8s/boot/authenticode.h"
 #include "pok8s/boot/grub.h"
 #include "pok8s/boot/initramfs.h"
 #include "pok8s/boot/kernel.h"
 #include "pok8s/build/disk_image.h"
+#include "pok8s/build/uki_artifacts.h"
 #include "pok8s/config/cloud_config.h"
 #include "pok8s/config/config_url.h"
 #include "pok8s/config/install_config.h"
@@ -281,6 +283,90 @@ BuiltArtifact write_live_iso(Build& b, const boot::GrubImages& grub,
   return describe(iso, std::move(sha256), "iso");
 }
 
+// The uki and uki-iso artifacts from one signed UKI: the UKI and its rootfs image, and/or the
+// ISO whose ESP has systemd-boot, the UKI and the keys to enroll.
+void write_uki_artifacts(Build& b, const boot::SecureBootKeys& keys, const util::Path& rootfs,
+                         const BootFiles& boot_files, const std::string& cloud_config,
+                         const std::string& name, const util::Path& scratch, bool want_uki,
+                         bool want_iso, BuildResult& result, json& manifest_uki) {
+  VerityRootfs verity = make_verity_rootfs(b.cache, rootfs, rootfs.stem().string(),
+                                           [&](std::string_view l) { b.log(l); });
+  const auto& labels = b.image.config.labels;
+  auto version = labels.find("io.pok8s.version");
+  UkiPlan plan;
+  plan.kernel = boot_files.kernel;
+  plan.initrd = boot_files.initrd;
+  plan.kernel_version = boot_files.kernel_version;
+  plan.os_release = uki_os_release(name, version == labels.end() ? "" : version->second);
+  plan.cmdline = fmt::format("console=tty0 console=ttyS0,115200 pok8s.media={} pok8s.mode=live {}",
+                             b.options.volume_label, image::verity_cmdline(verity.tree));
+  plan.sbat = fmt::format("pok8s,1,pok8s,pok8s,{},-\n", POK8S_VERSION);
+  plan.signing_time = b.timestamp;
+  b.log(fmt::format("Assembling and signing the UKI (kernel {})", boot_files.kernel_version));
+  SignedUki uki = make_signed_uki(plan, keys);
+  result.uki_size = uki.bytes.size();
+  result.uki_cmdline = plan.cmdline;
+  manifest_uki = {{"size", uki.bytes.size()},
+                  {"cmdline", plan.cmdline},
+                  {"rootHash", verity.tree.root_hash},
+                  {"sections", json::array()}};
+  for (const auto& s : uki.sections)
+    manifest_uki["sections"].push_back({{"name", s.name}, {"size", s.size}});
+
+  util::Path uki_file = scratch / (name + ".efi");
+  util::write_file_atomic(uki_file, uki.bytes);
+  if (want_uki) {
+    util::Path out = b.options.output_dir / (name + ".efi");
+    b.log(fmt::format("Writing {}", out.string()));
+    util::write_file_atomic(out, uki.bytes);
+    result.artifacts.push_back(describe(out, util::sha256_hex(uki.bytes), "uki"));
+    util::Path img = b.options.output_dir / (name + ".rootfs.img");
+    util::Path tmp = b.options.output_dir / (name + ".rootfs.img.tmp-" + util::random_hex(4));
+    b.log(fmt::format("Writing {}", img.string()));
+    try {
+      fs::copy_file(verity.image, tmp, fs::copy_options::overwrite_existing);
+      fs::rename(tmp, img);
+    } catch (...) {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      throw;
+    }
+    result.artifacts.push_back(describe(img, util::file_sha256(img), "rootfs-verity"));
+  }
+  if (!want_iso) return;
+  util::Path iso = b.options.output_dir / (name + ".uki.iso");
+  b.log(fmt::format("Writing {}", iso.string()));
+  util::Path boot_efi = scratch / "systemd-bootx64.efi";
+  boot::sign_pe_file(kHostSystemdBoot, boot_efi, keys.db_cert.get(), keys.db_key.get(),
+                     b.timestamp);
+  util::Path conf = scratch / "loader.conf";
+  util::write_file_atomic(conf, loader_conf(b.options.secure_boot_enroll));
+  std::vector<image::FatFile> esp = {{"EFI/BOOT/BOOTX64.EFI", boot_efi},
+                                     {"EFI/Linux/" + name + ".efi", uki_file},
+                                     {"loader/loader.conf", conf}};
+  for (std::string_view key : boot::kKeyNames)
+    esp.push_back(
+        {fmt::format("loader/keys/auto/{}.auth", key), keys.dir / (std::string(key) + ".auth")});
+  util::Path efi_img = scratch / "esp.img";
+  image::write_fat_image(esp, "", b.timestamp, efi_img);
+  std::vector<image::IsoFile> files = {{"rootfs.squashfs", verity.image}};
+  if (b.options.cloud_config) {
+    util::Path copy = scratch / "config.yaml";
+    util::write_file_atomic(copy, cloud_config);
+    files.push_back({"config.yaml", copy});
+  }
+  image::IsoOptions iso_options;
+  iso_options.volume_id = b.options.volume_label;
+  iso_options.timestamp = b.timestamp;
+  iso_options.efi_image = efi_img;
+  if (b.options.progress)
+    iso_options.progress = [&](std::uint64_t done, std::uint64_t total) {
+      b.progress("uki-iso", done, total);
+    };
+  std::string sha256 = image::write_iso(files, iso_options, iso);
+  result.artifacts.push_back(describe(iso, std::move(sha256), "uki-iso"));
+}
+
 }  // namespace
 
 std::string artifact_base_name(const oci::ResolvedImage& image) {
@@ -315,6 +401,34 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
                               image.source_name, kind));
   }
   require_converted(image);
+  // Signing keys and signing tools are checked before any work, like the cloud-config.
+  bool want_uki = wants("uki"), want_uki_iso = wants("uki-iso");
+  std::optional<boot::SecureBootKeys> keys;
+  if (want_uki || want_uki_iso) {
+    if (!options.keys_dir)
+      throw Error(
+          ErrorKind::kInvalidInput,
+          fmt::format("Failed to build {}: the {} artifact is signed: pass --keys DIR (pok8s "
+                      "keys generate DIR makes a key set)",
+                      image.source_name, want_uki ? "uki" : "uki-iso"));
+    keys = boot::load_secure_boot_keys(*options.keys_dir);
+    if (std::find(std::begin(kSecureBootEnrollModes), std::end(kSecureBootEnrollModes),
+                  options.secure_boot_enroll) == std::end(kSecureBootEnrollModes))
+      throw Error(ErrorKind::kInvalidInput,
+                  fmt::format("Failed to build {}: secure-boot-enroll '{}' is none of force, "
+                              "manual, off",
+                              image.source_name, options.secure_boot_enroll));
+    for (const char* tool : {boot::kHostSystemdStub, kHostSystemdBoot})
+      if (!cached(tool))
+        throw Error(ErrorKind::kNotFound,
+                    fmt::format("Failed to build {}: {} is missing (install systemd-boot-efi)",
+                                image.source_name, tool));
+  } else if (options.keys_dir) {
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to build {}: --keys signs the uki and uki-iso artifacts, and "
+                            "none of them is asked for",
+                            image.source_name));
+  }
   // A bad cloud-config is refused before any work, naming file, line and key.
   std::string cloud_config;
   if (options.cloud_config) {
@@ -366,6 +480,22 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
     // qemu-img writes qcow2 and vhd; a raw disk does not need it.
     if (wants("qcow2") || wants("vhd")) inputs["disk"]["qemuImg"] = disk_tool_version();
   }
+  if (keys) {
+    // The keys by their public halves and the .auth files the ISO carries.
+    std::string key_ids;
+    for (std::string_view k : boot::kKeyNames)
+      for (const char* ext : {".crt", ".auth"})
+        key_ids += util::file_sha256(keys->dir / (std::string(k) + ext));
+    key_ids += util::sha256_hex(keys->pcr_public);
+    inputs["uki"] = {{"keys", util::sha256_hex(key_ids)},
+                     {"stub", util::file_sha256(boot::kHostSystemdStub)},
+                     {"label", options.volume_label},
+                     {"version", POK8S_VERSION}};
+    if (want_uki_iso) {
+      inputs["uki"]["systemdBoot"] = util::file_sha256(kHostSystemdBoot);
+      inputs["uki"]["enroll"] = options.secure_boot_enroll;
+    }
+  }
   result.build_id = util::sha256_hex(inputs.dump()).substr(0, 16);
 
   DiskContents contents{rootfs,
@@ -408,12 +538,18 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
     }
   }
 
+  json manifest_uki;
+  if (keys)
+    write_uki_artifacts(b, *keys, rootfs, boot_files, cloud_config, name, scratch.path(), want_uki,
+                        want_uki_iso, result, manifest_uki);
+
   json manifest = {
       {"buildId", result.build_id},
       {"image", {{"name", image.source_name}, {"digest", image.manifest_digest().str()}}},
       {"kernel", result.kernel_version},
       {"inputs", inputs},
       {"artifacts", json::array()}};
+  if (keys) manifest["uki"] = manifest_uki;
   if (!options.spec_id.empty()) {
     manifest["specId"] = options.spec_id;
     manifest["spec"] = options.spec;

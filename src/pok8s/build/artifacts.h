@@ -4,6 +4,8 @@
 //   iso            a hybrid live ISO (UEFI GRUB and BIOS El Torito, label COS_LIVE) holding
 //                  them and the cloud-config
 //   raw|qcow2|vhd  a disk image of an installed system (build/disk_image.h)
+//   uki|uki-iso    a signed UKI with a dm-verity root, alone or on a Secure Boot ISO
+//                  (build/uki_artifacts.h)
 // Changing only the cloud-config rebuilds only the artifacts, never the rootfs or initramfs.
 #pragma once
 
@@ -23,7 +25,7 @@
 namespace pok8s::build {
 
 // The artifact kinds this release builds.
-inline constexpr const char* kBuiltKinds[] = {"iso", "raw", "qcow2", "vhd"};
+inline constexpr const char* kBuiltKinds[] = {"iso", "raw", "qcow2", "vhd", "uki", "uki-iso"};
 
 struct DiskImageOptions {
   // The disk's size in bytes; 0: what the layout needs, with kDefaultPersistentMiB of
@@ -54,6 +56,10 @@ struct BuildOptions {
   util::Path cache_dir;                           // step results; default: the blob store's
   std::string volume_label = "COS_LIVE";
   DiskImageOptions disk;
+  // The key set (pok8s keys generate) that signs the uki and uki-iso artifacts; they need one,
+  // the others do not take one.
+  std::optional<util::Path> keys_dir;
+  std::string secure_boot_enroll = "force";  // loader.conf of the uki-iso (build/uki_artifacts.h)
   // The build spec these artifacts were made from, if any: its id and canonical form go into
   // the manifest.
   std::string spec_id;
@@ -65,7 +71,8 @@ struct BuildOptions {
 
 struct BuiltArtifact {
   std::string name;  // file name in output_dir
-  std::string type;  // the kind: iso, raw, qcow2, vhd
+  std::string type;  // the kind: iso, raw, qcow2, vhd, uki, uki-iso; rootfs-verity for the
+                     // rootfs image that comes with a uki
   std::uint64_t size = 0;
   std::string sha256;
 };
@@ -75,6 +82,9 @@ struct BuildResult {
   std::vector<BuiltArtifact> artifacts;
   util::Path manifest;  // <name>.manifest.json
   std::string kernel_version;
+  // With uki or uki-iso: the UKI's size, its command line (with the verity root hash).
+  std::uint64_t uki_size = 0;
+  std::string uki_cmdline;
   bool rootfs_cached = false;
   bool initramfs_cached = false;
 };

@@ -944,28 +944,35 @@ BuildSpec load_build_spec(const util::Path& file) {
 
 std::vector<std::string> unbuildable(const BuildSpec& spec) {
   std::vector<std::string> out;
+  bool signed_uki = false, unsigned_boot = false;
   for (const auto& artifact : spec.artifacts) {
+    if (artifact == "uki" || artifact == "uki-iso") {
+      signed_uki = true;
+      if (spec.security.keys.empty())
+        out.push_back(fmt::format(
+            "artifacts: {} needs security.keys (the key set that signs it; pok8s keys generate "
+            "makes one)",
+            artifact));
+      continue;
+    }
+    unsigned_boot = true;
     if (artifact == "iso" || artifact == "raw" || artifact == "qcow2" || artifact == "vhd")
       continue;
     std::string_view why = "it comes with a later release";
-    if (artifact == "uki" || artifact == "uki-iso")
-      why = "signed UKIs come with a later release";
-    else if (artifact == "netboot")
-      why = "netboot bundles come with a later release";
+    if (artifact == "netboot") why = "netboot bundles come with a later release";
     out.push_back(fmt::format("artifacts: {} is not built yet ({})", artifact, why));
   }
-  if (spec.security.trusted_boot)
+  if (spec.security.trusted_boot && (!signed_uki || unsigned_boot))
     out.emplace_back(
-        "security.trustedBoot: not built yet (signed UKIs and Secure Boot come with a later "
-        "release)");
+        "security.trustedBoot: only the uki and uki-iso artifacts boot through a signed UKI; "
+        "ask for those alone");
   if (spec.security.encryption != "none")
     out.push_back(
         fmt::format("security.encryption: {} is not built yet (encrypted partitions "
                     "are made by the installer, which comes with a later release)",
                     spec.security.encryption));
-  if (!spec.security.keys.empty())
-    out.emplace_back(
-        "security.keys: not used yet (Secure Boot signing comes with a later release)");
+  if (!spec.security.keys.empty() && !signed_uki)
+    out.emplace_back("security.keys: only the uki and uki-iso artifacts are signed; ask for one");
   return out;
 }
 

@@ -102,7 +102,8 @@ BuildSpec parse_build_spec(std::string_view text, std::string_view source,
 BuildSpec load_build_spec(const util::Path& file);
 
 // What the engine cannot build yet, one "field: reason" line each. Empty when everything can be
-// built. Today buildable: artifacts [iso] only; trustedBoot false; encryption none; keys empty.
+// built. Today: every artifact but netboot (uki and uki-iso with keys); trustedBoot with uki or
+// uki-iso alone; encryption none.
 std::vector<std::string> unbuildable(const BuildSpec& spec);
 
 // The canonical form: a JSON object with defaults filled in, `base` replaced by `base_resolved`

@@ -456,12 +456,26 @@ TEST_F(BuildSpecTest, LoadRefusesAMissingOrOversizedFile) {
 TEST_F(BuildSpecTest, UnbuildableNamesEachFieldWithAReason) {
   EXPECT_TRUE(unbuildable(parse(kMinimal)).empty());
   auto reasons = unbuildable(parse(full_spec()));
-  // raw is built; uki and the security options are not yet.
-  ASSERT_EQ(reasons.size(), 4u);
-  EXPECT_EQ(reasons[0], "artifacts: uki is not built yet (signed UKIs come with a later release)");
-  EXPECT_EQ(reasons[1].rfind("security.trustedBoot: not built yet (signed UKIs", 0), 0u);
-  EXPECT_EQ(reasons[2].rfind("security.encryption: tpm is not built yet (", 0), 0u);
-  EXPECT_EQ(reasons[3].rfind("security.keys: not used yet (", 0), 0u);
+  // uki is built with its keys; trusted boot with iso and raw beside it, and encryption, are not.
+  ASSERT_EQ(reasons.size(), 2u);
+  EXPECT_EQ(reasons[0].rfind("security.trustedBoot: only the uki and uki-iso artifacts", 0), 0u);
+  EXPECT_EQ(reasons[1].rfind("security.encryption: tpm is not built yet (", 0), 0u);
+  BuildSpec s = parse(full_spec());
+  s.security.encryption = "none";
+  s.artifacts = {"uki", "uki-iso"};
+  EXPECT_TRUE(unbuildable(s).empty());
+  s.security.keys.clear();
+  reasons = unbuildable(s);
+  ASSERT_EQ(reasons.size(), 2u);
+  EXPECT_EQ(reasons[0],
+            "artifacts: uki needs security.keys (the key set that signs it; pok8s "
+            "keys generate makes one)");
+  s.artifacts = {"iso"};
+  s.security.trusted_boot = false;
+  s.security.keys = "/keys";
+  EXPECT_EQ(unbuildable(s),
+            std::vector<std::string>{
+                "security.keys: only the uki and uki-iso artifacts are signed; ask for one"});
 }
 
 TEST_F(BuildSpecTest, CanonicalFormDoesNotDependOnYamlOrderOrStyle) {

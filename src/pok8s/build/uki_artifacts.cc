@@ -1,0 +1,119 @@
+#include "pok8s/build/uki_artifacts.h"
+
+#include <fmt/format.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "pok8s/boot/authenticode.h"
+#include "pok8s/boot/pcr_policy.h"
+#include "pok8s/util/error.h"
+#include "pok8s/util/sha256.h"
+
+namespace pok8s::build {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Bumped when the verity step's output for the same inputs changes.
+constexpr int kVerityStepVersion = 1;
+
+bool is_file(const util::Path& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+}  // namespace
+
+VerityRootfs make_verity_rootfs(const util::Path& cache, const util::Path& rootfs,
+                                std::string_view salt_seed,
+                                const std::function<void(std::string_view)>& log) {
+  // The rootfs' cache name already hashes the image and the writer's options.
+  nlohmann::json key = {{"step", "verity"},
+                        {"v", kVerityStepVersion},
+                        {"rootfs", rootfs.filename().string()},
+                        {"seed", salt_seed}};
+  std::string id = util::sha256_hex(key.dump());
+  util::Path dir = cache / "verity";
+  VerityRootfs out{dir / (id + ".img"), {}};
+  util::Path tree_file = dir / (id + ".json");
+  if (is_file(out.image) && is_file(tree_file)) {
+    auto j = nlohmann::json::parse(util::read_file(tree_file, 4096));
+    out.tree.root_hash = j.at("rootHash").get<std::string>();
+    out.tree.salt = j.at("salt").get<std::string>();
+    out.tree.data_blocks = j.at("dataBlocks").get<std::uint64_t>();
+    out.tree.hash_offset = j.at("hashOffset").get<std::uint64_t>();
+    out.tree.hash_size = j.at("hashSize").get<std::uint64_t>();
+    if (log) log("Rootfs image with its dm-verity tree: cached");
+    return out;
+  }
+  if (log) log("Appending the dm-verity tree to the rootfs image");
+  util::make_dirs(dir);
+  util::Path tmp = dir / (id + ".img.tmp-" + util::random_hex(4));
+  try {
+    fs::copy_file(rootfs, tmp, fs::copy_options::overwrite_existing);
+    // 32 bytes of salt, from the seed: the same build makes the same tree.
+    out.tree = image::append_verity_tree(
+        tmp, util::sha256_hex("pok8s verity salt " + std::string(salt_seed)));
+    fs::rename(tmp, out.image);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
+  }
+  nlohmann::json j = {{"rootHash", out.tree.root_hash},
+                      {"salt", out.tree.salt},
+                      {"dataBlocks", out.tree.data_blocks},
+                      {"hashOffset", out.tree.hash_offset},
+                      {"hashSize", out.tree.hash_size}};
+  // Written last: only a complete entry is a cache hit.
+  util::write_file_atomic(tree_file, j.dump());
+  return out;
+}
+
+SignedUki make_signed_uki(const UkiPlan& plan, const boot::SecureBootKeys& keys) {
+  std::string kernel = util::read_file(plan.kernel, boot::kMaxUkiPartBytes);
+  std::string initrd = util::read_file(plan.initrd, boot::kMaxUkiPartBytes);
+  // What the stub measures into PCR 11, in the bytes the UKI will carry.
+  std::map<std::string, std::string_view> measured = {{".linux", kernel},
+                                                      {".osrel", plan.os_release},
+                                                      {".cmdline", plan.cmdline},
+                                                      {".initrd", initrd},
+                                                      {".pcrpkey", keys.pcr_public}};
+  boot::UkiInputs in;
+  in.stub = plan.stub;
+  in.os_release = plan.os_release;
+  in.cmdline = plan.cmdline;
+  in.uname = plan.kernel_version;
+  in.sbat = plan.sbat;
+  in.pcrpkey = keys.pcr_public;
+  in.pcrsig = boot::pcr_signature_json(boot::expected_pcr11(measured), keys.pcr_key.get());
+  in.kernel = plan.kernel;
+  in.initrd = plan.initrd;
+  std::string unsigned_uki = boot::assemble_uki(in);
+  SignedUki out;
+  out.bytes = boot::sign_pe(unsigned_uki, keys.db_cert.get(), keys.db_key.get(), "the UKI",
+                            plan.signing_time);
+  out.sections = boot::uki_sections(out.bytes);
+  return out;
+}
+
+std::string uki_os_release(std::string_view name, std::string_view version) {
+  return fmt::format(
+      "NAME=\"pok8s\"\nID=pok8s\nPRETTY_NAME=\"pok8s {}\"\nIMAGE_ID=\"{}\"\n"
+      "IMAGE_VERSION=\"{}\"\nVERSION_ID=\"{}\"\n",
+      name, name, version, version);
+}
+
+std::string loader_conf(std::string_view secure_boot_enroll) {
+  return fmt::format(
+      "# systemd-boot: the UKIs under /EFI/Linux are its entries.\n"
+      "timeout 3\n"
+      "console-mode keep\n"
+      "secure-boot-enroll {}\n",
+      secure_boot_enroll);
+}
+
+}  // namespace pok8s::build

@@ -1,0 +1,72 @@
+// The trusted-boot artifacts of `pok8s build`, made from the same rootfs image, kernel and
+// initramfs as the others:
+//   uki      a signed Unified Kernel Image (<name>.efi) and the rootfs image it trusts
+//            (<name>.rootfs.img: the squashfs with its dm-verity tree appended; the UKI's signed
+//            command line carries the root hash)
+//   uki-iso  an ISO whose EFI system partition holds systemd-boot signed with the db key, that
+//            UKI, and the keys' .auth updates under loader/keys/auto for systemd-boot to enroll
+//            in a firmware in setup mode; the ISO file system holds the rootfs image
+// Both need a key set from `pok8s keys generate`, checked before anything is written.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "pok8s/boot/secure_boot_keys.h"
+#include "pok8s/boot/uki.h"
+#include "pok8s/image/verity.h"
+#include "pok8s/util/file.h"
+
+namespace pok8s::build {
+
+inline constexpr const char* kHostSystemdBoot = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+
+// What systemd-boot does with the keys under loader/keys/auto when the firmware is in setup
+// mode (loader.conf's secure-boot-enroll). systemd-boot 252, which Debian 12 ships, knows
+// `force` (enroll after a countdown a key press aborts), `manual` (a menu entry) and `off`;
+// `if-safe` came later.
+inline constexpr const char* kSecureBootEnrollModes[] = {"force", "manual", "off"};
+
+// The rootfs image with its dm-verity tree, cached next to the rootfs it was made from (same
+// salt, same bytes).
+struct VerityRootfs {
+  util::Path image;
+  image::VerityTree tree;
+};
+
+// `rootfs` with a dm-verity tree appended, salted from `salt_seed`, from `cache` or made there.
+VerityRootfs make_verity_rootfs(const util::Path& cache, const util::Path& rootfs,
+                                std::string_view salt_seed,
+                                const std::function<void(std::string_view)>& log);
+
+struct UkiPlan {
+  util::Path stub = boot::kHostSystemdStub;
+  util::Path kernel;
+  util::Path initrd;
+  std::string kernel_version;
+  std::string os_release;  // .osrel
+  std::string cmdline;     // .cmdline: with the verity root hash
+  std::string sbat;
+  std::int64_t signing_time = 0;
+};
+
+struct SignedUki {
+  std::string bytes;  // signed with the db key
+  std::vector<boot::UkiSection> sections;
+};
+
+// Assembles the UKI of `plan` with .pcrpkey (the keys' PCR public key) and .pcrsig (the PCR 11
+// values of its own sections for each boot phase, signed with the PCR key), then signs it with
+// the db key.
+SignedUki make_signed_uki(const UkiPlan& plan, const boot::SecureBootKeys& keys);
+
+// The .osrel of pok8s UKIs: systemd-boot shows PRETTY_NAME and the version in its menu.
+std::string uki_os_release(std::string_view name, std::string_view version);
+
+// loader/loader.conf of the uki-iso's ESP.
+std::string loader_conf(std::string_view secure_boot_enroll);
+
+}  // namespace pok8s::build
