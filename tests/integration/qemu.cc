@@ -35,14 +35,20 @@ std::vector<std::string> qemu_argv(const QemuOptions& options, const util::Path&
                                    "-no-reboot",
                                    "-nic",
                                    "none"};
-  if (options.firmware == Firmware::kUefi) {
+  if (options.firmware != Firmware::kBios) {
     auto vars = work_dir / "OVMF_VARS.fd";
-    std::filesystem::copy_file(kOvmfVars, vars, std::filesystem::copy_options::overwrite_existing);
-    for (const std::string& arg : std::vector<std::string>{
-             "-machine", "q35", "-drive",
-             std::string("if=pflash,format=raw,unit=0,readonly=on,file=") + kOvmfCode, "-drive",
-             "if=pflash,format=raw,unit=1,file=" + vars.string()})
-      argv.push_back(arg);
+    std::filesystem::copy_file(options.uefi_vars.value_or(kOvmfVars), vars,
+                               std::filesystem::copy_options::overwrite_existing);
+    bool secure = options.firmware == Firmware::kUefiSecureBoot;
+    // The Secure Boot build keeps its variables in SMM, so only SMM code may write them.
+    std::vector<std::string> args = {"-machine", secure ? "q35,smm=on" : "q35"};
+    if (secure)
+      args.insert(args.end(), {"-global", "driver=cfi.pflash01,property=secure,value=on"});
+    args.insert(args.end(), {"-drive",
+                             std::string("if=pflash,format=raw,unit=0,readonly=on,file=") +
+                                 (secure ? kOvmfSecureBootCode : kOvmfCode),
+                             "-drive", "if=pflash,format=raw,unit=1,file=" + vars.string()});
+    argv.insert(argv.end(), args.begin(), args.end());
   }
   if (options.cdrom) {
     argv.push_back("-drive");

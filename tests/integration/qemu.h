@@ -19,10 +19,14 @@
 
 namespace pok8s::testing {
 
-enum class Firmware { kBios, kUefi };
+// kUefiSecureBoot: OVMF built with Secure Boot (and SMM); its empty variables are setup mode.
+enum class Firmware { kBios, kUefi, kUefiSecureBoot };
 
 struct QemuOptions {
   Firmware firmware = Firmware::kBios;
+  // UEFI variables to start from (copied into the work directory, where the machine changes
+  // them: <work_dir>/OVMF_VARS.fd); default OVMF's empty ones.
+  std::optional<util::Path> uefi_vars;
   std::optional<util::Path> cdrom;   // attached as a CD-ROM
   std::vector<util::Path> disks;     // disk images (virtio), in order; .qcow2 and .vhd by
                                      // their format, anything else raw
@@ -79,6 +83,7 @@ class Qemu {
 // The directory of OVMF's firmware (Debian's ovmf package).
 inline constexpr const char* kOvmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 inline constexpr const char* kOvmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+inline constexpr const char* kOvmfSecureBootCode = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 
 // How long a boot may take under TCG before a test gives up: generous, and scaled by
 // POK8S_BOOT_TIMEOUT_SCALE on slow machines. Never an assertion about speed.

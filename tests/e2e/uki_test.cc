@@ -1,0 +1,294 @@
+// Trusted boot end to end: the Debian fixture converted, a key set from pok8s keys, then
+// pok8s build --artifact uki,uki-iso --keys. The ISO's systemd-boot enrolls the keys in OVMF's
+// Secure Boot variables (setup mode), the machine resets, and with Secure Boot enforced boots
+// the signed UKI to the cloud-config's boot stage through the dm-verity root. The firmware
+// refuses the same UKI with one byte changed, unsigned, and signed by other keys; a flipped byte
+// in the rootfs stops the boot with pok8s-init's verity error. Bad keys are refused before
+// anything is written; the same inputs sign the same bytes.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "e2e/pok8s_cli.h"
+#include "integration/qemu.h"
+#include "pok8s/image/fat.h"
+#include "pok8s/util/file.h"
+#include "pok8s/util/sha256.h"
+
+using namespace pok8s;
+using namespace pok8s::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kTag = "12-standard-amd64-generic-v0.1.0";
+constexpr const char* kName = "debian-12-standard-amd64-generic-v0.1.0";
+
+// The boot stage says what it sees: the root read-only, Secure Boot on (the firmware's
+// SecureBoot variable), and the device-mapper device the root is read through.
+constexpr const char* kCloudConfig = R"yaml(#cloud-config
+stages:
+  boot:
+    - name: e2e trusted boot probe
+      commands:
+        - |
+          r=ro; touch /pok8s-probe 2>/dev/null && r=rw
+          sb=$(od -An -tu1 -j4 -N1 /sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c | tr -d ' ')
+          echo "POK8S-UKI root=$r secureboot=$sb dm=$(cat /sys/block/dm-0/dm/name)" > /dev/ttyS0
+)yaml";
+constexpr const char* kExpected = "POK8S-UKI root=ro secureboot=1 dm=pok8s-root";
+
+class Uki : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto fail = [](std::string why) { setup_error_ = std::move(why); };
+    work_ = new util::TempDir(util::TempDir::scratch("/var/tmp"));
+    util::Path w = work_->path();
+    layout_ = "oci:" + (w / "layout").string();
+    if (convert_debian_fixture(w, w / "layout", "v0.1.0", setup_error_).empty()) return;
+    for (const char* set : {"keys", "other"}) {
+      auto r = run_pok8s((w / "cache").string(), {"keys", "generate", (w / set).string()});
+      if (r.status != 0) return fail(std::string("keys generate failed:\n") + r.output);
+    }
+    util::write_file_atomic(w / "cloud.yaml", kCloudConfig);
+    auto r = build(w / "cache", w / "out");
+    if (r.status != 0) return fail("build failed:\n" + r.output);
+  }
+  static void TearDownTestSuite() {
+    delete work_;
+    work_ = nullptr;
+  }
+  void SetUp() override { ASSERT_EQ(setup_error_, ""); }
+
+  static util::ProcessResult build(const util::Path& cache, const util::Path& out,
+                                   const std::string& keys = "keys") {
+    util::Path w = work_->path();
+    return run_pok8s(cache.string(), {"build", layout_ + ":" + kTag, "--artifact", "uki,uki-iso",
+                                      "--keys", (w / keys).string(), "-o", out.string(), "--config",
+                                      (w / "cloud.yaml").string()});
+  }
+  static util::Path out(const std::string& suffix) {
+    return work_->path() / "out" / (std::string(kName) + suffix);
+  }
+  static nlohmann::json manifest() {
+    return nlohmann::json::parse(util::read_file(out(".manifest.json")));
+  }
+
+  static QemuOptions secure_machine(const std::optional<util::Path>& vars) {
+    QemuOptions o;
+    o.firmware = Firmware::kUefiSecureBoot;
+    o.uefi_vars = vars;
+    return o;
+  }
+
+  // OVMF's variables after the uki-iso's systemd-boot enrolled the keys from setup mode: made by
+  // the first test that needs them.
+  static util::Path enrolled_vars() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+      util::Path dir = work_->path() / "enroll";
+      util::make_dirs(dir);
+      QemuOptions o = secure_machine(std::nullopt);
+      o.cdrom = out(".uki.iso");
+      Qemu vm(o, dir);
+      if (!vm.wait_for("Enrolling secure boot keys from directory: \\loader\\keys\\auto",
+                       boot_timeout(std::chrono::seconds(300)))) {
+        enroll_error_ = "systemd-boot did not enroll the keys:\n" + vm.tail(30);
+        return;
+      }
+      // systemd-boot resets the machine after enrolling; with -no-reboot QEMU exits.
+      if (!vm.wait_exit(boot_timeout(std::chrono::seconds(120)))) {
+        enroll_error_ = "the machine did not reset after enrolling:\n" + vm.tail(30);
+        return;
+      }
+      fs::copy_file(dir / "OVMF_VARS.fd", work_->path() / "enrolled.fd");
+    });
+    EXPECT_EQ(enroll_error_, "");
+    return work_->path() / "enrolled.fd";
+  }
+
+  // An ESP whose only boot loader, EFI/BOOT/BOOTX64.EFI, is `efi`.
+  static util::Path esp_with(const util::Path& efi, const std::string& name) {
+    util::Path img = work_->path() / (name + ".esp.img");
+    image::write_fat_image({{"EFI/BOOT/BOOTX64.EFI", efi}}, "", 1700000000, img);
+    return img;
+  }
+
+  static inline std::string setup_error_;
+  static inline std::string enroll_error_;
+  static inline util::TempDir* work_ = nullptr;
+  static inline std::string layout_;
+};
+
+TEST_F(Uki, TheUkiIsSignedSmallAndCarriesTheRootHashOfItsRootfs) {
+  util::Path w = work_->path();
+  util::Path uki = out(".efi");
+  auto ok = util::run_process({"sbverify", "--cert", (w / "keys/db.crt").string(), uki.string()});
+  EXPECT_EQ(ok.status, 0) << ok.output;
+  auto other =
+      util::run_process({"sbverify", "--cert", (w / "other/db.crt").string(), uki.string()});
+  EXPECT_NE(other.status, 0) << other.output;
+
+  auto m = manifest();
+  std::vector<std::string> types;
+  for (const auto& a : m["artifacts"]) types.push_back(a["type"]);
+  EXPECT_EQ(types, (std::vector<std::string>{"uki", "rootfs-verity", "uki-iso"}));
+  std::set<std::string> sections;
+  for (const auto& s : m["uki"]["sections"]) sections.insert(s["name"].get<std::string>());
+  for (const char* s :
+       {".osrel", ".cmdline", ".uname", ".sbat", ".pcrpkey", ".pcrsig", ".initrd", ".linux"})
+    EXPECT_TRUE(sections.count(s)) << s;
+  // Kernel and initramfs only: the rootfs stays outside.
+  std::uint64_t uki_size = fs::file_size(uki), rootfs_size = fs::file_size(out(".rootfs.img"));
+  EXPECT_EQ(m["uki"]["size"].get<std::uint64_t>(), uki_size);
+  EXPECT_LT(uki_size, rootfs_size / 4);
+  std::cout << "UKI: " << uki_size << " bytes; rootfs image: " << rootfs_size << " bytes\n";
+
+  // The signed command line's verity parameters are what veritysetup verifies the image with.
+  std::string cmdline = m["uki"]["cmdline"];
+  auto at = cmdline.find("pok8s.verity=");
+  ASSERT_NE(at, std::string::npos) << cmdline;
+  std::string v = cmdline.substr(at + 13, cmdline.find(' ', at) - at - 13);
+  std::vector<std::string> f;
+  for (std::size_t from = 0;;) {
+    auto comma = v.find(',', from);
+    f.push_back(v.substr(from, comma - from));
+    if (comma == std::string::npos) break;
+    from = comma + 1;
+  }
+  ASSERT_EQ(f.size(), 4u) << v;
+  EXPECT_EQ(f[0], m["uki"]["rootHash"]);
+  std::string img = out(".rootfs.img").string();
+  auto verify =
+      util::run_process({"veritysetup", "verify", img, img, f[0], "--no-superblock",
+                         "--hash-offset=" + f[3], "--data-blocks=" + f[2], "--salt=" + f[1]});
+  EXPECT_EQ(verify.status, 0) << verify.output;
+}
+
+TEST_F(Uki, TheIsoEnrollsItsKeysInSetupModeThenBootsWithSecureBootEnforced) {
+  util::Path vars = enrolled_vars();
+  ASSERT_EQ(enroll_error_, "");
+  util::TempDir vm_dir = util::TempDir::scratch(work_->path());
+  QemuOptions o = secure_machine(vars);
+  o.cdrom = out(".uki.iso");
+  Qemu vm(o, vm_dir.path());
+  auto line = vm.wait_for_line("POK8S-UKI", boot_timeout(std::chrono::seconds(420)));
+  ASSERT_TRUE(line) << "no probe line; the console ended with:\n" << vm.tail(60);
+  EXPECT_EQ(*line, kExpected) << vm.tail(60);
+  EXPECT_NE(vm.serial().find("EFI stub: UEFI Secure Boot is enabled."), std::string::npos);
+  // The keys are enrolled once: this boot did not enroll again.
+  EXPECT_EQ(vm.serial().find("Enrolling secure boot keys"), std::string::npos);
+}
+
+TEST_F(Uki, TheFirmwareRefusesAChangedAnUnsignedAndAForeignSignedUki) {
+  util::Path vars = enrolled_vars();
+  ASSERT_EQ(enroll_error_, "");
+  util::Path w = work_->path();
+  std::string signed_uki = util::read_file(out(".efi"), 256u << 20);
+  std::string changed = signed_uki;
+  changed[changed.size() / 2] ^= 0x01;  // inside .linux
+  util::write_file_atomic(w / "changed.efi", changed);
+  util::write_file_atomic(w / "unsigned.efi", signed_uki);
+  auto r = util::run_process({"sbattach", "--remove", (w / "unsigned.efi").string()});
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = util::run_process({"sbsign", "--key", (w / "other/db.key").string(), "--cert",
+                         (w / "other/db.crt").string(), "--output", (w / "foreign.efi").string(),
+                         (w / "unsigned.efi").string()});
+  ASSERT_EQ(r.status, 0) << r.output;
+
+  // The signed UKI, alone on an ESP, starts: the refusals below are the signatures'.
+  {
+    util::TempDir vm_dir = util::TempDir::scratch(w);
+    QemuOptions o = secure_machine(vars);
+    o.disks.push_back(esp_with(out(".efi"), "signed"));
+    Qemu vm(o, vm_dir.path());
+    EXPECT_TRUE(vm.wait_for("EFI stub: UEFI Secure Boot is enabled.",
+                            boot_timeout(std::chrono::seconds(240))))
+        << vm.tail(30);
+  }
+  for (const char* name : {"changed", "unsigned", "foreign"}) {
+    SCOPED_TRACE(name);
+    util::TempDir vm_dir = util::TempDir::scratch(w);
+    QemuOptions o = secure_machine(vars);
+    o.disks.push_back(esp_with(w / (std::string(name) + ".efi"), name));
+    Qemu vm(o, vm_dir.path());
+    EXPECT_TRUE(vm.wait_for("No bootable option or device was found",
+                            boot_timeout(std::chrono::seconds(240))))
+        << vm.tail(30);
+    std::string serial = vm.serial();
+    EXPECT_NE(serial.find("Access Denied"), std::string::npos) << vm.tail(30);
+    EXPECT_EQ(serial.find("EFI stub"), std::string::npos) << vm.tail(30);
+  }
+}
+
+TEST_F(Uki, AFlippedByteInTheRootfsStopsTheBootWithAVerityError) {
+  util::Path vars = enrolled_vars();
+  ASSERT_EQ(enroll_error_, "");
+  util::Path w = work_->path();
+  util::Path iso = w / "tampered.uki.iso";
+  fs::copy_file(out(".uki.iso"), iso, fs::copy_options::overwrite_existing);
+  // Where the ISO keeps the rootfs image: "File data lba: 0 , START , BLOCKS , SIZE , 'PATH'".
+  auto r = util::run_process({"xorriso", "-indev", iso.string(), "-find", "/rootfs.squashfs",
+                              "-exec", "report_lba", "--"});
+  ASSERT_EQ(r.status, 0) << r.output;
+  auto at = r.output.find("File data lba:");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  auto first = r.output.find(',', at);
+  std::uint64_t lba = std::stoull(r.output.substr(first + 1));
+  {
+    // A byte of the squashfs' first block, which the mount reads.
+    std::string bytes = util::read_file(iso, 1ull << 30);
+    bytes[lba * 2048 + 1000] ^= 0x01;
+    util::write_file_atomic(iso, bytes);
+  }
+  util::TempDir vm_dir = util::TempDir::scratch(w);
+  QemuOptions o = secure_machine(vars);
+  o.cdrom = iso;
+  Qemu vm(o, vm_dir.path());
+  EXPECT_TRUE(vm.wait_for("Failed to mount the image /rootfs.squashfs: dm-verity refused it",
+                          boot_timeout(std::chrono::seconds(420))))
+      << vm.tail(40);
+  EXPECT_EQ(vm.serial().find("POK8S-UKI"), std::string::npos);
+}
+
+TEST_F(Uki, BadKeysAreRefusedInOneLineBeforeAnythingIsWritten) {
+  util::Path w = work_->path();
+  std::string cache = (w / "cache").string();
+  auto refused = [&](const std::vector<std::string>& args, const std::string& expect) {
+    util::Path o = w / "refused";
+    std::vector<std::string> argv = {"build", layout_ + ":" + kTag, "-o", o.string()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto r = run_pok8s(cache, argv);
+    EXPECT_NE(r.status, 0) << r.output;
+    std::string last = util::last_line(r.output);
+    EXPECT_NE(last.find(expect), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(o)) << "the output directory was made";
+  };
+  refused({"--artifact", "uki"}, "the uki artifact is signed: pass --keys DIR");
+  refused({"--artifact", "iso", "--keys", (w / "keys").string()},
+          "--keys signs the uki and uki-iso artifacts");
+  // A key set whose db key is another set's.
+  fs::copy(w / "keys", w / "mixed", fs::copy_options::recursive);
+  fs::copy_file(w / "other/db.key", w / "mixed/db.key", fs::copy_options::overwrite_existing);
+  refused({"--artifact", "uki-iso", "--keys", (w / "mixed").string()},
+          "Failed to use the keys in " + (w / "mixed").string() + ": db.key:");
+  // The PCR key without its public half.
+  fs::copy(w / "keys", w / "nopub", fs::copy_options::recursive);
+  fs::remove(w / "nopub/tpm2-pcr-public.pem");
+  refused({"--artifact", "uki", "--keys", (w / "nopub").string()}, "tpm2-pcr-public.pem: missing");
+}
+
+TEST_F(Uki, TheSameInputsSignTheSameBytesFromAnEmptyCache) {
+  util::Path w = work_->path();
+  auto r = build(w / "cache2", w / "out2");
+  ASSERT_EQ(r.status, 0) << r.output;
+  for (const char* suffix : {".efi", ".rootfs.img", ".uki.iso"})
+    EXPECT_EQ(util::file_sha256(w / "out2" / (std::string(kName) + suffix)),
+              util::file_sha256(out(suffix)))
+        << suffix;
+}
+
+}  // namespace
