@@ -4,7 +4,8 @@
 # fuzzers, squashfs-tools and xorriso as the reference pipeline and to read what pok8s writes).
 # uidmap's newuidmap/newgidmap let pok8s convert without root, in a user namespace. The service
 # (`pok8s serve`) needs SQLite, libpq and cpp-httplib; its tests a PostgreSQL server, Chromium
-# and Node.js for the web builder, and wrk for its benchmark.
+# and Node.js for the web builder, and wrk for its benchmark. Signing with keys kept in a
+# PKCS#11 token needs libengine-pkcs11-openssl; its test uses SoftHSM.
 set -euo pipefail
 what=${1:-build}
 
@@ -20,7 +21,7 @@ test_pkgs=(mmdebstrap mount docker-registry apache2-utils skopeo umoci clang lib
   python3 python3-cryptography libbenchmark-dev time bc "${boot_pkgs[@]}" squashfs-tools xorriso
   cpio busybox-static systemd postgresql chromium openssl wrk fdisk socat
   efitools sbsigntool cryptsetup-bin swtpm swtpm-tools libtss2-tcti-swtpm0 libtss2-esys-3.0.2-0
-  libtss2-rc0 libtss2-mu0)
+  libtss2-rc0 libtss2-mu0 softhsm2 libengine-pkcs11-openssl)
 # The browser test runs Playwright (from npm) on Node.js; a machine may already have a Node.js of
 # its own (not Debian's), then it is used as it is.
 command -v npm >/dev/null 2>&1 || test_pkgs+=(nodejs npm)

@@ -22,6 +22,7 @@
 #include <filesystem>
 #include <functional>
 
+#include "pok8s/boot/pkcs11_key.h"
 #include "pok8s/util/endian.h"
 #include "pok8s/util/error.h"
 
@@ -369,6 +370,8 @@ SecureBootKeys load_secure_boot_keys(const util::Path& dir, std::int64_t now_in)
   };
   auto private_key = [&](const std::string& file) {
     std::string pem = util::read_file(require(file), kMaxCertificateBytes);
+    // A key kept in a token: the file names it.
+    if (is_pkcs11_uri(pem)) return PkeyPtr(load_pkcs11_private_key(pem, (dir / file).string()));
     BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
     PkeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
     if (!key) throw refuse(file, "not a PEM private key (" + openssl_error("unreadable") + ")");
