@@ -23,6 +23,7 @@ struct BuildFlags {
   bool bios = false;
   std::string keys;
   std::string secure_boot_enroll = "force";
+  std::string netboot_url;
   std::string output;
   std::string config;
   std::string compression = "zstd";
@@ -43,6 +44,7 @@ int run_build(const GlobalOptions& g, const std::string& src, const BuildFlags& 
   options.disk.bios = b.bios;
   if (!b.keys.empty()) options.keys_dir = util::Path(b.keys);
   options.secure_boot_enroll = b.secure_boot_enroll;
+  options.netboot_url = b.netboot_url;
   options.output_dir = b.output;
   if (!b.config.empty()) options.cloud_config = util::Path(b.config);
   options.compression = image::parse_squashfs_compression(b.compression);
@@ -157,10 +159,13 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
                                    "toppings, artifacts and cloud-config in one file");
   src_opt->excludes(spec_opt);
   cmd->add_option("--artifact", b->artifacts,
-                  "What to build: iso, raw, qcow2, vhd, uki, uki-iso (repeat, or separate with "
-                  "commas)")
+                  "What to build: iso, raw, qcow2, vhd, uki, uki-iso, netboot (repeat, or separate "
+                  "with commas)")
       ->delimiter(',')
-      ->check(CLI::IsMember({"iso", "raw", "qcow2", "vhd", "uki", "uki-iso"}));
+      ->check(CLI::IsMember({"iso", "raw", "qcow2", "vhd", "uki", "uki-iso", "netboot"}));
+  cmd->add_option("--netboot-url", b->netboot_url,
+                  "Where the netboot files will be served from, like http://192.168.1.10/pok8s/ "
+                  "(an IPv4 address: the initramfs has no resolver)");
   cmd->add_option("--keys", b->keys,
                   "Key set (pok8s keys generate) that signs the uki and uki-iso artifacts: "
                   "systemd-boot and the UKI with db, the PCR policies with the PCR key");

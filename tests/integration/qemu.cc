@@ -71,8 +71,19 @@ std::vector<std::string> qemu_argv(const QemuOptions& options, const util::Path&
     argv.push_back(options.append);
   }
   if (options.cpus > 1) argv.insert(argv.end(), {"-smp", std::to_string(options.cpus)});
-  if (!options.forward_ports.empty()) {
+  if (options.tftp_dir) {
+    if (options.firmware == Firmware::kBios) {
+      // SeaBIOS's serial console (etc/sercon-port, a little-endian integer): iPXE prints there.
+      util::write_file_atomic(work_dir / "sercon-port", std::string("\xf8\x03", 2));
+      argv.insert(argv.end(),
+                  {"-fw_cfg", "name=etc/sercon-port,file=" + (work_dir / "sercon-port").string()});
+    }
+    argv.insert(argv.end(), {"-boot", "n"});
+  }
+  if (!options.forward_ports.empty() || options.tftp_dir) {
     std::string nic = "user,model=virtio-net-pci,restrict=on";
+    if (options.tftp_dir)
+      nic += fmt::format(",tftp={},bootfile={}", options.tftp_dir->string(), options.boot_file);
     // cmd: starts socat for each connection (a chardev target would carry only one).
     for (const auto& [guest, host] : options.forward_ports)
       nic += fmt::format(",guestfwd=tcp:10.0.2.100:{}-cmd:socat - TCP:127.0.0.1:{}", guest, host);

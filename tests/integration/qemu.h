@@ -39,6 +39,11 @@ struct QemuOptions {
   // 10.0.2.100:<guest port> forwarded to 127.0.0.1:<host port> (a test registry, a web server)
   // through socat.
   std::map<int, int> forward_ports;  // guest port -> host port
+  // Network boot: the user-mode NIC's TFTP server serves `tftp_dir`, its DHCP names
+  // `boot_file`, and the firmware boots from the network (iPXE, the NIC's option ROM). With
+  // SeaBIOS, its serial console carries what the option ROM prints.
+  std::optional<util::Path> tftp_dir;
+  std::string boot_file;
   std::vector<std::string> extra_args;
 };
 

@@ -212,7 +212,10 @@ std::vector<std::string> default_initramfs_modules() {
           "ext4?", "crc32c_generic?", "vfat?", "nls_cp437?", "nls_iso8859-1?", "nls_ascii?",
           "nls_utf8?",
           // Verified and encrypted images, for later.
-          "dm_verity?", "dm_crypt?"};
+          "dm_verity?", "dm_crypt?",
+          // Network cards, for netboot (pok8s.fetch): virtual machines' and the common
+          // server and desktop ones whose drivers need no firmware files.
+          "virtio_net?", "e1000?", "e1000e?", "igb?", "ixgbe?", "vmxnet3?"};
 }
 
 bool is_static_executable(std::string_view elf) {

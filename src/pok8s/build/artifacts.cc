@@ -28,6 +28,7 @@
 #include "pok8s/image/disk_layout.h"
 #include "pok8s/image/fat.h"
 #include "pok8s/image/iso.h"
+#include "pok8s/node/netboot.h"
 #include "pok8s/rootfs/flat_tree.h"
 #include "pok8s/rootfs/image_file.h"
 #include "pok8s/util/error.h"
@@ -43,7 +44,7 @@ using nlohmann::json;
 
 // Bumped when a step's output for the same inputs changes (a writer fix, a new layout).
 constexpr int kRootfsStepVersion = 1;
-constexpr int kInitramfsStepVersion = 2;  // 2: multi-threaded zstd
+constexpr int kInitramfsStepVersion = 3;  // 2: multi-threaded zstd; 3: network drivers
 constexpr const char* kInitInImage = "usr/lib/pok8s/pok8s-init";
 
 std::string compression_name(image::SquashfsCompression c) {
@@ -367,6 +368,56 @@ void write_uki_artifacts(Build& b, const boot::SecureBootKeys& keys, const util:
   result.artifacts.push_back(describe(iso, std::move(sha256), "uki-iso"));
 }
 
+// The netboot files: kernel, initramfs and rootfs image as they are, the cloud-config, and the
+// iPXE script whose kernel command line names the rootfs image's URL and sha256.
+void write_netboot(Build& b, const util::Path& rootfs, const BootFiles& boot_files,
+                   const std::string& cloud_config, const std::string& name,
+                   const util::Path& scratch, BuildResult& result) {
+  const std::string& url = b.options.netboot_url;
+  auto publish = [&](const util::Path& from, const std::string& file, const char* type) {
+    util::Path out = b.options.output_dir / file;
+    util::Path tmp = b.options.output_dir / (file + ".tmp-" + util::random_hex(4));
+    b.log(fmt::format("Writing {}", out.string()));
+    try {
+      fs::copy_file(from, tmp, fs::copy_options::overwrite_existing);
+      fs::rename(tmp, out);
+    } catch (...) {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      throw;
+    }
+    std::string sha256 = util::file_sha256(out);
+    result.artifacts.push_back(describe(out, sha256, type));
+    return sha256;
+  };
+  std::string kernel = name + "-kernel", initrd = name + "-initrd", image = name + ".squashfs",
+              config = name + ".config.yaml";
+  publish(boot_files.kernel, kernel, "netboot-kernel");
+  publish(boot_files.initrd, initrd, "netboot-initrd");
+  std::string cmdline = fmt::format(
+      "initrd={} console=tty0 console=ttyS0,115200 pok8s.mode=live pok8s.fetch={}{} "
+      "pok8s.fetch.sha256={}",
+      initrd, url, image, publish(rootfs, image, "netboot-rootfs"));
+  if (b.options.cloud_config) {
+    util::Path copy = scratch / "netboot-config.yaml";
+    util::write_file_atomic(copy, cloud_config);
+    cmdline += fmt::format(" pok8s.fetch.config={}{} pok8s.fetch.config.sha256={}", url, config,
+                           publish(copy, config, "netboot-config"));
+  }
+  // iPXE script (https://ipxe.org/scripting): absolute URLs, as QEMU's and many firmware's iPXE
+  // builds have no ${cwduri}.
+  std::string script = fmt::format(
+      "#!ipxe\n"
+      "# pok8s netboot: {} (build {}), served from {}\n"
+      "kernel {}{} {}\n"
+      "initrd {}{}\n"
+      "boot\n",
+      name, result.build_id, url, url, kernel, cmdline, url, initrd);
+  util::Path script_file = scratch / "netboot.ipxe";
+  util::write_file_atomic(script_file, script);
+  publish(script_file, name + ".ipxe", "netboot-script");
+}
+
 }  // namespace
 
 std::string artifact_base_name(const oci::ResolvedImage& image) {
@@ -429,6 +480,28 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
                             "none of them is asked for",
                             image.source_name));
   }
+  if (wants("netboot")) {
+    if (options.netboot_url.empty())
+      throw Error(ErrorKind::kInvalidInput,
+                  fmt::format("Failed to build {}: the netboot artifact needs --netboot-url, where "
+                              "its files will be served from (http://IPv4[:port]/dir/)",
+                              image.source_name));
+    if (!options.netboot_url.ends_with("/"))
+      throw Error(ErrorKind::kInvalidInput,
+                  fmt::format("Failed to build {}: --netboot-url {} must end with /",
+                              image.source_name, options.netboot_url));
+    try {
+      node::parse_http_url(options.netboot_url);  // what pok8s-init will fetch from
+    } catch (const Error& e) {
+      throw Error(ErrorKind::kInvalidInput, fmt::format("Failed to build {}: --netboot-url: {}",
+                                                        image.source_name, e.what()));
+    }
+  } else if (!options.netboot_url.empty()) {
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to build {}: --netboot-url is for the netboot artifact, which "
+                            "is not asked for",
+                            image.source_name));
+  }
   // A bad cloud-config is refused before any work, naming file, line and key.
   std::string cloud_config;
   if (options.cloud_config) {
@@ -480,6 +553,7 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
     // qemu-img writes qcow2 and vhd; a raw disk does not need it.
     if (wants("qcow2") || wants("vhd")) inputs["disk"]["qemuImg"] = disk_tool_version();
   }
+  if (wants("netboot")) inputs["netbootUrl"] = options.netboot_url;
   if (keys) {
     // The keys by their public halves and the .auth files the ISO carries.
     std::string key_ids;
@@ -538,6 +612,8 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
     }
   }
 
+  if (wants("netboot"))
+    write_netboot(b, rootfs, boot_files, cloud_config, name, scratch.path(), result);
   json manifest_uki;
   if (keys)
     write_uki_artifacts(b, *keys, rootfs, boot_files, cloud_config, name, scratch.path(), want_uki,

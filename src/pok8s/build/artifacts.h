@@ -6,6 +6,8 @@
 //   raw|qcow2|vhd  a disk image of an installed system (build/disk_image.h)
 //   uki|uki-iso    a signed UKI with a dm-verity root, alone or on a Secure Boot ISO
 //                  (build/uki_artifacts.h)
+//   netboot        kernel, initramfs, rootfs image and an iPXE script that boots them over
+//                  HTTP; pok8s-init fetches the rootfs into RAM and checks its sha256
 // Changing only the cloud-config rebuilds only the artifacts, never the rootfs or initramfs.
 #pragma once
 
@@ -25,7 +27,8 @@
 namespace pok8s::build {
 
 // The artifact kinds this release builds.
-inline constexpr const char* kBuiltKinds[] = {"iso", "raw", "qcow2", "vhd", "uki", "uki-iso"};
+inline constexpr const char* kBuiltKinds[] = {"iso", "raw",     "qcow2",  "vhd",
+                                              "uki", "uki-iso", "netboot"};
 
 struct DiskImageOptions {
   // The disk's size in bytes; 0: what the layout needs, with kDefaultPersistentMiB of
@@ -60,6 +63,9 @@ struct BuildOptions {
   // the others do not take one.
   std::optional<util::Path> keys_dir;
   std::string secure_boot_enroll = "force";  // loader.conf of the uki-iso (build/uki_artifacts.h)
+  // Where the netboot files will be served from (http://IPv4[:port]/dir/): the iPXE script and
+  // the kernel command line name them by it. Required for netboot.
+  std::string netboot_url;
   // The build spec these artifacts were made from, if any: its id and canonical form go into
   // the manifest.
   std::string spec_id;
@@ -72,7 +78,8 @@ struct BuildOptions {
 struct BuiltArtifact {
   std::string name;  // file name in output_dir
   std::string type;  // the kind: iso, raw, qcow2, vhd, uki, uki-iso; rootfs-verity for the
-                     // rootfs image that comes with a uki
+                     // rootfs image that comes with a uki; netboot-kernel, netboot-initrd,
+                     // netboot-rootfs, netboot-config, netboot-script
   std::uint64_t size = 0;
   std::string sha256;
 };

@@ -959,7 +959,10 @@ std::vector<std::string> unbuildable(const BuildSpec& spec) {
     if (artifact == "iso" || artifact == "raw" || artifact == "qcow2" || artifact == "vhd")
       continue;
     std::string_view why = "it comes with a later release";
-    if (artifact == "netboot") why = "netboot bundles come with a later release";
+    if (artifact == "netboot")
+      why =
+          "a spec cannot name the URL it is served from yet; use pok8s build --artifact netboot "
+          "--netboot-url";
     out.push_back(fmt::format("artifacts: {} is not built yet ({})", artifact, why));
   }
   if (spec.security.trusted_boot && (!signed_uki || unsigned_boot))

@@ -2,6 +2,7 @@
 #include "pok8s/node/init.h"
 
 #include "pok8s/node/dm_verity.h"
+#include "pok8s/node/netboot.h"
 
 #include <blkid.h>
 #include <dirent.h>
@@ -14,6 +15,7 @@
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -760,6 +762,50 @@ void switch_root(const BootOptions& options, const Console& console) {
   throw_errno(fmt::format("Failed to start {}", options.init), errno);
 }
 
+// Netboot: a RAM file system in the media's place, the network up by DHCP, and the rootfs image
+// (and the cloud-config) fetched into it over HTTP, each checked against its sha256 from the
+// command line; then read-only, like a CD.
+MediaMatch fetch_media(const BootOptions& options, const Console& console) {
+  do_mount({"a RAM file system for the fetched image",
+            "tmpfs",
+            std::string(kMediaMount),
+            "tmpfs",
+            MS_NOSUID | MS_NODEV,
+            "mode=0700",
+            {},
+            ""},
+           console);
+  configure_network(options.wait_seconds, [&](std::string_view l) { console.say(l); });
+  struct statvfs room {};
+  std::uint64_t free_bytes = ::statvfs(std::string(kMediaMount).c_str(), &room) == 0
+                                 ? std::uint64_t{room.f_bavail} * room.f_frsize
+                                 : std::uint64_t{1} << 30;
+  std::string image = image_file_on_media(options);
+  console.say(fmt::format("fetching the rootfs image from {}", options.fetch->url));
+  http_fetch(parse_http_url(options.fetch->url), image, options.fetch->sha256, free_bytes,
+             [&](std::uint64_t done, std::uint64_t total) {
+               console.say(total != 0 ? fmt::format("  {} of {} MiB", done >> 20, total >> 20)
+                                      : fmt::format("  {} MiB", done >> 20));
+             });
+  console.say(fmt::format("the rootfs image matches its sha256 {}", options.fetch->sha256));
+  if (options.fetch_config) {
+    std::string config = fmt::format("{}/config.yaml", kMediaMount);
+    http_fetch(parse_http_url(options.fetch_config->url), config, options.fetch_config->sha256,
+               1u << 20, nullptr);
+    console.say(fmt::format("fetched the cloud-config from {}", options.fetch_config->url));
+  }
+  do_mount({"the RAM file system, read-only",
+            "tmpfs",
+            std::string(kMediaMount),
+            "tmpfs",
+            MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
+            "mode=0700",
+            {},
+            ""},
+           console);
+  return {util::Path(options.fetch->url), {"tmpfs", ""}};
+}
+
 void boot(BootOptions& options, Console& console) {
   for (const auto& step : early_mounts()) {
     // A file system already there (a kernel or an earlier stage mounted it) is fine.
@@ -776,18 +822,23 @@ void boot(BootOptions& options, Console& console) {
 
   load_modules(options, console);
 
-  MediaMatch media = wait_for_media(options, console);
-  console.step(
-      fmt::format("found the media on {} ({})", media.device.string(), media.filesystem.type));
-  do_mount({"the boot media",
-            media.device.string(),
-            std::string(kMediaMount),
-            media.filesystem.type,
-            MS_RDONLY | MS_NOSUID | MS_NODEV,
-            "",
-            {},
-            ""},
-           console);
+  MediaMatch media;
+  if (options.fetch) {
+    media = fetch_media(options, console);
+  } else {
+    media = wait_for_media(options, console);
+    console.step(
+        fmt::format("found the media on {} ({})", media.device.string(), media.filesystem.type));
+    do_mount({"the boot media",
+              media.device.string(),
+              std::string(kMediaMount),
+              media.filesystem.type,
+              MS_RDONLY | MS_NOSUID | MS_NODEV,
+              "",
+              {},
+              ""},
+             console);
+  }
 
   std::string image = image_file_on_media(options);
   if (::access(image.c_str(), R_OK) != 0)

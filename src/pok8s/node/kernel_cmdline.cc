@@ -5,6 +5,7 @@
 
 #include <charconv>
 
+#include "pok8s/node/netboot.h"
 #include "pok8s/util/error.h"
 
 namespace pok8s::node {
@@ -165,6 +166,21 @@ BootOptions parse_boot_options(std::string_view cmdline) {
       options.wait_seconds = n;
     } else if (key == "verity") {
       options.verity = parse_verity(need_value());
+    } else if (key == "fetch" || key == "fetch.config") {
+      auto& f = key == "fetch" ? options.fetch : options.fetch_config;
+      if (!f) f.emplace();
+      f->url = need_value();
+      parse_http_url(f->url);  // refused here, naming the URL, rather than after the network
+    } else if (key == "fetch.sha256" || key == "fetch.config.sha256") {
+      auto& f = key == "fetch.sha256" ? options.fetch : options.fetch_config;
+      if (!f) f.emplace();
+      f->sha256 = need_value();
+      if (f->sha256.size() != 64 ||
+          f->sha256.find_first_not_of("0123456789abcdef") != std::string::npos)
+        throw Error(ErrorKind::kInvalidInput,
+                    fmt::format("Failed to read the kernel command line: {}={} is not 64 "
+                                "lowercase hex digits",
+                                param.key, f->sha256));
     } else if (key == "modules") {
       for (auto& m : split_list(need_value())) options.modules.push_back(std::move(m));
     } else {
@@ -173,6 +189,21 @@ BootOptions parse_boot_options(std::string_view cmdline) {
           fmt::format("Failed to read the kernel command line: unknown parameter {}", param.key));
     }
   }
+  for (auto [f, name] : {std::pair{&options.fetch, "pok8s.fetch"},
+                         std::pair{&options.fetch_config, "pok8s.fetch.config"}}) {
+    if (f->has_value() && (*f)->url.empty())
+      throw Error(
+          ErrorKind::kInvalidInput,
+          fmt::format("Failed to read the kernel command line: {}.sha256 without {}", name, name));
+    if (f->has_value() && (*f)->sha256.empty())
+      throw Error(ErrorKind::kInvalidInput,
+                  fmt::format("Failed to read the kernel command line: {} without {}.sha256 (what "
+                              "is fetched is checked)",
+                              name, name));
+  }
+  if (options.fetch_config && !options.fetch)
+    throw Error(ErrorKind::kInvalidInput,
+                "Failed to read the kernel command line: pok8s.fetch.config without pok8s.fetch");
   return options;
 }
 

@@ -35,6 +35,11 @@ struct VerityParams {
   std::uint64_t hash_offset = 0;  // bytes; data_blocks * 4096
 };
 
+struct FetchParams {
+  std::string url;     // http://IPv4[:port]/path
+  std::string sha256;  // 64 lowercase hex digits
+};
+
 // What pok8s reads from the command line. Unknown `pok8s.` keys are refused so a typo does not
 // silently boot something else.
 struct BootOptions {
@@ -47,6 +52,11 @@ struct BootOptions {
   unsigned wait_seconds = 30;                   // pok8s.wait=N: how long to wait for the media
   std::vector<std::string> modules;             // pok8s.modules=a,b: extra modules to load
   std::optional<VerityParams> verity;           // pok8s.verity=…: mount the image through it
+  // Netboot: pok8s.fetch=URL pok8s.fetch.sha256=HEX — the rootfs image comes over HTTP into RAM
+  // (node/netboot.h) instead of from a labelled media; pok8s.fetch.config=URL with
+  // pok8s.fetch.config.sha256=HEX brings the cloud-config the same way.
+  std::optional<FetchParams> fetch;
+  std::optional<FetchParams> fetch_config;
 };
 
 // Reads the options from a command line; throws Error(kInvalidInput) naming the parameter.
