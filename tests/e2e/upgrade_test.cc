@@ -140,9 +140,11 @@ class Upgrade : public ::testing::Test {
     if (convert_debian_fixture(w, layout, "v0.1.0", setup_error_).empty()) return;
     if (convert_debian_fixture(w, layout, "v2", setup_error_).empty()) return;
     try {
-      add_layer(
-          layout, kV2, "broken",
-          {{"usr/sbin/init", "#!/bin/sh\necho 'POK8S-BROKEN-INIT: this init fails'\nexit 1\n"}});
+      // The pause lets the serial port send the line before the kernel panics on init's exit
+      // (a panic drops what the UART has not sent yet).
+      add_layer(layout, kV2, "broken",
+                {{"usr/sbin/init",
+                  "#!/bin/sh\necho 'POK8S-BROKEN-INIT: this init fails'\nsleep 2\nexit 1\n"}});
       tampered_layer_ = add_layer(layout, kV2, "tampered", {{"etc/pok8s-tampered", "x\n"}});
     } catch (const std::exception& e) {
       return fail(std::string("making the broken images failed: ") + e.what());

@@ -241,6 +241,22 @@ std::string disk_tool_version() {
   return r.output.substr(0, r.output.find('\n'));
 }
 
+// The cloud-config as the ISO's /config.yaml, when there is one.
+void add_cloud_config(const Build& b, const std::string& cloud_config, const util::Path& scratch,
+                      std::vector<image::IsoFile>& files) {
+  if (!b.options.cloud_config) return;
+  util::Path copy = scratch / "config.yaml";
+  util::write_file_atomic(copy, cloud_config);
+  files.push_back({"config.yaml", copy});
+}
+
+image::IsoOptions iso_options_of(const Build& b) {
+  image::IsoOptions o;
+  o.volume_id = b.options.volume_label;
+  o.timestamp = b.timestamp;
+  return o;
+}
+
 // The live ISO; its /install holds what the installer puts on COS_GRUB and COS_OEM.
 BuiltArtifact write_live_iso(Build& b, const boot::GrubImages& grub,
                              const boot::GrubImages& disk_grub, const InstallFiles& install,
@@ -265,14 +281,8 @@ BuiltArtifact write_live_iso(Build& b, const boot::GrubImages& grub,
       {"install/bios/core.img", disk_grub.bios_core},
       {"install/bios/boot.img", disk_grub.bios_boot},
   };
-  if (b.options.cloud_config) {
-    util::Path copy = scratch / "config.yaml";
-    util::write_file_atomic(copy, cloud_config);
-    files.push_back({"config.yaml", copy});
-  }
-  image::IsoOptions iso_options;
-  iso_options.volume_id = b.options.volume_label;
-  iso_options.timestamp = b.timestamp;
+  add_cloud_config(b, cloud_config, scratch, files);
+  image::IsoOptions iso_options = iso_options_of(b);
   iso_options.bios_boot_image = "boot/grub/i386-pc/eltorito.img";
   iso_options.hybrid_mbr = grub.bios_hybrid_mbr;
   iso_options.efi_image = efi_img;
@@ -322,16 +332,8 @@ void write_uki_artifacts(Build& b, const boot::SecureBootKeys& keys, const util:
     util::write_file_atomic(out, uki.bytes);
     result.artifacts.push_back(describe(out, util::sha256_hex(uki.bytes), "uki"));
     util::Path img = b.options.output_dir / (name + ".rootfs.img");
-    util::Path tmp = b.options.output_dir / (name + ".rootfs.img.tmp-" + util::random_hex(4));
     b.log(fmt::format("Writing {}", img.string()));
-    try {
-      fs::copy_file(verity.image, tmp, fs::copy_options::overwrite_existing);
-      fs::rename(tmp, img);
-    } catch (...) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      throw;
-    }
+    util::copy_file_atomic(verity.image, img);
     result.artifacts.push_back(describe(img, util::file_sha256(img), "rootfs-verity"));
   }
   if (!want_iso) return;
@@ -351,14 +353,8 @@ void write_uki_artifacts(Build& b, const boot::SecureBootKeys& keys, const util:
   util::Path efi_img = scratch / "esp.img";
   image::write_fat_image(esp, "", b.timestamp, efi_img);
   std::vector<image::IsoFile> files = {{"rootfs.squashfs", verity.image}};
-  if (b.options.cloud_config) {
-    util::Path copy = scratch / "config.yaml";
-    util::write_file_atomic(copy, cloud_config);
-    files.push_back({"config.yaml", copy});
-  }
-  image::IsoOptions iso_options;
-  iso_options.volume_id = b.options.volume_label;
-  iso_options.timestamp = b.timestamp;
+  add_cloud_config(b, cloud_config, scratch, files);
+  image::IsoOptions iso_options = iso_options_of(b);
   iso_options.efi_image = efi_img;
   if (b.options.progress)
     iso_options.progress = [&](std::uint64_t done, std::uint64_t total) {
@@ -376,16 +372,8 @@ void write_netboot(Build& b, const util::Path& rootfs, const BootFiles& boot_fil
   const std::string& url = b.options.netboot_url;
   auto publish = [&](const util::Path& from, const std::string& file, const char* type) {
     util::Path out = b.options.output_dir / file;
-    util::Path tmp = b.options.output_dir / (file + ".tmp-" + util::random_hex(4));
     b.log(fmt::format("Writing {}", out.string()));
-    try {
-      fs::copy_file(from, tmp, fs::copy_options::overwrite_existing);
-      fs::rename(tmp, out);
-    } catch (...) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      throw;
-    }
+    util::copy_file_atomic(from, out);
     std::string sha256 = util::file_sha256(out);
     result.artifacts.push_back(describe(out, sha256, type));
     return sha256;

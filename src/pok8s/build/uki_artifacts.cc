@@ -53,7 +53,7 @@ VerityRootfs make_verity_rootfs(const util::Path& cache, const util::Path& rootf
   util::make_dirs(dir);
   util::Path tmp = dir / (id + ".img.tmp-" + util::random_hex(4));
   try {
-    fs::copy_file(rootfs, tmp, fs::copy_options::overwrite_existing);
+    util::copy_file_atomic(rootfs, tmp);
     // 32 bytes of salt, from the seed: the same build makes the same tree.
     out.tree = image::append_verity_tree(
         tmp, util::sha256_hex("pok8s verity salt " + std::string(salt_seed)));

@@ -104,6 +104,32 @@ void write_file_atomic(const Path& path, std::string_view data, unsigned mode) {
   tmp.commit();
 }
 
+void copy_file_atomic(const Path& from, const Path& to, unsigned mode) {
+  UniqueFd in = open_file(from, O_RDONLY);
+  TempFile tmp(to);
+  bool fallback = false;
+  for (;;) {
+    ssize_t n =
+        fallback ? -1 : ::copy_file_range(in.get(), nullptr, tmp.fd(), nullptr, 1u << 30, 0);
+    if (n == 0) break;
+    if (n > 0) continue;
+    if (!fallback &&
+        (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL)) {
+      fallback = true;  // what was copied stays; read(2) goes on from the same offset
+      continue;
+    }
+    if (!fallback) throw_errno("Failed to copy " + from.string() + " to " + to.string(), errno);
+    char buf[1 << 16];
+    ssize_t r = ::read(in.get(), buf, sizeof buf);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw_errno("Failed to read " + from.string(), errno);
+    if (r == 0) break;
+    write_all(tmp.fd(), std::string_view(buf, static_cast<std::size_t>(r)), to.string());
+  }
+  if (::fchmod(tmp.fd(), mode) != 0) throw_errno("Failed to chmod " + to.string(), errno);
+  tmp.commit();
+}
+
 TempDir::TempDir(const Path& final_path)
     : final_path_(final_path), tmp_path_(hidden_sibling(final_path)) {
   if (::mkdir(tmp_path_.c_str(), 0755) != 0)

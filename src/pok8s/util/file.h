@@ -72,6 +72,10 @@ class TempFile {
 // Writes `data` to `path` through a TempFile.
 void write_file_atomic(const Path& path, std::string_view data, unsigned mode = 0644);
 
+// Copies the file `from` to `to` through a TempFile (copy_file_range: a reflink or an in-kernel
+// copy where the file system can).
+void copy_file_atomic(const Path& from, const Path& to, unsigned mode = 0644);
+
 // A directory created as a hidden sibling of its final name; removed (recursively, never
 // following symlinks) on destruction unless commit() renamed it into place.
 class TempDir {

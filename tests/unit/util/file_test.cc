@@ -80,6 +80,26 @@ TEST(ReadFile, ReadsPseudoFilesThatReportNoSize) {
   EXPECT_EQ(util::read_file(scratch.path() / "f"), big);
 }
 
+TEST(CopyFileAtomic, CopiesWholeFilesWithTheModeAndLeavesNothingOnFailure) {
+  auto scratch = util::TempDir::scratch();
+  std::string data(3u << 20, '\0');
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i % 251);
+  util::write_file_atomic(scratch.path() / "from", data);
+  util::copy_file_atomic(scratch.path() / "from", scratch.path() / "to", 0600);
+  EXPECT_EQ(util::read_file(scratch.path() / "to"), data);
+  EXPECT_EQ(fs::status(scratch.path() / "to").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write);
+  // A copy from /proc (copy_file_range cannot) goes the read(2) way.
+  util::copy_file_atomic("/proc/self/status", scratch.path() / "status");
+  EXPECT_NE(util::read_file(scratch.path() / "status").find("Pid:"), std::string::npos);
+  EXPECT_THROW(util::copy_file_atomic(scratch.path() / "nope", scratch.path() / "x"), Error);
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(scratch.path()))
+    names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"from", "status", "to"}));
+}
+
 TEST(Sha256, MatchesKnownVector) {
   EXPECT_EQ(util::sha256_hex("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
