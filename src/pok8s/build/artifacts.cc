@@ -59,11 +59,6 @@ std::string compression_name(image::SquashfsCompression c) {
   return "?";
 }
 
-bool cached(const util::Path& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
 struct Build {
   Build(const oci::ResolvedImage& image_, oci::BlobStore& store_, const BuildOptions& options_)
       : image(image_), store(store_), options(options_), layers(rootfs::layer_blobs(image, store)) {
@@ -115,7 +110,7 @@ util::Path make_rootfs_image(Build& b, bool& was_cached) {
               {"block", b.options.block_size},
               {"time", b.timestamp}};
   util::Path out = b.cache / "rootfs" / (util::sha256_hex(key.dump()) + ".squashfs");
-  was_cached = cached(out);
+  was_cached = util::is_regular_file(out);
   if (was_cached) {
     b.log("Rootfs image: cached");
     return out;
@@ -151,7 +146,8 @@ BootFiles assemble_initramfs(Build& b, bool& was_cached) {
   util::Path dir = b.cache / "initramfs" / util::sha256_hex(key.dump());
   BootFiles files{dir / "kernel", dir / "initrd", {}};
   util::Path version_file = dir / "kernel-version";
-  was_cached = cached(files.kernel) && cached(files.initrd) && cached(version_file);
+  was_cached = util::is_regular_file(files.kernel) && util::is_regular_file(files.initrd) &&
+               util::is_regular_file(version_file);
   if (was_cached) {
     files.kernel_version = util::read_file(version_file, 4096);
     b.log(fmt::format("Kernel {} and initramfs: cached", files.kernel_version));
@@ -324,8 +320,6 @@ void write_uki_artifacts(Build& b, const boot::SecureBootKeys& keys, const util:
   for (const auto& s : uki.sections)
     manifest_uki["sections"].push_back({{"name", s.name}, {"size", s.size}});
 
-  util::Path uki_file = scratch / (name + ".efi");
-  util::write_file_atomic(uki_file, uki.bytes);
   if (want_uki) {
     util::Path out = b.options.output_dir / (name + ".efi");
     b.log(fmt::format("Writing {}", out.string()));
@@ -339,6 +333,8 @@ void write_uki_artifacts(Build& b, const boot::SecureBootKeys& keys, const util:
   if (!want_iso) return;
   util::Path iso = b.options.output_dir / (name + ".uki.iso");
   b.log(fmt::format("Writing {}", iso.string()));
+  util::Path uki_file = scratch / (name + ".efi");
+  util::write_file_atomic(uki_file, uki.bytes);
   util::Path boot_efi = scratch / "systemd-bootx64.efi";
   boot::sign_pe_file(kHostSystemdBoot, boot_efi, keys.db_cert.get(), keys.db_key.get(),
                      b.timestamp);
@@ -367,14 +363,21 @@ void write_uki_artifacts(Build& b, const boot::SecureBootKeys& keys, const util:
 // The netboot files: kernel, initramfs and rootfs image as they are, the cloud-config, and the
 // iPXE script whose kernel command line names the rootfs image's URL and sha256.
 void write_netboot(Build& b, const util::Path& rootfs, const BootFiles& boot_files,
-                   const std::string& cloud_config, const std::string& name,
-                   const util::Path& scratch, BuildResult& result) {
+                   const std::string& cloud_config, const std::string& name, BuildResult& result) {
   const std::string& url = b.options.netboot_url;
   auto publish = [&](const util::Path& from, const std::string& file, const char* type) {
     util::Path out = b.options.output_dir / file;
     b.log(fmt::format("Writing {}", out.string()));
     util::copy_file_atomic(from, out);
     std::string sha256 = util::file_sha256(out);
+    result.artifacts.push_back(describe(out, sha256, type));
+    return sha256;
+  };
+  auto publish_text = [&](const std::string& text, const std::string& file, const char* type) {
+    util::Path out = b.options.output_dir / file;
+    b.log(fmt::format("Writing {}", out.string()));
+    util::write_file_atomic(out, text);
+    std::string sha256 = util::sha256_hex(text);
     result.artifacts.push_back(describe(out, sha256, type));
     return sha256;
   };
@@ -386,12 +389,9 @@ void write_netboot(Build& b, const util::Path& rootfs, const BootFiles& boot_fil
       "initrd={} console=tty0 console=ttyS0,115200 pok8s.mode=live pok8s.fetch={}{} "
       "pok8s.fetch.sha256={}",
       initrd, url, image, publish(rootfs, image, "netboot-rootfs"));
-  if (b.options.cloud_config) {
-    util::Path copy = scratch / "netboot-config.yaml";
-    util::write_file_atomic(copy, cloud_config);
+  if (b.options.cloud_config)
     cmdline += fmt::format(" pok8s.fetch.config={}{} pok8s.fetch.config.sha256={}", url, config,
-                           publish(copy, config, "netboot-config"));
-  }
+                           publish_text(cloud_config, config, "netboot-config"));
   // iPXE script (https://ipxe.org/scripting): absolute URLs, as QEMU's and many firmware's iPXE
   // builds have no ${cwduri}.
   std::string script = fmt::format(
@@ -401,9 +401,7 @@ void write_netboot(Build& b, const util::Path& rootfs, const BootFiles& boot_fil
       "initrd {}{}\n"
       "boot\n",
       name, result.build_id, url, url, kernel, cmdline, url, initrd);
-  util::Path script_file = scratch / "netboot.ipxe";
-  util::write_file_atomic(script_file, script);
-  publish(script_file, name + ".ipxe", "netboot-script");
+  publish_text(script, name + ".ipxe", "netboot-script");
 }
 
 }  // namespace
@@ -458,7 +456,7 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
                               "manual, off",
                               image.source_name, options.secure_boot_enroll));
     for (const char* tool : {boot::kHostSystemdStub, kHostSystemdBoot})
-      if (!cached(tool))
+      if (!util::is_regular_file(tool))
         throw Error(ErrorKind::kNotFound,
                     fmt::format("Failed to build {}: {} is missing (install systemd-boot-efi)",
                                 image.source_name, tool));
@@ -600,8 +598,7 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
     }
   }
 
-  if (wants("netboot"))
-    write_netboot(b, rootfs, boot_files, cloud_config, name, scratch.path(), result);
+  if (wants("netboot")) write_netboot(b, rootfs, boot_files, cloud_config, name, result);
   json manifest_uki;
   if (keys)
     write_uki_artifacts(b, *keys, rootfs, boot_files, cloud_config, name, scratch.path(), want_uki,

@@ -20,11 +20,6 @@ namespace fs = std::filesystem;
 // Bumped when the verity step's output for the same inputs changes.
 constexpr int kVerityStepVersion = 1;
 
-bool is_file(const util::Path& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
 }  // namespace
 
 VerityRootfs make_verity_rootfs(const util::Path& cache, const util::Path& rootfs,
@@ -39,7 +34,7 @@ VerityRootfs make_verity_rootfs(const util::Path& cache, const util::Path& rootf
   util::Path dir = cache / "verity";
   VerityRootfs out{dir / (id + ".img"), {}};
   util::Path tree_file = dir / (id + ".json");
-  if (is_file(out.image) && is_file(tree_file)) {
+  if (util::is_regular_file(out.image) && util::is_regular_file(tree_file)) {
     auto j = nlohmann::json::parse(util::read_file(tree_file, 4096));
     out.tree.root_hash = j.at("rootHash").get<std::string>();
     out.tree.salt = j.at("salt").get<std::string>();

@@ -105,20 +105,6 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
 // SIOCSIFFLAGS and friends take an ifreq with the interface's name.
 ifreq interface_request(const std::string& name) {
   ifreq r{};
@@ -163,7 +149,7 @@ std::optional<MacAddress> read_mac(const std::string& name) {
 // answered in time (or said no).
 std::optional<DhcpLease> dhcp_exchange(const std::string& name, const MacAddress& mac,
                                        std::chrono::milliseconds window) {
-  Fd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  util::UniqueFd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   if (sock.get() < 0) throw_errno("Failed to open a DHCP socket", errno);
   int one = 1;
   ::setsockopt(sock.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -394,7 +380,7 @@ std::string ipv4_text(std::uint32_t a) {
 
 NetworkConfig configure_network(unsigned wait_seconds,
                                 const std::function<void(std::string_view)>& log) {
-  Fd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  util::UniqueFd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   if (sock.get() < 0) throw_errno("Failed to open a socket to configure the network", errno);
   try {
     set_up(sock.get(), "lo");
@@ -462,15 +448,15 @@ void http_fetch(const HttpUrl& url, const util::Path& out, std::string_view sha2
   addr.sin_family = AF_INET;
   addr.sin_port = htons(url.port);
   ::inet_pton(AF_INET, url.host.c_str(), &addr.sin_addr);
-  std::optional<Fd> sock;
+  util::UniqueFd sock;
   // The network has just come up: a refused or unreachable first try is retried.
   for (int attempt = 1;; ++attempt) {
-    sock.emplace(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (sock->get() < 0) throw_errno("Failed to open a socket for " + url.text, errno);
+    sock = util::UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (sock.get() < 0) throw_errno("Failed to open a socket for " + url.text, errno);
     timeval timeout{30, 0};
-    ::setsockopt(sock->get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-    ::setsockopt(sock->get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
-    if (::connect(sock->get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) break;
+    ::setsockopt(sock.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    ::setsockopt(sock.get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+    if (::connect(sock.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) break;
     int err = errno;
     if (attempt == 5) throw fail(ErrorKind::kIo, std::strerror(err));
     std::this_thread::sleep_for(std::chrono::seconds(1));
@@ -478,13 +464,13 @@ void http_fetch(const HttpUrl& url, const util::Path& out, std::string_view sha2
   std::string request =
       fmt::format("GET {} HTTP/1.0\r\nHost: {}:{}\r\nUser-Agent: pok8s-init\r\nAccept: */*\r\n\r\n",
                   url.path, url.host, url.port);
-  util::write_all(sock->get(), request, url.text);
+  util::write_all(sock.get(), request, url.text);
 
   std::string buffer;
   std::optional<HttpHead> head;
   char chunk[64 << 10];
   while (!head) {
-    ssize_t n = ::recv(sock->get(), chunk, sizeof chunk, 0);
+    ssize_t n = ::recv(sock.get(), chunk, sizeof chunk, 0);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw fail(ErrorKind::kIo, std::strerror(errno));
     if (n == 0) throw fail(ErrorKind::kIo, "the server closed the connection before answering");
@@ -524,7 +510,7 @@ void http_fetch(const HttpUrl& url, const util::Path& out, std::string_view sha2
     };
     take(std::string_view(buffer).substr(head->size));
     while (true) {
-      ssize_t n = ::recv(sock->get(), chunk, sizeof chunk, 0);
+      ssize_t n = ::recv(sock.get(), chunk, sizeof chunk, 0);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) throw fail(ErrorKind::kIo, std::strerror(errno));
       if (n == 0) break;

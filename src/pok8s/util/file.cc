@@ -104,6 +104,11 @@ void write_file_atomic(const Path& path, std::string_view data, unsigned mode) {
   tmp.commit();
 }
 
+bool is_regular_file(const Path& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
 void copy_file_atomic(const Path& from, const Path& to, unsigned mode) {
   UniqueFd in = open_file(from, O_RDONLY);
   TempFile tmp(to);

@@ -72,6 +72,9 @@ class TempFile {
 // Writes `data` to `path` through a TempFile.
 void write_file_atomic(const Path& path, std::string_view data, unsigned mode = 0644);
 
+// Whether `path` is a regular file (following symlinks).
+bool is_regular_file(const Path& path);
+
 // Copies the file `from` to `to` through a TempFile (copy_file_range: a reflink or an in-kernel
 // copy where the file system can).
 void copy_file_atomic(const Path& from, const Path& to, unsigned mode = 0644);
