@@ -213,9 +213,11 @@ struct BootFiles {
   std::string boot_state{pok8s::node::kBootStateFile};
   std::string grubenv{pok8s::node::kOemGrubEnvFile};
   std::string release{pok8s::node::kReleaseFile};
+  std::string efivars{pok8s::node::kEfiVarsDir};
 
   void add_options(CLI::App* command) {
     // Hidden (empty group): a running system has one place for each.
+    command->add_option("--efivars", efivars)->group("");
     command->add_option("--boot-state", boot_state)->group("");
     command->add_option("--grubenv", grubenv)->group("");
     command->add_option("--release", release)->group("");
@@ -315,10 +317,17 @@ int mark_booted_command(const BootFiles& files) {
     std::string tries = env ? env->get("pok8s_tries").value_or("?") : "?";
     std::printf("marked this boot as good: pok8s_tries=%s in %s\n", tries.c_str(),
                 files.grubenv.c_str());
-  } else if (std::filesystem::exists(files.grubenv)) {
+  } else if (auto entry = node::mark_entry_booted(files.boot_state, files.efivars)) {
+    std::printf("marked this boot as good: systemd-boot's entry is now %s on %s\n", entry->c_str(),
+                std::string(image::kGrubLabel).c_str());
+  } else if (node::read_boot_status(files.boot_state, files.grubenv, files.release).mode ==
+             "live") {
     std::printf("nothing to mark: a live boot\n");
   } else {
-    std::printf("nothing to mark: no %s, so no boot assessment\n", files.grubenv.c_str());
+    std::printf(
+        "nothing to mark: no %s and no boot-counted systemd-boot entry, so no boot "
+        "assessment\n",
+        files.grubenv.c_str());
   }
   return kExitOk;
 }

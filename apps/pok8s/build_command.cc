@@ -21,6 +21,7 @@ struct BuildFlags {
   std::string disk_size;
   bool expandable = false;
   bool bios = false;
+  int boot_tries = 3;
   std::string keys;
   std::string secure_boot_enroll = "force";
   std::string netboot_url;
@@ -42,6 +43,7 @@ int run_build(const GlobalOptions& g, const std::string& src, const BuildFlags& 
   if (!b.disk_size.empty()) options.disk.size = parse_size(b.disk_size, "--disk-size");
   options.disk.expandable = b.expandable;
   options.disk.bios = b.bios;
+  options.disk.boot_tries = b.boot_tries;
   if (!b.keys.empty()) options.keys_dir = util::Path(b.keys);
   options.secure_boot_enroll = b.secure_boot_enroll;
   options.netboot_url = b.netboot_url;
@@ -184,6 +186,12 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
   cmd->add_flag("--bios", b->bios,
                 "Disks that boot on BIOS firmware too: a BIOS boot partition with GRUB's core "
                 "image and GRUB's boot code in the MBR (UEFI boots them either way)");
+  cmd->add_option("--boot-tries", b->boot_tries,
+                  "Boots a new active image may fail before the installed system falls back to "
+                  "passive (GRUB's boot assessment on disks and ISOs, systemd-boot's boot "
+                  "counting on the uki-iso)")
+      ->check(CLI::Range(1, 9))
+      ->default_val(3);
   cmd->add_option("-o,--output", b->output, "Directory that receives the artifacts")->required();
   cmd->add_option("--config", b->config,
                   "A #cloud-config file: /config.yaml on the ISO, /oem/90_custom.yaml on disks");
@@ -198,9 +206,10 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
     if (!b->spec.empty()) {
       // The spec says everything the flags would; both at once would leave one of them unused.
       for (const char* flag :
-           {"--artifact", "--disk-size", "--expandable", "--bios", "--keys", "--secure-boot-enroll",
-            "--config", "--compression", "--compression-level", "--version", "--variant", "--k8s",
-            "--k8s-version", "--k8s-binary", "--k8s-sha256", "--model", "--arch", "--packages"})
+           {"--artifact", "--disk-size", "--expandable", "--bios", "--boot-tries", "--keys",
+            "--secure-boot-enroll", "--config", "--compression", "--compression-level", "--version",
+            "--variant", "--k8s", "--k8s-version", "--k8s-binary", "--k8s-sha256", "--model",
+            "--arch", "--packages"})
         if (cmd->count(flag) > 0)
           throw CLI::ValidationError(flag, "comes from the build spec given with -f");
       run = [&g, b, c, t] { return run_spec_build(g, *b, *c, *t); };

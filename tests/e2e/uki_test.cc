@@ -5,8 +5,19 @@
 // refuses the same UKI with one byte changed, unsigned, and signed by other keys; a flipped byte
 // in the rootfs stops the boot with pok8s-init's verity error. Bad keys are refused before
 // anything is written; the same inputs sign the same bytes.
+//
+// Installed from the ISO (install.auto), the disk boots alone through its own signed
+// systemd-boot into the active image's UKI, a boot-counted entry (built with --boot-tries 1)
+// that pok8s-agent mark-booted blesses. Armed again with its rootfs broken, the active boot stops
+// on dm-verity, systemd-boot has no tries left for it, and the next boot is passive.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <filesystem>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -27,19 +38,31 @@ namespace {
 constexpr const char* kTag = "12-standard-amd64-generic-v0.1.0";
 constexpr const char* kName = "debian-12-standard-amd64-generic-v0.1.0";
 
-// The boot stage says what it sees: the root read-only, Secure Boot on (the firmware's
-// SecureBoot variable), and the device-mapper device the root is read through.
+constexpr std::uint64_t kMiB = 1 << 20;
+
+// The boot stage says what it sees: the mode, the root read-only, Secure Boot on (the
+// firmware's SecureBoot variable), and the device-mapper device the root is read through. A live
+// system with a disk installs itself; an installed one waits for mark-booted (its line reaches
+// the console: StandardOutput=journal+console), then powers off.
 constexpr const char* kCloudConfig = R"yaml(#cloud-config
+install:
+  auto: true
+  device: auto
+  poweroff: true
 stages:
   boot:
     - name: e2e trusted boot probe
       commands:
         - |
           r=ro; touch /pok8s-probe 2>/dev/null && r=rw
+          mode=$(sed -n 's/^mode=//p' /run/pok8s/boot-state)
           sb=$(od -An -tu1 -j4 -N1 /sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c | tr -d ' ')
-          echo "POK8S-UKI root=$r secureboot=$sb dm=$(cat /sys/block/dm-0/dm/name)" > /dev/ttyS0
+          echo "POK8S-UKI mode=$mode root=$r secureboot=$sb dm=$(cat /sys/block/dm-0/dm/name)" > /dev/ttyS0
+          if [ "$mode" != live ]; then
+            systemd-run --no-block sh -c 'until systemctl is-active -q pok8s-booted.service || systemctl is-failed -q pok8s-booted.service; do sleep 1; done; sync; systemctl poweroff'
+          fi
 )yaml";
-constexpr const char* kExpected = "POK8S-UKI root=ro secureboot=1 dm=pok8s-root";
+constexpr const char* kExpected = "POK8S-UKI mode=live root=ro secureboot=1 dm=pok8s-root";
 
 class Uki : public ::testing::Test {
  protected:
@@ -67,8 +90,8 @@ class Uki : public ::testing::Test {
                                    const std::string& keys = "keys") {
     util::Path w = work_->path();
     return run_pok8s(cache.string(), {"build", layout_ + ":" + kTag, "--artifact", "uki,uki-iso",
-                                      "--keys", (w / keys).string(), "-o", out.string(), "--config",
-                                      (w / "cloud.yaml").string()});
+                                      "--keys", (w / keys).string(), "--boot-tries", "1", "-o",
+                                      out.string(), "--config", (w / "cloud.yaml").string()});
   }
   static util::Path out(const std::string& suffix) {
     return work_->path() / "out" / (std::string(kName) + suffix);
@@ -117,11 +140,78 @@ class Uki : public ::testing::Test {
     return img;
   }
 
+  // Boots `disk` alone with the enrolled keys until the probe line, which must be `expected`;
+  // then waits for `then` on the console (if not empty) and for the power off.
+  static void boot_disk(const util::Path& disk, const std::string& expected,
+                        const std::string& then) {
+    util::TempDir dir = util::TempDir::scratch(work_->path());
+    QemuOptions o = secure_machine(work_->path() / "enrolled.fd");
+    o.disks = {disk};
+    Qemu vm(o, dir.path());
+    auto line = vm.wait_for_line("POK8S-UKI", boot_timeout(std::chrono::seconds(420)));
+    ASSERT_TRUE(line) << "the disk did not boot:\n" << vm.tail(60);
+    EXPECT_EQ(*line, expected);
+    if (!then.empty()) {
+      EXPECT_TRUE(vm.wait_for(then, std::chrono::seconds(180))) << vm.tail(40);
+    }
+    EXPECT_TRUE(vm.wait_exit(std::chrono::seconds(180))) << vm.tail(40);
+  }
+
   static inline std::string setup_error_;
   static inline std::string enroll_error_;
   static inline util::TempDir* work_ = nullptr;
   static inline std::string layout_;
 };
+
+// The byte offset of the partition named `name` on `disk`, as sfdisk reads the GPT.
+std::uint64_t partition_offset(const util::Path& disk, std::string_view name) {
+  auto r = util::run_process({"sfdisk", "--json", disk.string()});
+  if (r.status != 0) throw std::runtime_error("sfdisk --json: " + r.output);
+  // Kept in a variable: a range-for over a member of a temporary would dangle.
+  nlohmann::json table = nlohmann::json::parse(r.output);
+  for (const auto& p : table["partitiontable"]["partitions"])
+    if (p.value("name", std::string()) == name) return p["start"].get<std::uint64_t>() * 512;
+  throw std::runtime_error(fmt::format("no partition {} on {}", name, disk.string()));
+}
+
+// The file names in EFI/Linux on the disk's COS_GRUB, read with mtools.
+std::vector<std::string> entries(const util::Path& disk) {
+  std::string image = fmt::format("{}@@{}", disk.string(), partition_offset(disk, "COS_GRUB"));
+  auto r = util::run_process({"mdir", "-b", "-i", image, "::/EFI/Linux"});
+  if (r.status != 0) throw std::runtime_error("mdir: " + r.output);
+  std::vector<std::string> out;
+  for (std::size_t at = 0; at < r.output.size();) {
+    std::size_t end = r.output.find('\n', at);
+    if (end == std::string::npos) end = r.output.size();
+    std::string line = r.output.substr(at, end - at);
+    if (!line.empty()) out.push_back(util::Path(line).filename().string());
+    at = end + 1;
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Flips a byte of the first block of `file` in the ext4 file system labelled `label` on `disk`,
+// where debugfs says that block is.
+void flip_first_block(const util::Path& disk, std::string_view label, const std::string& file) {
+  std::uint64_t offset = partition_offset(disk, label);
+  std::string fs_name = fmt::format("{}?offset={}", disk.string(), offset);
+  auto r = util::run_process({"debugfs", "-R", "bmap " + file + " 0", fs_name});
+  if (r.status != 0) throw std::runtime_error("debugfs bmap: " + r.output);
+  std::uint64_t block = std::stoull(util::last_line(r.output));
+  r = util::run_process({"debugfs", "-R", "stats", fs_name});
+  auto at = r.output.find("Block size:");
+  if (r.status != 0 || at == std::string::npos)
+    throw std::runtime_error("debugfs stats: " + r.output);
+  std::uint64_t block_size = std::stoull(r.output.substr(at + 11));
+  util::UniqueFd fd = util::open_file(disk, O_RDWR);
+  off_t where = static_cast<off_t>(offset + block * block_size + 1000);
+  char c = 0;
+  if (::pread(fd.get(), &c, 1, where) != 1) throw std::runtime_error("pread");
+  c ^= 0x01;
+  if (::pwrite(fd.get(), &c, 1, where) != 1 || ::fsync(fd.get()) != 0)
+    throw std::runtime_error("pwrite");
+}
 
 TEST_F(Uki, TheUkiIsSignedSmallAndCarriesTheRootHashOfItsRootfs) {
   util::Path w = work_->path();
@@ -252,6 +342,68 @@ TEST_F(Uki, AFlippedByteInTheRootfsStopsTheBootWithAVerityError) {
                           boot_timeout(std::chrono::seconds(420))))
       << vm.tail(40);
   EXPECT_EQ(vm.serial().find("POK8S-UKI"), std::string::npos);
+}
+
+TEST_F(Uki, InstalledFromTheIsoTheDiskBootsActiveAndFallsBackToPassiveWhenActiveFails) {
+  util::Path vars = enrolled_vars();
+  ASSERT_EQ(enroll_error_, "");
+  util::Path disk = work_->path() / "disk.raw";
+  {
+    util::UniqueFd fd = util::open_file(disk, O_WRONLY | O_CREAT | O_TRUNC);
+    ASSERT_EQ(::ftruncate(fd.get(), static_cast<off_t>(4096 * kMiB)), 0);
+  }
+  // Secure Boot enforced: the live UKI installs to the blank disk and powers off.
+  {
+    util::TempDir dir = util::TempDir::scratch(work_->path());
+    QemuOptions o = secure_machine(vars);
+    o.cdrom = out(".uki.iso");
+    o.disks = {disk};
+    Qemu vm(o, dir.path());
+    auto done = vm.wait_for_line("pok8s-agent: install: installed to",
+                                 boot_timeout(std::chrono::seconds(1200)));
+    ASSERT_TRUE(done) << "the install did not finish:\n" << vm.tail(80);
+    EXPECT_TRUE(vm.wait_exit(std::chrono::seconds(180))) << vm.tail(40);
+    std::string serial = vm.serial();
+    for (const char* step : {"install: copying systemd-boot and the signed UKIs to COS_GRUB",
+                             "install: copied 1 cloud-config to COS_OEM"})
+      EXPECT_NE(serial.find(step), std::string::npos) << step << "\n" << vm.tail(60);
+  }
+  EXPECT_EQ(entries(disk), (std::vector<std::string>{"pok8s-active+1.efi", "pok8s-passive.efi",
+                                                     "pok8s-recovery.efi"}));
+
+  // The disk alone boots the active UKI; systemd-boot took its one try, mark-booted gives the
+  // entry its counter-less name.
+  boot_disk(disk, "POK8S-UKI mode=active root=ro secureboot=1 dm=pok8s-root",
+            "marked this boot as good: systemd-boot's entry is now EFI/Linux/pok8s-active.efi on "
+            "COS_GRUB");
+  EXPECT_EQ(entries(disk), (std::vector<std::string>{"pok8s-active.efi", "pok8s-passive.efi",
+                                                     "pok8s-recovery.efi"}));
+
+  // Armed again with one try (as an upgrade leaves it), with a broken rootfs: dm-verity stops the
+  // boot, and pok8s-init reboots (QEMU exits on -no-reboot).
+  std::string esp = fmt::format("{}@@{}", disk.string(), partition_offset(disk, "COS_GRUB"));
+  auto r = util::run_process(
+      {"mren", "-i", esp, "::/EFI/Linux/pok8s-active.efi", "::/EFI/Linux/pok8s-active+1.efi"});
+  ASSERT_EQ(r.status, 0) << r.output;
+  flip_first_block(disk, "COS_STATE", "/cOS/active/rootfs.img");
+  {
+    util::TempDir dir = util::TempDir::scratch(work_->path());
+    QemuOptions o = secure_machine(vars);
+    o.disks = {disk};
+    Qemu vm(o, dir.path());
+    EXPECT_TRUE(
+        vm.wait_for("Failed to mount the image /cOS/active/rootfs.img: dm-verity refused it",
+                    boot_timeout(std::chrono::seconds(420))))
+        << vm.tail(40);
+    EXPECT_TRUE(vm.wait_exit(std::chrono::seconds(120))) << vm.tail(20);
+  }
+  EXPECT_EQ(entries(disk), (std::vector<std::string>{"pok8s-active+0-1.efi", "pok8s-passive.efi",
+                                                     "pok8s-recovery.efi"}));
+
+  // Out of tries, active sorts last: systemd-boot boots passive, which has no counter.
+  boot_disk(disk, "POK8S-UKI mode=passive root=ro secureboot=1 dm=pok8s-root", "nothing to mark");
+  EXPECT_EQ(entries(disk), (std::vector<std::string>{"pok8s-active+0-1.efi", "pok8s-passive.efi",
+                                                     "pok8s-recovery.efi"}));
 }
 
 TEST_F(Uki, BadKeysAreRefusedInOneLineBeforeAnythingIsWritten) {

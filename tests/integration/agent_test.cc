@@ -389,8 +389,17 @@ TEST_F(Agent, MarkBootedLeavesALiveBootAloneAndStatusFailsWithoutABootState) {
                          (dir_.path() / "missing").string(),
                      dir_.path());
   EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "nothing to mark: a live boot\n");
+  // Installed, with neither GRUB's boot assessment nor a boot-counted systemd-boot entry.
+  write("run/boot-state", "mode=active\nmedia_device=/dev/vda3\n");
+  fs::create_directories(dir_.path() / "efivars");
+  r = agent("mark-booted --boot-state " + state.string() + " --grubenv " +
+                (dir_.path() / "missing").string() + " --efivars " +
+                (dir_.path() / "efivars").string(),
+            dir_.path());
+  EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(r.out, "nothing to mark: no " + (dir_.path() / "missing").string() +
-                       ", so no boot assessment\n");
+                       " and no boot-counted systemd-boot entry, so no boot assessment\n");
   r = agent("status --boot-state " + (dir_.path() / "none").string(), dir_.path());
   EXPECT_NE(r.status, 0);
   EXPECT_EQ(r.err, "pok8s-agent: Failed to open " + (dir_.path() / "none").string() +

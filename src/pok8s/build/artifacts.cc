@@ -291,7 +291,8 @@ BuiltArtifact write_live_iso(Build& b, const boot::GrubImages& grub,
 }
 
 // The uki and uki-iso artifacts from one signed UKI: the UKI and its rootfs image, and/or the
-// ISO whose ESP has systemd-boot, the UKI and the keys to enroll.
+// ISO whose ESP has systemd-boot, the UKI and the keys to enroll, and whose install/ directory
+// has what the installer writes to a disk (uki_artifacts.h).
 void write_uki_artifacts(Build& b, const boot::SecureBootKeys& keys, const util::Path& rootfs,
                          const BootFiles& boot_files, const std::string& cloud_config,
                          const std::string& name, const util::Path& scratch, bool want_uki,
@@ -299,14 +300,17 @@ void write_uki_artifacts(Build& b, const boot::SecureBootKeys& keys, const util:
   VerityRootfs verity = make_verity_rootfs(b.cache, rootfs, rootfs.stem().string(),
                                            [&](std::string_view l) { b.log(l); });
   const auto& labels = b.image.config.labels;
-  auto version = labels.find("io.pok8s.version");
+  auto version_label = labels.find("io.pok8s.version");
+  std::string version = version_label == labels.end() ? "" : version_label->second;
+  const std::string verity_args = image::verity_cmdline(verity.tree);
+  constexpr const char* kConsole = "console=tty0 console=ttyS0,115200";
   UkiPlan plan;
   plan.kernel = boot_files.kernel;
   plan.initrd = boot_files.initrd;
   plan.kernel_version = boot_files.kernel_version;
-  plan.os_release = uki_os_release(name, version == labels.end() ? "" : version->second);
-  plan.cmdline = fmt::format("console=tty0 console=ttyS0,115200 pok8s.media={} pok8s.mode=live {}",
-                             b.options.volume_label, image::verity_cmdline(verity.tree));
+  plan.os_release = uki_os_release(name, version);
+  plan.cmdline = fmt::format("{} pok8s.media={} pok8s.mode=live {}", kConsole,
+                             b.options.volume_label, verity_args);
   plan.sbat = fmt::format("pok8s,1,pok8s,pok8s,{},-\n", POK8S_VERSION);
   plan.signing_time = b.timestamp;
   b.log(fmt::format("Assembling and signing the UKI (kernel {})", boot_files.kernel_version));
@@ -348,7 +352,26 @@ void write_uki_artifacts(Build& b, const boot::SecureBootKeys& keys, const util:
         {fmt::format("loader/keys/auto/{}.auth", key), keys.dir / (std::string(key) + ".auth")});
   util::Path efi_img = scratch / "esp.img";
   image::write_fat_image(esp, "", b.timestamp, efi_img);
-  std::vector<image::IsoFile> files = {{"rootfs.squashfs", verity.image}};
+
+  // What pok8s-agent install copies to the disk's ESP: the same systemd-boot, and a UKI for each
+  // installed image.
+  util::Path installed_conf = scratch / "installed-loader.conf";
+  util::write_file_atomic(installed_conf, loader_conf("off"));
+  std::vector<image::IsoFile> files = {{"rootfs.squashfs", verity.image},
+                                       {"install/EFI/BOOT/BOOTX64.EFI", boot_efi},
+                                       {"install/loader/loader.conf", installed_conf}};
+  manifest_uki["installed"] = json::array();
+  for (const InstalledUki& slot : installed_ukis(kConsole, b.options.disk.boot_tries)) {
+    UkiPlan slot_plan = plan;
+    slot_plan.os_release =
+        uki_os_release(fmt::format("{} ({})", name, slot.mode), version, slot.image_id);
+    slot_plan.cmdline = fmt::format("{} {}", slot.cmdline, verity_args);
+    b.log(fmt::format("Assembling and signing the UKI of the installed {} image", slot.mode));
+    util::Path file = scratch / slot.file;
+    util::write_file_atomic(file, make_signed_uki(slot_plan, keys).bytes);
+    files.push_back({"install/EFI/Linux/" + slot.file, file});
+    manifest_uki["installed"].push_back({{"file", slot.file}, {"cmdline", slot_plan.cmdline}});
+  }
   add_cloud_config(b, cloud_config, scratch, files);
   image::IsoOptions iso_options = iso_options_of(b);
   iso_options.efi_image = efi_img;

@@ -9,6 +9,7 @@
 
 #include "pok8s/boot/authenticode.h"
 #include "pok8s/boot/pcr_policy.h"
+#include "pok8s/image/disk_layout.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/sha256.h"
 
@@ -95,11 +96,36 @@ SignedUki make_signed_uki(const UkiPlan& plan, const boot::SecureBootKeys& keys)
   return out;
 }
 
-std::string uki_os_release(std::string_view name, std::string_view version) {
+std::string uki_os_release(std::string_view name, std::string_view version,
+                           std::string_view image_id) {
   return fmt::format(
       "NAME=\"pok8s\"\nID=pok8s\nPRETTY_NAME=\"pok8s {}\"\nIMAGE_ID=\"{}\"\n"
       "IMAGE_VERSION=\"{}\"\nVERSION_ID=\"{}\"\n",
-      name, name, version, version);
+      name, image_id.empty() ? name : image_id, version, version);
+}
+
+std::vector<InstalledUki> installed_ukis(std::string_view base_cmdline, int boot_tries) {
+  if (boot_tries < 1 || boot_tries > 9)
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to set up boot counting: {} boot tries (1 to 9)", boot_tries));
+  struct Slot {
+    std::string_view mode, label;
+    int order;
+  };
+  std::vector<InstalledUki> out;
+  for (const Slot& s :
+       {Slot{"active", image::kStateLabel, 1}, Slot{"passive", image::kStateLabel, 2},
+        Slot{"recovery", image::kRecoveryLabel, 3}}) {
+    InstalledUki u;
+    u.mode = s.mode;
+    u.file = s.mode == "active" ? fmt::format("pok8s-{}+{}.efi", s.mode, boot_tries)
+                                : fmt::format("pok8s-{}.efi", s.mode);
+    u.image_id = fmt::format("pok8s-{}-{}", s.order, s.mode);
+    u.cmdline = fmt::format("{} pok8s.mode={} pok8s.media={} pok8s.image=/{}/{}/{}", base_cmdline,
+                            s.mode, s.label, image::kImagesDir, s.mode, image::kRootfsFile);
+    out.push_back(std::move(u));
+  }
+  return out;
 }
 
 std::string loader_conf(std::string_view secure_boot_enroll) {

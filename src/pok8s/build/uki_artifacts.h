@@ -5,7 +5,9 @@
 //            command line carries the root hash)
 //   uki-iso  an ISO whose EFI system partition holds systemd-boot signed with the db key, that
 //            UKI, and the keys' .auth updates under loader/keys/auto for systemd-boot to enroll
-//            in a firmware in setup mode; the ISO file system holds the rootfs image
+//            in a firmware in setup mode; the ISO file system holds the rootfs image and what
+//            pok8s-agent install writes to a disk: that systemd-boot, loader.conf and a UKI for
+//            each of active, passive and recovery (install/EFI, install/loader)
 // Both need a key set from `pok8s keys generate`, checked before anything is written.
 #pragma once
 
@@ -63,10 +65,29 @@ struct SignedUki {
 // the db key.
 SignedUki make_signed_uki(const UkiPlan& plan, const boot::SecureBootKeys& keys);
 
-// The .osrel of pok8s UKIs: systemd-boot shows PRETTY_NAME and the version in its menu.
-std::string uki_os_release(std::string_view name, std::string_view version);
+// The .osrel of pok8s UKIs: systemd-boot shows PRETTY_NAME and the version in its menu, and
+// sorts its entries by IMAGE_ID (`image_id`; `name` when empty), then by version.
+std::string uki_os_release(std::string_view name, std::string_view version,
+                           std::string_view image_id = "");
 
-// loader/loader.conf of the uki-iso's ESP.
+// One UKI of an installed system. systemd-boot (Boot Loader Specification, type #2 entries)
+// lists the three by their IMAGE_ID, which puts active first, and the entry it boots by default
+// is the first. The active one is installed with boot counting in its file name
+// (pok8s-active+3.efi): systemd-boot takes a try on each boot, pok8s-agent mark-booted drops the
+// counter once the system is up, and an entry out of tries sorts last, so passive boots: the
+// A/B fallback. Each signed command line names its mode, partition and rootfs image.
+struct InstalledUki {
+  std::string_view mode;  // active, passive, recovery
+  std::string file;       // under EFI/Linux: pok8s-active+3.efi, pok8s-passive.efi, …
+  std::string image_id;   // the sort key: pok8s-1-active, pok8s-2-passive, pok8s-3-recovery
+  std::string cmdline;    // without the verity parameters
+};
+
+// The three, for `base_cmdline` (console settings) and `boot_tries` (1 to 9) for active.
+std::vector<InstalledUki> installed_ukis(std::string_view base_cmdline, int boot_tries);
+
+// loader/loader.conf of the uki-iso's ESP, and of an installed system's (which boots the keys
+// the uki-iso enrolled: `off`).
 std::string loader_conf(std::string_view secure_boot_enroll);
 
 }  // namespace pok8s::build

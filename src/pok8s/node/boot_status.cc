@@ -12,7 +12,9 @@
 #include <cerrno>
 #include <cstdint>
 
+#include "pok8s/image/disk_layout.h"
 #include "pok8s/node/grubenv.h"
+#include "pok8s/node/mounts.h"
 #include "pok8s/util/error.h"
 
 namespace pok8s::node {
@@ -215,6 +217,93 @@ bool arm_new_active(const util::Path& grubenv) {
     env.set(kFallbackVar, "");
   });
   return true;
+}
+
+std::optional<std::string> without_boot_counter(std::string_view file_name) {
+  auto dot = file_name.rfind('.');
+  std::string_view stem = file_name.substr(0, dot);
+  auto plus = stem.rfind('+');
+  if (plus == std::string_view::npos || plus == 0) return std::nullopt;
+  // +LEFT or +LEFT-DONE, decimal digits each.
+  std::string_view counter = stem.substr(plus + 1);
+  auto dash = counter.find('-');
+  auto digits = [](std::string_view d) {
+    return !d.empty() &&
+           std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
+  if (!digits(counter.substr(0, dash))) return std::nullopt;
+  if (dash != std::string_view::npos && !digits(counter.substr(dash + 1))) return std::nullopt;
+  std::string out(stem.substr(0, plus));
+  if (dot != std::string_view::npos) out += file_name.substr(dot);
+  if (out == "." || out == "..") return std::nullopt;  // ".+1." is no entry
+  return out;
+}
+
+std::string parse_boot_count_path(std::string_view raw, std::string_view where) {
+  auto bad = [&](std::string_view why) {
+    return Error(ErrorKind::kFormat, fmt::format("Failed to read {}: {}", where, why));
+  };
+  if (raw.size() < 4 || raw.size() % 2 != 0) throw bad("not an EFI variable holding UTF-16 text");
+  std::string path;
+  for (std::size_t i = 4; i + 1 < raw.size(); i += 2) {
+    unsigned c = static_cast<unsigned char>(raw[i]) | static_cast<unsigned char>(raw[i + 1]) << 8;
+    if (c == 0) break;
+    // Entry file names are ASCII; anything else, or a way out of the ESP, is refused.
+    if (c < 0x20 || c > 0x7e || c == '/') throw bad("a character that is not in a file path");
+    path += c == '\\' ? '/' : static_cast<char>(c);
+  }
+  while (path.starts_with('/')) path.erase(0, 1);
+  if (path.empty() || path.find("..") != std::string::npos ||
+      !without_boot_counter(util::Path(path).filename().string()))
+    throw bad(fmt::format("\"{}\" is not the path of a boot-counted entry", path));
+  return path;
+}
+
+std::optional<std::string> loader_boot_count_path(const util::Path& efivars) {
+  util::Path var = efivars / fmt::format("LoaderBootCountPath-{}", kLoaderVarsGuid);
+  if (::access(var.c_str(), F_OK) != 0 && errno == ENOENT) return std::nullopt;
+  // efivarfs: 4 bytes of attributes, then the value.
+  return parse_boot_count_path(util::read_file(var, 4096), var.string());
+}
+
+std::string bless_boot_entry(const util::Path& esp, std::string_view counted) {
+  util::Path from = esp / counted;
+  auto good = without_boot_counter(from.filename().string());
+  if (!good)
+    throw Error(
+        ErrorKind::kInvalidInput,
+        fmt::format("Failed to mark {} as good: its name has no boot counter", from.string()));
+  util::Path to = from.parent_path() / *good;
+  if (::rename(from.c_str(), to.c_str()) != 0)
+    throw_errno(fmt::format("Failed to mark the boot entry {} as good: rename to {}", from.string(),
+                            to.filename().string()),
+                errno);
+  util::UniqueFd dir(::open(to.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir.valid() || ::fsync(dir.get()) != 0)
+    throw_errno("Failed to flush " + to.parent_path().string(), errno);
+  std::string rel = to.string().substr(esp.string().size());
+  while (rel.starts_with('/')) rel.erase(0, 1);
+  return rel;
+}
+
+std::optional<std::string> mark_entry_booted(const util::Path& boot_state_file,
+                                             const util::Path& efivars,
+                                             const util::Path& work_dir) {
+  BootState state = parse_boot_state(util::read_file(boot_state_file, kMaxBootStateBytes),
+                                     boot_state_file.string());
+  if (state.mode == BootMode::kLive) return std::nullopt;
+  std::optional<std::string> counted = loader_boot_count_path(efivars);
+  if (!counted) return std::nullopt;
+  auto esp = find_by_label(image::kGrubLabel, block_devices());
+  if (!esp)
+    throw Error(ErrorKind::kNotFound,
+                fmt::format("Failed to mark {} as good: no partition is labelled {}", *counted,
+                            image::kGrubLabel));
+  WorkDir work(work_dir, "esp");
+  Mounted mounted(esp->device, "vfat", work.path() / "esp");
+  std::string blessed = bless_boot_entry(mounted.path(), *counted);
+  mounted.unmount();
+  return blessed;
 }
 
 }  // namespace pok8s::node

@@ -54,6 +54,39 @@ nlohmann::json boot_status_json(const BootStatus& status);
 bool mark_booted(const util::Path& boot_state_file = kBootStateFile,
                  const util::Path& grubenv = kOemGrubEnvFile);
 
+// systemd-boot's variables (the Boot Loader Interface), under its vendor GUID in efivarfs.
+inline constexpr std::string_view kEfiVarsDir = "/sys/firmware/efi/efivars";
+inline constexpr std::string_view kLoaderVarsGuid = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+// The file name without its boot counter (Boot Loader Specification: NAME+LEFT[-DONE].EXT):
+// "pok8s-active+2-1.efi" -> "pok8s-active.efi"; nullopt when it has none.
+std::optional<std::string> without_boot_counter(std::string_view file_name);
+
+// The ESP path in `raw`, an efivarfs file of LoaderBootCountPath (4 bytes of attributes, then a
+// NUL-terminated UTF-16LE path): "\\EFI\\Linux\\a+1-2.efi" -> "EFI/Linux/a+1-2.efi". Throws
+// Error(kFormat) naming `where` unless it is the path of a boot-counted entry inside the ESP
+// (ASCII, no "..").
+std::string parse_boot_count_path(std::string_view raw, std::string_view where);
+
+// The boot-counted entry systemd-boot booted, as its LoaderBootCountPath variable in `efivars`
+// names it on the ESP ("\EFI\Linux\pok8s-active+2-1.efi" -> "EFI/Linux/pok8s-active+2-1.efi");
+// nullopt when the booted entry had no counter (the variable is not there). Throws
+// Error(kFormat) naming the variable when its value is not such a path.
+std::optional<std::string> loader_boot_count_path(const util::Path& efivars = kEfiVarsDir);
+
+// What mark-booted does on a system booted by systemd-boot with boot counting: the booted
+// entry, at `counted` on the ESP mounted at `esp`, is renamed to its name without the counter,
+// so systemd-boot boots it from now on without counting (it is "good"). Returns the new path
+// on the ESP; throws Error naming the file when it is not there or cannot be renamed.
+std::string bless_boot_entry(const util::Path& esp, std::string_view counted);
+
+// mark-booted on a system booted by systemd-boot: on an installed (not live) boot whose entry
+// was boot-counted, mounts COS_GRUB below `work_dir` and blesses the entry. Returns the entry's
+// new path on the ESP; nullopt, and nothing mounted, when there is nothing to mark.
+std::optional<std::string> mark_entry_booted(const util::Path& boot_state_file = kBootStateFile,
+                                             const util::Path& efivars = kEfiVarsDir,
+                                             const util::Path& work_dir = "/run/pok8s");
+
 // After an upgrade: the next boot tries the new active image with pok8s_max_tries tries, and
 // the fallback of an earlier failure is forgotten. False, and nothing written, without
 // `grubenv`.

@@ -164,8 +164,10 @@ void copy_system_image(const InstallMedia& media, const util::Path& root, std::s
   util::Path dir = root / image::kImagesDir / name;
   util::make_dirs(dir);
   copy_file(media.rootfs, dir / image::kRootfsFile, 0644);
-  copy_file(media.kernel, dir / image::kKernelFile, 0644);
-  copy_file(media.initrd, dir / image::kInitrdFile, 0644);
+  if (!media.uki) {
+    copy_file(media.kernel, dir / image::kKernelFile, 0644);
+    copy_file(media.initrd, dir / image::kInitrdFile, 0644);
+  }
   fsync_path(dir);
   fsync_path(dir.parent_path());
 }
@@ -385,41 +387,58 @@ std::vector<BlockDevice> probe_block_devices(const std::vector<std::string>& boo
 }
 
 InstallMedia find_install_media(const util::Path& media) {
-  InstallMedia m{media / "boot/kernel",
-                 media / "boot/initrd",
-                 media / "rootfs.squashfs",
-                 media / "install/EFI",
-                 media / "install/grub",
-                 media / "install/grubenv",
-                 std::nullopt,
-                 std::nullopt,
-                 std::nullopt,
-                 0};
-  for (const auto& p : {m.kernel, m.initrd, m.rootfs, m.efi_dir, m.grub_dir, m.grubenv})
-    if (::access(p.c_str(), R_OK) != 0)
-      throw Error(ErrorKind::kNotFound,
-                  fmt::format("Failed to find the installer's files: no {} (is {} a pok8s live "
-                              "medium?)",
-                              p.string(), media.string()));
-  if (util::Path c = media / kMediaConfigFile; ::access(c.c_str(), R_OK) == 0) m.config = c;
-  util::Path core = media / "install/bios/core.img";
-  util::Path boot = media / "install/bios/boot.img";
-  if (::access(core.c_str(), R_OK) == 0 && ::access(boot.c_str(), R_OK) == 0) {
-    m.bios_core = core;
-    m.bios_boot = boot;
+  auto missing = [&](const util::Path& p) {
+    return Error(ErrorKind::kNotFound,
+                 fmt::format("Failed to find the installer's files: no {} (is {} a pok8s live "
+                             "medium?)",
+                             p.string(), media.string()));
+  };
+  InstallMedia m;
+  m.rootfs = media / "rootfs.squashfs";
+  m.efi_dir = media / "install/EFI";
+  m.uki = ::access((media / "install/EFI/Linux").c_str(), R_OK) == 0;
+  if (m.uki) {
+    m.grub_dir = media / "install/loader";
+    for (const auto& p : {m.rootfs, m.efi_dir / "BOOT/BOOTX64.EFI", m.grub_dir / "loader.conf"})
+      if (::access(p.c_str(), R_OK) != 0) throw missing(p);
+    bool active = false;
+    for (const auto& e : fs::directory_iterator(m.efi_dir / "Linux"))
+      active = active || e.path().filename().string().starts_with("pok8s-active");
+    if (!active) throw missing(m.efi_dir / "Linux/pok8s-active.efi");
+  } else {
+    m.kernel = media / "boot/kernel";
+    m.initrd = media / "boot/initrd";
+    m.grub_dir = media / "install/grub";
+    m.grubenv = media / "install/grubenv";
+    for (const auto& p : {m.kernel, m.initrd, m.rootfs, m.efi_dir, m.grub_dir, m.grubenv})
+      if (::access(p.c_str(), R_OK) != 0) throw missing(p);
+    util::Path core = media / "install/bios/core.img";
+    util::Path boot = media / "install/bios/boot.img";
+    if (::access(core.c_str(), R_OK) == 0 && ::access(boot.c_str(), R_OK) == 0) {
+      m.bios_core = core;
+      m.bios_boot = boot;
+    }
   }
-  m.image_size = size_of(m.rootfs) + size_of(m.kernel) + size_of(m.initrd);
+  if (util::Path c = media / kMediaConfigFile; ::access(c.c_str(), R_OK) == 0) m.config = c;
+  m.image_size = size_of(m.rootfs);
+  if (!m.uki) m.image_size += size_of(m.kernel) + size_of(m.initrd);
+  for (const auto& e : fs::recursive_directory_iterator(m.efi_dir))
+    if (e.is_regular_file()) m.efi_size += e.file_size();
   return m;
 }
 
 image::GptLayout plan_install(const config::InstallConfig& config, const BlockDevice& disk,
-                              std::uint64_t image_size, bool bios) {
+                              std::uint64_t image_size, bool bios, std::uint64_t efi_size) {
   image::DiskLayoutOptions o;
   o.bios = bios;
   // GPT and sfdisk work in whole MiB here; what is left of the last MiB is not used.
   o.disk_size = disk.size / image::kMiB * image::kMiB;
   o.image_size = image_size;
   o.disk_name = disk.device.string();
+  // FAT's own tables and directories: a few MiB at these sizes.
+  constexpr std::uint64_t kFatOverheadMiB = 8;
+  o.grub_mib = std::max(image::kDefaultGrubMiB,
+                        (2 * efi_size + image::kMiB - 1) / image::kMiB + kFatOverheadMiB);
   o.oem_mib = config.oem_mib;
   o.recovery_mib = config.recovery_mib;
   o.state_mib = config.state_mib;
@@ -502,12 +521,17 @@ InstallOutcome run_install(const InstallRequest& request,
   }
   BlockDevice disk = choose_install_device(setting, where, devices);
   const bool bios = wants_bios_boot(config, request.efi_firmware);
+  if (bios && media.uki)
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to install for BIOS firmware: {} is a uki-iso, whose signed "
+                            "UKIs boot by UEFI only",
+                            request.media.string()));
   if (bios && !media.bios_core)
     throw Error(ErrorKind::kNotFound,
                 fmt::format("Failed to install for BIOS firmware: {} has no install/bios/core.img "
                             "(build the ISO with this pok8s)",
                             request.media.string()));
-  image::GptLayout layout = plan_install(config, disk, media.image_size, bios);
+  image::GptLayout layout = plan_install(config, disk, media.image_size, bios, media.efi_size);
   say("device", fmt::format("installing to {} ({}{})", disk.device.string(), mib(disk.size),
                             disk.content.empty() ? ", blank" : ", holding " + disk.content));
   say("plan", fmt::format("{} for a system image of {}", layout_summary(layout),
@@ -570,13 +594,16 @@ InstallOutcome run_install(const InstallRequest& request,
                      work.path() / "recovery");
     Mounted state(by_label.at(std::string(image::kStateLabel)), "ext4", work.path() / "state");
 
-    say("copy", fmt::format("copying GRUB to {}", image::kGrubLabel));
+    say("copy",
+        fmt::format("copying {} to {}", media.uki ? "systemd-boot and the signed UKIs" : "GRUB",
+                    image::kGrubLabel));
     copy_tree(media.efi_dir, esp.path() / "EFI");
-    copy_tree(media.grub_dir, esp.path() / "grub");
+    copy_tree(media.grub_dir, esp.path() / (media.uki ? "loader" : "grub"));
     fsync_path(esp.path());
 
     std::size_t configs_copied = 0;
-    copy_file(media.grubenv, oem.path() / image::kGrubEnvFile, 0644);
+    // systemd-boot counts the tries in the UKIs' file names instead.
+    if (!media.uki) copy_file(media.grubenv, oem.path() / image::kGrubEnvFile, 0644);
     // They may hold passwords and tokens: readable by root only.
     if (media.config) {
       copy_file(*media.config, oem.path() / kOemConfigFile, 0600);
@@ -588,8 +615,8 @@ InstallOutcome run_install(const InstallRequest& request,
       ++configs_copied;
     }
     fsync_path(oem.path());
-    say("copy", fmt::format("copied grubenv and {} cloud-config{} to {}", configs_copied,
-                            configs_copied == 1 ? "" : "s", image::kOemLabel));
+    say("copy", fmt::format("copied {}{} cloud-config{} to {}", media.uki ? "" : "grubenv and ",
+                            configs_copied, configs_copied == 1 ? "" : "s", image::kOemLabel));
 
     say("copy", fmt::format("copying the recovery image to {}", image::kRecoveryLabel));
     copy_system_image(media, recovery.path(), "recovery");

@@ -76,13 +76,16 @@ struct BlockProbePaths {
 std::vector<BlockDevice> probe_block_devices(const std::vector<std::string>& boot_media,
                                              const BlockProbePaths& paths = {});
 
-// What the live medium holds for the installer.
+// What the live medium holds for the installer. A live ISO's system boots by GRUB, with each
+// image's kernel and initramfs beside its rootfs; a uki-iso's (trusted boot) by systemd-boot,
+// with a signed UKI for each image on COS_GRUB and the rootfs image carrying its dm-verity tree.
 struct InstallMedia {
+  bool uki = false;     // install/EFI/Linux holds the UKIs; no kernel, initrd, grub, grubenv
   util::Path kernel;    // boot/kernel -> vmlinuz
   util::Path initrd;    // boot/initrd -> initrd
   util::Path rootfs;    // rootfs.squashfs -> rootfs.img
   util::Path efi_dir;   // install/EFI -> COS_GRUB's /EFI
-  util::Path grub_dir;  // install/grub -> COS_GRUB's /grub
+  util::Path grub_dir;  // install/grub -> COS_GRUB's /grub; with uki, install/loader -> /loader
   util::Path grubenv;   // install/grubenv -> COS_OEM's /grubenv
   // install/bios/core.img and boot.img: GRUB's BIOS boot code (image/bios_boot.h); media
   // written before pok8s made disks BIOS-bootable lack them.
@@ -90,17 +93,20 @@ struct InstallMedia {
   std::optional<util::Path> bios_boot;
   std::optional<util::Path> config;  // config.yaml -> COS_OEM's /90_custom.yaml
   std::uint64_t image_size = 0;      // rootfs + kernel + initrd, what the layout is sized for
+  std::uint64_t efi_size = 0;        // the files under install/EFI
 };
 
-// Finds the installer's files under `media` (the live medium's mount point); throws
-// Error(kNotFound) naming the first one missing.
+// Finds the installer's files under `media` (the live medium's mount point), a live ISO's or a
+// uki-iso's; throws Error(kNotFound) naming the first one missing.
 InstallMedia find_install_media(const util::Path& media);
 
 // The partitions for `config`'s sizes on `disk`, checked against its size: kInvalidInput
 // naming the disk and the sizes when it is too small. Nothing is written.
-// With `bios`, a BIOS boot partition comes first.
+// With `bios`, a BIOS boot partition comes first. COS_GRUB holds `efi_size` bytes twice over
+// (an upgrade writes the new UKIs before it removes the old), and never less than its default.
 image::GptLayout plan_install(const config::InstallConfig& config, const BlockDevice& disk,
-                              std::uint64_t image_size, bool bios = false);
+                              std::uint64_t image_size, bool bios = false,
+                              std::uint64_t efi_size = 0);
 
 // Whether the installed disk gets GRUB's BIOS boot code: install.firmware bios, or no setting
 // and a system that was not booted by UEFI (no `efi_firmware`, /sys/firmware/efi).

@@ -15,6 +15,7 @@
 #include "pok8s/image/disk_layout.h"
 #include "pok8s/node/command.h"
 #include "pok8s/node/grubenv.h"
+#include "pok8s/node/kernel_cmdline.h"
 #include "pok8s/node/mounts.h"
 #include "pok8s/util/error.h"
 
@@ -172,6 +173,15 @@ UpgradeResult upgrade_system(const UpgradeOptions& o) {
     if (o.log) o.log(line);
   };
   BootState state = require_installed(o.boot_state_file);
+  // A UKI system's images are trusted by the root hashes its signed UKIs carry: a new rootfs
+  // needs new UKIs signed by the factory, which this upgrade does not write.
+  for (const auto& p : parse_kernel_cmdline(util::read_file(o.kernel_cmdline, 1u << 16)))
+    if (p.key == "pok8s.verity")
+      throw Error(ErrorKind::kUnsupported,
+                  "Failed to upgrade: this system boots signed UKIs whose command line carries "
+                  "its image's dm-verity root hash (pok8s.verity); upgrading it needs new signed "
+                  "UKIs, which pok8s-agent upgrade does not write yet: reinstall from a new "
+                  "uki-iso");
   UpgradeResult result;
   result.target = o.recovery ? "recovery" : "active";
   std::string_view label = o.recovery ? image::kRecoveryLabel : image::kStateLabel;

@@ -36,6 +36,7 @@ struct UpgradeOptions {
   std::string authfile;
   std::string creds;
   util::Path boot_state_file = std::string(kBootStateFile);
+  util::Path kernel_cmdline = "/proc/cmdline";  // a signed UKI's has pok8s.verity
   util::Path grubenv = std::string(kOemGrubEnvFile);
   util::Path sysimage_dir = std::string(kSysimageDir);
   std::function<void(std::string_view)> log;

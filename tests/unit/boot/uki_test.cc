@@ -10,6 +10,7 @@
 #include "pok8s/boot/authenticode.h"
 #include "pok8s/boot/pe.h"
 #include "pok8s/boot/secure_boot_keys.h"
+#include "pok8s/build/uki_artifacts.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/process.h"
 
@@ -118,6 +119,33 @@ TEST(Uki, RefusesWhatIsNotASystemdStub) {
               std::string::npos)
         << e.what();
   }
+}
+
+}  // namespace
+
+namespace {
+
+// The installed system's three UKIs: systemd-boot sorts type #2 entries by IMAGE_ID before their
+// version and boots the first, so active leads whatever the versions; only active counts tries.
+TEST(InstalledUkis, ActiveLeadsAndCountsItsTriesEachNamesItsImage) {
+  auto ukis = pok8s::build::installed_ukis("console=ttyS0", 2);
+  ASSERT_EQ(ukis.size(), 3u);
+  EXPECT_EQ(ukis[0].file, "pok8s-active+2.efi");
+  EXPECT_EQ(ukis[1].file, "pok8s-passive.efi");
+  EXPECT_EQ(ukis[2].file, "pok8s-recovery.efi");
+  EXPECT_LT(ukis[0].image_id, ukis[1].image_id);
+  EXPECT_LT(ukis[1].image_id, ukis[2].image_id);
+  EXPECT_EQ(ukis[0].cmdline,
+            "console=ttyS0 pok8s.mode=active pok8s.media=COS_STATE "
+            "pok8s.image=/cOS/active/rootfs.img");
+  EXPECT_EQ(ukis[2].cmdline,
+            "console=ttyS0 pok8s.mode=recovery pok8s.media=COS_RECOVERY "
+            "pok8s.image=/cOS/recovery/rootfs.img");
+  EXPECT_NE(pok8s::build::uki_os_release("n (active)", "v1", ukis[0].image_id)
+                .find("IMAGE_ID=\"pok8s-1-active\"\n"),
+            std::string::npos);
+  EXPECT_THROW(pok8s::build::installed_ukis("", 0), pok8s::Error);
+  EXPECT_THROW(pok8s::build::installed_ukis("", 10), pok8s::Error);
 }
 
 }  // namespace

@@ -289,3 +289,79 @@ TEST_F(BootStatusFiles, AnUpgradeArmsTheNewActiveWithFullTriesAndForgetsTheFallb
   EXPECT_FALSE(arm_new_active(dir_.path() / "missing"));
   EXPECT_FALSE(fs::exists(dir_.path() / "missing"));
 }
+
+namespace {
+
+TEST(BootCounter, ComesOffTheNameOfACountedEntryOnly) {
+  EXPECT_EQ(without_boot_counter("pok8s-active+3.efi"), "pok8s-active.efi");
+  EXPECT_EQ(without_boot_counter("pok8s-active+0-3.efi"), "pok8s-active.efi");
+  EXPECT_EQ(without_boot_counter("a+b+2-1.conf"), "a+b.conf");
+  EXPECT_EQ(without_boot_counter("pok8s-active.efi"), std::nullopt);
+  EXPECT_EQ(without_boot_counter("pok8s-active+.efi"), std::nullopt);
+  EXPECT_EQ(without_boot_counter("pok8s-active+x-1.efi"), std::nullopt);
+  EXPECT_EQ(without_boot_counter("pok8s-active+1-.efi"), std::nullopt);
+  EXPECT_EQ(without_boot_counter("+1.efi"), std::nullopt);
+  EXPECT_EQ(without_boot_counter(".+2-1."), std::nullopt);  // found by fuzz_boot_count_path
+}
+
+// efivarfs' file: four bytes of attributes, then the UTF-16LE string with its NUL.
+void write_efivar(const fs::path& dir, std::string_view value) {
+  std::string raw("\x06\0\0\0", 4);
+  for (char c : value) raw += std::string{c, '\0'};
+  raw += std::string(2, '\0');
+  util::write_file_atomic(dir / fmt::format("LoaderBootCountPath-{}", kLoaderVarsGuid), raw);
+}
+
+TEST(BootCounter, TheBootedEntryIsRenamedWithoutItsCounter) {
+  util::TempDir dir = util::TempDir::scratch();
+  fs::path efivars = dir.path() / "efivars", esp = dir.path() / "esp";
+  util::make_dirs(efivars);
+  EXPECT_EQ(loader_boot_count_path(efivars), std::nullopt);
+  write_efivar(efivars, "\\EFI\\Linux\\pok8s-active+2-1.efi");
+  auto counted = loader_boot_count_path(efivars);
+  ASSERT_EQ(counted, "EFI/Linux/pok8s-active+2-1.efi");
+  util::make_dirs(esp / "EFI/Linux");
+  util::write_file_atomic(esp / *counted, "uki");
+  EXPECT_EQ(bless_boot_entry(esp, *counted), "EFI/Linux/pok8s-active.efi");
+  EXPECT_EQ(util::read_file(esp / "EFI/Linux/pok8s-active.efi"), "uki");
+  EXPECT_FALSE(fs::exists(esp / *counted));
+  // Gone already (blessed twice): named.
+  try {
+    bless_boot_entry(esp, *counted);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("pok8s-active+2-1.efi as good"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(BootCounter, AVariableThatIsNotACountedEntryPathIsRefused) {
+  util::TempDir dir = util::TempDir::scratch();
+  for (std::string_view bad :
+       {"\\EFI\\Linux\\pok8s-active.efi", "\\EFI\\..\\x+1.efi", "\\EFI/x+1.efi", ""}) {
+    SCOPED_TRACE(bad);
+    write_efivar(dir.path(), bad);
+    try {
+      loader_boot_count_path(dir.path());
+      FAIL();
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kFormat);
+      EXPECT_NE(std::string(e.what()).find("LoaderBootCountPath"), std::string::npos) << e.what();
+    }
+  }
+  util::write_file_atomic(dir.path() / fmt::format("LoaderBootCountPath-{}", kLoaderVarsGuid),
+                          "abc");
+  EXPECT_THROW(loader_boot_count_path(dir.path()), Error);
+}
+
+TEST_F(BootStatusFiles, MarkingAnEntryBootedDoesNothingLiveOrUncounted) {
+  util::Path efivars = dir_.path() / "efivars";
+  util::make_dirs(efivars);
+  boot_state("active");
+  EXPECT_EQ(mark_entry_booted(state_, efivars, dir_.path()), std::nullopt);
+  write_efivar(efivars, "\\EFI\\Linux\\pok8s-active+2-1.efi");
+  boot_state("live");
+  EXPECT_EQ(mark_entry_booted(state_, efivars, dir_.path()), std::nullopt);
+}
+
+}  // namespace

@@ -344,4 +344,47 @@ TEST(FindInstallMedia, NamesTheFirstMissingFile) {
   EXPECT_EQ(find_install_media(dir.path()).bios_boot, dir.path() / "install/bios/boot.img");
 }
 
+// A uki-iso's installer files: systemd-boot, loader.conf and the UKIs; no kernel, initramfs,
+// GRUB or grubenv. COS_GRUB is sized for twice the UKIs.
+TEST(FindInstallMedia, ReadsAUkiIsoAndSizesTheEspForItsUkis) {
+  util::TempDir dir = util::TempDir::scratch();
+  auto put = [&](const std::string& f, std::size_t size) {
+    util::make_dirs((dir.path() / f).parent_path());
+    util::write_file_atomic(dir.path() / f, std::string(size, 'x'));
+  };
+  put("rootfs.squashfs", 5000);
+  put("install/EFI/BOOT/BOOTX64.EFI", 100);
+  put("install/EFI/Linux/pok8s-passive.efi", 1000);
+  try {
+    find_install_media(dir.path());
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("install/loader/loader.conf"), std::string::npos)
+        << e.what();
+  }
+  put("install/loader/loader.conf", 10);
+  try {
+    find_install_media(dir.path());
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("install/EFI/Linux/pok8s-active.efi"), std::string::npos)
+        << e.what();
+  }
+  put("install/EFI/Linux/pok8s-active+3.efi", 1000);
+  InstallMedia m = find_install_media(dir.path());
+  EXPECT_TRUE(m.uki);
+  EXPECT_EQ(m.image_size, 5000u);
+  EXPECT_EQ(m.efi_size, 2100u);
+  EXPECT_EQ(m.grub_dir, dir.path() / "install/loader");
+
+  // Three 40 MiB UKIs: 240 MiB for two sets plus FAT's own.
+  image::GptLayout l =
+      plan_install({}, disk("/dev/vda", 8), 100 * image::kMiB, false, 120 * image::kMiB);
+  EXPECT_EQ(l.partitions[0].size, 248 * image::kMiB);
+  EXPECT_EQ(plan_install({}, disk("/dev/vda", 8), 100 * image::kMiB, false, m.efi_size)
+                .partitions[0]
+                .size,
+            image::kDefaultGrubMiB * image::kMiB);
+}
+
 }  // namespace

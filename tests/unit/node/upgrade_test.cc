@@ -122,6 +122,26 @@ TEST(Upgrade, ALiveSystemIsRefusedBeforeAnythingIsTouched) {
   }
 }
 
+TEST(Upgrade, ASystemBootedFromASignedUkiIsRefusedBeforeAnythingIsTouched) {
+  util::TempDir dir = util::TempDir::scratch();
+  util::write_file_atomic(dir.path() / "boot-state",
+                          "mode=active\nmedia_label=COS_STATE\nmedia_device=/dev/vda4\nimage=/"
+                          "cOS/active/rootfs.img\n");
+  util::write_file_atomic(dir.path() / "cmdline",
+                          "console=ttyS0 pok8s.mode=active pok8s.verity=ab,cd,1,4096\n");
+  UpgradeOptions o;
+  o.source = "docker://127.0.0.1:1/os:v2";
+  o.boot_state_file = dir.path() / "boot-state";
+  o.kernel_cmdline = dir.path() / "cmdline";
+  try {
+    upgrade_system(o);
+    FAIL() << "a UKI system was upgraded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("boots signed UKIs"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 
 namespace {
