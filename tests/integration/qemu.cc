@@ -17,6 +17,11 @@
 namespace pok8s::testing {
 namespace {
 
+// Where QEMU finds swtpm's control socket.
+util::Path swtpm_socket(const util::Path& work_dir) {
+  return work_dir / "swtpm.sock";
+}
+
 std::vector<std::string> qemu_argv(const QemuOptions& options, const util::Path& work_dir) {
   const char* accel = std::getenv("POK8S_QEMU_ACCEL");
   std::vector<std::string> argv = {"qemu-system-x86_64",
@@ -89,6 +94,10 @@ std::vector<std::string> qemu_argv(const QemuOptions& options, const util::Path&
       nic += fmt::format(",guestfwd=tcp:10.0.2.100:{}-cmd:socat - TCP:127.0.0.1:{}", guest, host);
     argv.insert(argv.end(), {"-nic", nic});
   }
+  if (options.tpm_state)
+    argv.insert(argv.end(),
+                {"-chardev", "socket,id=chrtpm,path=" + swtpm_socket(work_dir).string(), "-tpmdev",
+                 "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"});
   argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
   return argv;
 }
@@ -104,6 +113,40 @@ std::chrono::seconds boot_timeout(std::chrono::seconds base) {
 
 Qemu::Qemu(const QemuOptions& options, const util::Path& work_dir)
     : log_path_(work_dir / "serial.log") {
+  if (options.tpm_state) {
+    util::make_dirs(*options.tpm_state);
+    util::Path sock = swtpm_socket(work_dir);
+    std::filesystem::remove(sock);
+    std::vector<std::string> swtpm = {"swtpm",
+                                      "socket",
+                                      "--tpm2",
+                                      "--tpmstate",
+                                      "dir=" + options.tpm_state->string(),
+                                      "--ctrl",
+                                      "type=unixio,path=" + sock.string(),
+                                      "--log",
+                                      "file=" + (work_dir / "swtpm.log").string(),
+                                      "--terminate"};
+    swtpm_pid_ = fork();
+    if (swtpm_pid_ < 0) throw std::runtime_error("Failed to start swtpm: fork");
+    if (swtpm_pid_ == 0) {
+      std::vector<char*> args;
+      for (auto& a : swtpm) args.push_back(a.data());
+      args.push_back(nullptr);
+      execvp(args[0], args.data());
+      _exit(127);
+    }
+    // QEMU connects at start: the socket must be there first.
+    for (int i = 0; i < 200 && !std::filesystem::exists(sock); ++i) {
+      if (waitpid(swtpm_pid_, nullptr, WNOHANG) == swtpm_pid_) {
+        swtpm_pid_ = -1;
+        throw std::runtime_error("Failed to start swtpm: it exited (is swtpm installed?)");
+      }
+      usleep(50 * 1000);
+    }
+    if (!std::filesystem::exists(sock))
+      throw std::runtime_error("Failed to start swtpm: no socket " + sock.string());
+  }
   auto argv = qemu_argv(options, work_dir);
   int in[2], out[2];
   if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0)
@@ -144,6 +187,10 @@ Qemu::~Qemu() {
     waitpid(pid_, nullptr, 0);
   }
   if (reader_.joinable()) reader_.join();
+  if (swtpm_pid_ > 0) {
+    kill(swtpm_pid_, SIGTERM);
+    waitpid(swtpm_pid_, nullptr, 0);
+  }
   try {
     util::write_file_atomic(log_path_, serial());
   } catch (...) {

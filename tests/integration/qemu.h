@@ -44,6 +44,9 @@ struct QemuOptions {
   // SeaBIOS, its serial console carries what the option ROM prints.
   std::optional<util::Path> tftp_dir;
   std::string boot_file;
+  // A TPM 2.0 (swtpm, on a TIS interface) whose state lives in this directory, made if missing:
+  // the same directory across boots is the same TPM, as a machine's own would be.
+  std::optional<util::Path> tpm_state;
   std::vector<std::string> extra_args;
 };
 
@@ -74,6 +77,7 @@ class Qemu {
   void read_serial();
 
   pid_t pid_ = -1;
+  pid_t swtpm_pid_ = -1;  // with tpm_state; it ends with QEMU (--terminate) or is killed
   util::UniqueFd stdin_;
   util::UniqueFd stdout_;
   util::Path log_path_;
