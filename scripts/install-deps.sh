@@ -13,7 +13,7 @@ build_pkgs=(build-essential cmake ninja-build pkg-config git ca-certificates
   libarchive-dev libcurl4-openssl-dev libssl-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libzstd-dev libgtest-dev libgmock-dev libyaml-cpp-dev libsquashfs-dev libisofs-dev libblkid-dev
   grub-common grub-efi-amd64-bin grub-pc-bin mtools uidmap libsqlite3-dev libpq-dev libcpp-httplib-dev
-  libfdisk-dev e2fsprogs qemu-utils libcryptsetup-dev systemd-boot-efi)
+  libfdisk-dev e2fsprogs qemu-utils libcryptsetup-dev libtss2-dev systemd-boot-efi)
 # Booting what the demo builds, and the Debian base it starts from.
 boot_pkgs=(qemu-system-x86 ovmf seabios)
 demo_pkgs=(mmdebstrap mount "${boot_pkgs[@]}")
