@@ -19,6 +19,10 @@
 #include <map>
 #include <memory>
 #include <thread>
+#include <utility>
+
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
 
 #include "pok8s/boot/pcr_policy.h"
 #include "pok8s/util/error.h"
@@ -55,11 +59,22 @@ bool accepts(int port) {
   return ok;
 }
 
-// swtpm serving a fresh TPM on 127.0.0.1: commands on port(), control on port() + 1, as tss2's
-// swtpm TCTI expects.
+// swtpm serving a TPM on 127.0.0.1: commands on a port, control on the next, as tss2's swtpm
+// TCTI expects. Its state stays in a directory, so reboot() is the same TPM powered up again
+// (its PCRs reset by TPM2_Startup(CLEAR)).
 class Swtpm {
  public:
-  Swtpm() : dir_(util::TempDir::scratch()) {
+  Swtpm() : dir_(util::TempDir::scratch()) { start(); }
+  ~Swtpm() { stop(); }
+  void reboot() {
+    stop();
+    start();
+  }
+  std::string tcti() const { return fmt::format("swtpm:host=127.0.0.1,port={}", port_); }
+  bool up() const { return port_ != 0 && accepts(port_); }
+
+ private:
+  void start() {
     port_ = free_port();
     std::vector<std::string> argv = {"swtpm",
                                      "socket",
@@ -83,14 +98,13 @@ class Swtpm {
     for (int i = 0; i < 200 && !accepts(port_); ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  ~Swtpm() {
+  void stop() {
+    if (pid_ <= 0) return;
     ::kill(pid_, SIGTERM);
     ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
   }
-  std::string tcti() const { return fmt::format("swtpm:host=127.0.0.1,port={}", port_); }
-  bool up() const { return port_ != 0 && accepts(port_); }
 
- private:
   util::TempDir dir_;
   int port_ = 0;
   pid_t pid_ = -1;
@@ -132,6 +146,105 @@ TEST_F(Tpm2Test, PcrElevenAfterTheStubAndEachPhaseIsWhatThePcrsigSays) {
     EXPECT_EQ(tpm.trial_policy_pcr(11, pcr), boot::pcr11_policy_digest(pcr))
         << expected[phase].phase;
     ++phase;
+  }
+}
+
+using PKey = std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)>;
+
+PKey rsa_key() {
+  return PKey(EVP_RSA_gen(2048), EVP_PKEY_free);
+}
+
+// PCR 11 as systemd-stub leaves it for a UKI whose command line is `cmdline`, then enter-initrd;
+// and the .pcrsig that UKI would carry, signed with `key`.
+struct MeasuredUki {
+  std::map<std::string, std::string_view> sections;
+  std::string pcrsig;
+};
+
+MeasuredUki measure(boot::Tpm2& tpm, std::string_view cmdline, EVP_PKEY* key) {
+  MeasuredUki m;
+  m.sections = {{".linux", "kernel bytes"}, {".cmdline", cmdline}, {".initrd", "initramfs"}};
+  m.pcrsig = boot::pcr_signature_json(boot::expected_pcr11(m.sections), key);
+  for (const char* name : {".linux", ".cmdline", ".initrd"}) {
+    tpm.extend_sha256(11, std::string_view(name, std::strlen(name) + 1));
+    tpm.extend_sha256(11, m.sections.at(name));
+  }
+  tpm.extend_sha256(11, "enter-initrd");
+  return m;
+}
+
+// A disk key sealed to the PCR key's signed policy and PCR 7: the UKI it was sealed under, and
+// after a reboot another UKI signed with the same key, unseal it; a UKI whose .pcrsig is signed
+// by another key, a PCR 11 no signed policy matches, and a changed PCR 7 do not.
+TEST_F(Tpm2Test, ASealedKeyUnsealsUnderAnyUkiSignedWithThePcrKeyAndNothingElse) {
+  PKey pcr_key = rsa_key(), other_key = rsa_key();
+  ASSERT_TRUE(pcr_key && other_key);
+  boot::Tpm2 tpm(swtpm_->tcti());
+  std::string pcr7 = tpm.read_sha256(7);
+  MeasuredUki v1 = measure(tpm, "pok8s.mode=active pok8s.verity=v1", pcr_key.get());
+  std::string secret = "0123456789abcdef0123456789abcdef";
+  boot::Tpm2::Sealed sealed = tpm.seal(secret, pcr_key.get(), pcr7);
+  EXPECT_EQ(sealed.policy.size(), 32u);
+  EXPECT_EQ(tpm.unseal(sealed, pcr_key.get(), v1.pcrsig, true), secret);
+
+  auto refused = [&](const std::string& pcrsig, EVP_PKEY* key, const std::string& why) {
+    try {
+      tpm.unseal(sealed, key, pcrsig, true);
+      ADD_FAILURE() << "unsealed: " << why;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kSignature) << e.what();
+      EXPECT_NE(std::string(e.what()).find("the TPM at swtpm:"), std::string::npos) << e.what();
+    }
+  };
+  // Every boot phase the .pcrsig signs unseals (leave-initrd too); a PCR 11 that none of them
+  // has does not.
+  tpm.extend_sha256(11, "leave-initrd");
+  EXPECT_EQ(tpm.unseal(sealed, pcr_key.get(), v1.pcrsig, true), secret);
+  tpm.extend_sha256(11, "something unsigned");
+  refused(v1.pcrsig, pcr_key.get(), "a PCR 11 no signed policy has");
+
+  // After a reboot into an upgraded UKI signed with the same key: unsealed.
+  swtpm_->reboot();
+  {
+    boot::Tpm2 booted(swtpm_->tcti());
+    MeasuredUki v2 = measure(booted, "pok8s.mode=active pok8s.verity=v2", pcr_key.get());
+    EXPECT_EQ(booted.unseal(sealed, pcr_key.get(), v2.pcrsig, true), secret);
+  }
+  // A UKI signed by another key set: its signature does not verify with the PCR key, and with
+  // its own key the TPM's policy is not the one the key was sealed to.
+  swtpm_->reboot();
+  {
+    boot::Tpm2 booted(swtpm_->tcti());
+    MeasuredUki foreign = measure(booted, "pok8s.mode=active pok8s.verity=v1", other_key.get());
+    for (auto [key, why] :
+         {std::pair<EVP_PKEY*, std::string>{pcr_key.get(), "refused the PCR policy's signature"},
+          {other_key.get(), "the TPM refused the policy"}}) {
+      try {
+        booted.unseal(sealed, key, foreign.pcrsig, true);
+        ADD_FAILURE() << "a foreign-signed UKI unsealed the key";
+      } catch (const Error& e) {
+        EXPECT_EQ(e.kind(), ErrorKind::kSignature) << e.what();
+        EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+      }
+    }
+  }
+  // The same UKI, but PCR 7 (Secure Boot's state and keys) changed.
+  swtpm_->reboot();
+  {
+    boot::Tpm2 booted(swtpm_->tcti());
+    booted.extend_sha256(7, "another db");
+    MeasuredUki v2 = measure(booted, "pok8s.mode=active pok8s.verity=v2", pcr_key.get());
+    for (bool with_pcr7 : {true, false}) {
+      try {
+        booted.unseal(sealed, pcr_key.get(), v2.pcrsig, with_pcr7);
+        ADD_FAILURE() << "unsealed with PCR 7 changed";
+      } catch (const Error& e) {
+        // Without PCR 7 in the session the policy is not the sealed one either.
+        EXPECT_NE(std::string(e.what()).find("the TPM refused the policy"), std::string::npos)
+            << e.what();
+      }
+    }
   }
 }
 

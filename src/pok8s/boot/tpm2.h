@@ -2,7 +2,10 @@
 // sealed to signed PCR 11 policies need of it.
 #pragma once
 
+#include <openssl/evp.h>
+
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -27,6 +30,26 @@ class Tpm2 {
   // The policy digest a trial session computes for TPM2_PolicyPCR over PCR `pcr` of the SHA-256
   // bank holding `value` (raw): what a key sealed to that value is bound to.
   std::string trial_policy_pcr(int pcr, std::string_view value);
+
+  // A secret sealed in the TPM: its TPM2B_PRIVATE and TPM2B_PUBLIC, marshalled, to be stored
+  // (in a LUKS2 token) and loaded under the same TPM's storage key to unseal.
+  struct Sealed {
+    std::string private_blob;
+    std::string public_blob;
+    std::string policy;  // the object's policy digest
+  };
+
+  // Seals `secret` (1 to 128 bytes) so that only a policy session that satisfies
+  // TPM2_PolicyAuthorize with `pcr_key` (an RSA public key: the UKIs' .pcrpkey) — a PCR 11
+  // policy signed with its private half — and, with `pcr7`, TPM2_PolicyPCR over PCR 7 holding
+  // that value, unseals it. Any UKI signed with the same PCR key unlocks it; nothing else.
+  Sealed seal(std::string_view secret, EVP_PKEY* pcr_key, std::optional<std::string> pcr7);
+
+  // Unseals `sealed` with the signed policy of `pcrsig` (a .pcrsig JSON) that matches PCR 11 as
+  // it is now, checked by the TPM against `pcr_key`. Throws Error(kSignature) when no signed
+  // policy matches the current PCR 11 or the TPM refuses the signature or the policy (another
+  // key, another PCR 7), naming the TPM.
+  std::string unseal(const Sealed& sealed, EVP_PKEY* pcr_key, std::string_view pcrsig, bool pcr7);
 
  private:
   struct Impl;
