@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -102,6 +103,88 @@ struct EsysFree {
 template <typename T>
 using EsysPtr = std::unique_ptr<T, EsysFree<T>>;
 
+// An ESYS object handle flushed from the TPM when it goes.
+struct Flushed {
+  ESYS_CONTEXT* esys;
+  ESYS_TR handle = ESYS_TR_NONE;
+  ~Flushed() {
+    if (handle != ESYS_TR_NONE) Esys_FlushContext(esys, handle);
+  }
+};
+
+// The storage primary key (storage_template) of the owner hierarchy, into `primary`.
+void create_storage_primary(ESYS_CONTEXT* esys, Flushed& primary, std::string_view what) {
+  TPM2B_PUBLIC primary_template = storage_template();
+  TPM2B_SENSITIVE_CREATE no_auth{};
+  TPM2B_DATA outside{};
+  TPML_PCR_SELECTION no_pcrs{};
+  check(Esys_CreatePrimary(esys, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                           &no_auth, &primary_template, &outside, &no_pcrs, &primary.handle,
+                           nullptr, nullptr, nullptr, nullptr),
+        what);
+}
+
+// `pcr_key` loaded as an external public key into `key`; its TPM name.
+EsysPtr<TPM2B_NAME> load_pcr_key(ESYS_CONTEXT* esys, EVP_PKEY* pcr_key, Flushed& key,
+                                 std::string_view what) {
+  TPM2B_PUBLIC key_public = rsa_public(pcr_key);
+  check(Esys_LoadExternal(esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, nullptr, &key_public,
+                          ESYS_TR_RH_OWNER, &key.handle),
+        what);
+  TPM2B_NAME* name = nullptr;
+  check(Esys_TR_GetName(esys, key.handle, &name), what);
+  return EsysPtr<TPM2B_NAME>(name);
+}
+
+std::string from_base64(std::string_view text) {
+  std::string out(text.size() / 4 * 3 + 3, '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(text.data()),
+                          static_cast<int>(text.size()));
+  if (n < 0) return {};
+  std::size_t size = static_cast<std::size_t>(n);
+  // EVP_DecodeBlock counts the padding as zero bytes.
+  for (std::size_t i = text.size(); i > 0 && text[i - 1] == '='; --i) --size;
+  out.resize(size);
+  return out;
+}
+
+// An authorization session of `type` (TPM2_SE_TRIAL or TPM2_SE_POLICY) over SHA-256, unsalted
+// and unbound, into `session`.
+void start_session(ESYS_CONTEXT* esys, TPM2_SE type, Flushed& session, std::string_view what) {
+  TPMT_SYM_DEF symmetric{};
+  symmetric.algorithm = TPM2_ALG_NULL;
+  check(Esys_StartAuthSession(esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                              ESYS_TR_NONE, nullptr, type, &symmetric, TPM2_ALG_SHA256,
+                              &session.handle),
+        what);
+}
+
+TPM2B_DIGEST to_digest(std::string_view bytes) {
+  TPM2B_DIGEST d{};
+  d.size = static_cast<UINT16>(std::min(bytes.size(), sizeof d.buffer));
+  std::memcpy(d.buffer, bytes.data(), d.size);
+  return d;
+}
+
+// TPM2_PolicyPCR over PCR `pcr` of the SHA-256 bank: holding `value`, or with nullopt as it is.
+void policy_pcr(ESYS_CONTEXT* esys, ESYS_TR session, int pcr, std::optional<std::string_view> value,
+                std::string_view what) {
+  TPML_PCR_SELECTION sel = sha256_selection(pcr);
+  // The digest of the selected PCRs' values, concatenated; empty: the TPM reads them.
+  TPM2B_DIGEST digest = value ? to_digest(util::sha256_raw(*value)) : TPM2B_DIGEST{};
+  check(Esys_PolicyPCR(esys, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &digest, &sel),
+        what);
+}
+
+// The session's policy digest so far.
+std::string policy_digest(ESYS_CONTEXT* esys, ESYS_TR session, std::string_view what) {
+  TPM2B_DIGEST* policy = nullptr;
+  check(Esys_PolicyGetDigest(esys, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &policy),
+        what);
+  EsysPtr<TPM2B_DIGEST> free_policy(policy);
+  return std::string(reinterpret_cast<const char*>(policy->buffer), policy->size);
+}
 }  // namespace
 
 struct Tpm2::Impl {
@@ -158,60 +241,12 @@ std::string Tpm2::read_sha256(int pcr) {
 }
 
 std::string Tpm2::trial_policy_pcr(int pcr, std::string_view value) {
-  TPML_PCR_SELECTION sel = sha256_selection(pcr);
-  TPMT_SYM_DEF symmetric{};
-  symmetric.algorithm = TPM2_ALG_NULL;
-  ESYS_TR session = ESYS_TR_NONE;
   std::string what = fmt::format("compute a PCR {} policy with the TPM at {}", pcr, impl_->name);
-  check(Esys_StartAuthSession(impl_->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                              ESYS_TR_NONE, nullptr, TPM2_SE_TRIAL, &symmetric, TPM2_ALG_SHA256,
-                              &session),
-        what);
-  struct Flush {
-    ESYS_CONTEXT* esys;
-    ESYS_TR session;
-    ~Flush() { Esys_FlushContext(esys, session); }
-  } flush{impl_->esys, session};
-  TPM2B_DIGEST pcr_digest{};
-  std::string digest = util::sha256_raw(value);  // of the selected PCRs' values, concatenated
-  pcr_digest.size = static_cast<UINT16>(digest.size());
-  std::memcpy(pcr_digest.buffer, digest.data(), digest.size());
-  check(Esys_PolicyPCR(impl_->esys, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &pcr_digest,
-                       &sel),
-        what);
-  TPM2B_DIGEST* policy = nullptr;
-  check(
-      Esys_PolicyGetDigest(impl_->esys, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &policy),
-      what);
-  EsysPtr<TPM2B_DIGEST> free_policy(policy);
-  return std::string(reinterpret_cast<const char*>(policy->buffer), policy->size);
+  Flushed trial{impl_->esys};
+  start_session(impl_->esys, TPM2_SE_TRIAL, trial, what);
+  policy_pcr(impl_->esys, trial.handle, pcr, value, what);
+  return policy_digest(impl_->esys, trial.handle, what);
 }
-
-namespace {
-
-// An ESYS object handle flushed from the TPM when it goes.
-struct Flushed {
-  ESYS_CONTEXT* esys;
-  ESYS_TR handle = ESYS_TR_NONE;
-  ~Flushed() {
-    if (handle != ESYS_TR_NONE) Esys_FlushContext(esys, handle);
-  }
-};
-
-std::string from_base64(std::string_view text) {
-  std::string out(text.size() / 4 * 3 + 3, '\0');
-  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(text.data()),
-                          static_cast<int>(text.size()));
-  if (n < 0) return {};
-  std::size_t size = static_cast<std::size_t>(n);
-  // EVP_DecodeBlock counts the padding as zero bytes.
-  for (std::size_t i = text.size(); i > 0 && text[i - 1] == '='; --i) --size;
-  out.resize(size);
-  return out;
-}
-
-}  // namespace
 
 Tpm2::Sealed Tpm2::seal(std::string_view secret, EVP_PKEY* pcr_key,
                         std::optional<std::string> pcr7) {
@@ -221,57 +256,29 @@ Tpm2::Sealed Tpm2::seal(std::string_view secret, EVP_PKEY* pcr_key,
     throw Error(ErrorKind::kInvalidInput,
                 fmt::format("Failed to seal a key: {} bytes (1 to {})", secret.size(),
                             sizeof(TPM2B_SENSITIVE_DATA::buffer)));
-  TPM2B_PUBLIC key_public = rsa_public(pcr_key);
   Flushed key{esys};
-  check(Esys_LoadExternal(esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, nullptr, &key_public,
-                          ESYS_TR_RH_OWNER, &key.handle),
-        what);
-  TPM2B_NAME* key_name = nullptr;
-  check(Esys_TR_GetName(esys, key.handle, &key_name), what);
-  EsysPtr<TPM2B_NAME> free_name(key_name);
+  EsysPtr<TPM2B_NAME> key_name = load_pcr_key(esys, pcr_key, key, what);
 
   // The policy, from a trial session: PolicyAuthorize by the PCR key (a trial session does not
   // check the ticket), then PolicyPCR over PCR 7.
-  TPMT_SYM_DEF symmetric{};
-  symmetric.algorithm = TPM2_ALG_NULL;
   Flushed trial{esys};
-  check(Esys_StartAuthSession(esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                              ESYS_TR_NONE, nullptr, TPM2_SE_TRIAL, &symmetric, TPM2_ALG_SHA256,
-                              &trial.handle),
-        what);
+  start_session(esys, TPM2_SE_TRIAL, trial, what);
   TPM2B_DIGEST approved{};
   TPM2B_NONCE policy_ref{};
   TPMT_TK_VERIFIED no_ticket{};
   no_ticket.tag = TPM2_ST_VERIFIED;
   no_ticket.hierarchy = TPM2_RH_NULL;
   check(Esys_PolicyAuthorize(esys, trial.handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                             &approved, &policy_ref, key_name, &no_ticket),
+                             &approved, &policy_ref, key_name.get(), &no_ticket),
         what);
-  if (pcr7) {
-    TPML_PCR_SELECTION sel = sha256_selection(7);
-    TPM2B_DIGEST digest{};
-    std::string d = util::sha256_raw(*pcr7);
-    digest.size = static_cast<UINT16>(d.size());
-    std::memcpy(digest.buffer, d.data(), d.size());
-    check(
-        Esys_PolicyPCR(esys, trial.handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &digest, &sel),
-        what);
-  }
-  TPM2B_DIGEST* policy = nullptr;
-  check(Esys_PolicyGetDigest(esys, trial.handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &policy),
-        what);
-  EsysPtr<TPM2B_DIGEST> free_policy(policy);
+  if (pcr7) policy_pcr(esys, trial.handle, 7, *pcr7, what);
+  std::string policy = policy_digest(esys, trial.handle, what);
 
-  TPM2B_PUBLIC primary_template = storage_template();
-  TPM2B_SENSITIVE_CREATE no_auth{};
+  Flushed primary{esys};
+  create_storage_primary(esys, primary, what);
+  // A keyed-hash object holding the secret, usable only through its policy (no userWithAuth).
   TPM2B_DATA outside{};
   TPML_PCR_SELECTION no_pcrs{};
-  Flushed primary{esys};
-  check(Esys_CreatePrimary(esys, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                           &no_auth, &primary_template, &outside, &no_pcrs, &primary.handle,
-                           nullptr, nullptr, nullptr, nullptr),
-        what);
-  // A keyed-hash object holding the secret, usable only through its policy (no userWithAuth).
   TPM2B_SENSITIVE_CREATE sensitive{};
   sensitive.sensitive.data.size = static_cast<UINT16>(secret.size());
   std::memcpy(sensitive.sensitive.data.buffer, secret.data(), secret.size());
@@ -279,7 +286,7 @@ Tpm2::Sealed Tpm2::seal(std::string_view secret, EVP_PKEY* pcr_key,
   object.publicArea.type = TPM2_ALG_KEYEDHASH;
   object.publicArea.nameAlg = TPM2_ALG_SHA256;
   object.publicArea.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT;
-  object.publicArea.authPolicy = *policy;
+  object.publicArea.authPolicy = to_digest(policy);
   object.publicArea.parameters.keyedHashDetail.scheme.scheme = TPM2_ALG_NULL;
   TPM2B_PRIVATE* out_private = nullptr;
   TPM2B_PUBLIC* out_public = nullptr;
@@ -290,7 +297,7 @@ Tpm2::Sealed Tpm2::seal(std::string_view secret, EVP_PKEY* pcr_key,
   EsysPtr<TPM2B_PRIVATE> free_private(out_private);
   EsysPtr<TPM2B_PUBLIC> free_public(out_public);
   Sealed out;
-  out.policy.assign(reinterpret_cast<const char*>(policy->buffer), policy->size);
+  out.policy = policy;
   std::uint8_t buf[sizeof(TPM2B_PRIVATE) + sizeof(TPM2B_PUBLIC)];
   std::size_t used = 0;
   check(Tss2_MU_TPM2B_PRIVATE_Marshal(out_private, buf, sizeof buf, &used), what);
@@ -316,40 +323,19 @@ std::string Tpm2::unseal(const Sealed& sealed, EVP_PKEY* pcr_key, std::string_vi
                        sealed.public_blob.size(), &offset, &public_part) != TSS2_RC_SUCCESS))
     throw Error(ErrorKind::kFormat, fmt::format("Failed to {}: the sealed key is malformed", what));
 
-  TPM2B_PUBLIC primary_template = storage_template();
-  TPM2B_SENSITIVE_CREATE no_auth{};
-  TPM2B_DATA outside{};
-  TPML_PCR_SELECTION no_pcrs{};
   Flushed primary{esys};
-  check(Esys_CreatePrimary(esys, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                           &no_auth, &primary_template, &outside, &no_pcrs, &primary.handle,
-                           nullptr, nullptr, nullptr, nullptr),
-        what);
+  create_storage_primary(esys, primary, what);
   Flushed object{esys};
   check(Esys_Load(esys, primary.handle, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &private_part,
                   &public_part, &object.handle),
         what);
 
   // PCR 11 as it is now, as a PolicyPCR digest; the signed policy for it from the .pcrsig.
-  TPMT_SYM_DEF symmetric{};
-  symmetric.algorithm = TPM2_ALG_NULL;
   Flushed session{esys};
-  check(Esys_StartAuthSession(esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                              ESYS_TR_NONE, nullptr, TPM2_SE_POLICY, &symmetric, TPM2_ALG_SHA256,
-                              &session.handle),
-        what);
-  TPML_PCR_SELECTION sel11 = sha256_selection(11);
-  TPM2B_DIGEST current{};  // empty: the TPM takes the PCRs' current values
-  check(Esys_PolicyPCR(esys, session.handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &current,
-                       &sel11),
-        what);
-  TPM2B_DIGEST* pcr_policy = nullptr;
-  check(Esys_PolicyGetDigest(esys, session.handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                             &pcr_policy),
-        what);
-  EsysPtr<TPM2B_DIGEST> free_pcr_policy(pcr_policy);
-  std::string policy_hex = util::hex_encode(
-      std::string_view(reinterpret_cast<const char*>(pcr_policy->buffer), pcr_policy->size));
+  start_session(esys, TPM2_SE_POLICY, session, what);
+  policy_pcr(esys, session.handle, 11, std::nullopt, what);
+  std::string pcr_policy = policy_digest(esys, session.handle, what);
+  std::string policy_hex = util::hex_encode(pcr_policy);
   nlohmann::json sig_json = nlohmann::json::parse(pcrsig, nullptr, false);
   std::string signature;
   if (sig_json.is_object() && sig_json.contains("sha256") && sig_json["sha256"].is_array())
@@ -363,19 +349,9 @@ std::string Tpm2::unseal(const Sealed& sealed, EVP_PKEY* pcr_key, std::string_vi
 
   // The TPM checks the signature over the policy (aHash: the policy and an empty policyRef),
   // and PolicyAuthorize replaces the session's digest with the one the object was sealed to.
-  TPM2B_PUBLIC key_public = rsa_public(pcr_key);
   Flushed key{esys};
-  check(Esys_LoadExternal(esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, nullptr, &key_public,
-                          ESYS_TR_RH_OWNER, &key.handle),
-        what);
-  TPM2B_NAME* key_name = nullptr;
-  check(Esys_TR_GetName(esys, key.handle, &key_name), what);
-  EsysPtr<TPM2B_NAME> free_name(key_name);
-  std::string a_hash = util::sha256_raw(
-      std::string_view(reinterpret_cast<const char*>(pcr_policy->buffer), pcr_policy->size));
-  TPM2B_DIGEST digest{};
-  digest.size = static_cast<UINT16>(a_hash.size());
-  std::memcpy(digest.buffer, a_hash.data(), a_hash.size());
+  EsysPtr<TPM2B_NAME> key_name = load_pcr_key(esys, pcr_key, key, what);
+  TPM2B_DIGEST a_hash = to_digest(util::sha256_raw(pcr_policy));
   TPMT_SIGNATURE sig{};
   sig.sigAlg = TPM2_ALG_RSASSA;
   sig.signature.rsassa.hash = TPM2_ALG_SHA256;
@@ -386,22 +362,18 @@ std::string Tpm2::unseal(const Sealed& sealed, EVP_PKEY* pcr_key, std::string_vi
   std::memcpy(sig.signature.rsassa.sig.buffer, signature.data(), signature.size());
   TPMT_TK_VERIFIED* ticket = nullptr;
   TSS2_RC rc = Esys_VerifySignature(esys, key.handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                                    &digest, &sig, &ticket);
+                                    &a_hash, &sig, &ticket);
   if (rc != TSS2_RC_SUCCESS)
     throw Error(ErrorKind::kSignature,
                 fmt::format("Failed to {}: the TPM refused the PCR policy's signature ({})", what,
                             Tss2_RC_Decode(rc)));
   EsysPtr<TPMT_TK_VERIFIED> free_ticket(ticket);
   TPM2B_NONCE policy_ref{};
+  TPM2B_DIGEST approved = to_digest(pcr_policy);
   check(Esys_PolicyAuthorize(esys, session.handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                             pcr_policy, &policy_ref, key_name, ticket),
+                             &approved, &policy_ref, key_name.get(), ticket),
         what);
-  if (pcr7) {
-    TPML_PCR_SELECTION sel7 = sha256_selection(7);
-    check(Esys_PolicyPCR(esys, session.handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &current,
-                         &sel7),
-          what);
-  }
+  if (pcr7) policy_pcr(esys, session.handle, 7, std::nullopt, what);
   TPM2B_SENSITIVE_DATA* data = nullptr;
   rc = Esys_Unseal(esys, object.handle, session.handle, ESYS_TR_NONE, ESYS_TR_NONE, &data);
   if (rc != TSS2_RC_SUCCESS)
