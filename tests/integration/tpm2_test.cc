@@ -48,6 +48,17 @@ int free_port() {
   return port;
 }
 
+bool port_free(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  ::close(fd);
+  return ok;
+}
+
 bool accepts(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
@@ -74,29 +85,43 @@ class Swtpm {
   bool up() const { return port_ != 0 && accepts(port_); }
 
  private:
+  // Both ports are chosen free, but another process may take them before swtpm binds: swtpm
+  // then exits, and another pair is tried.
   void start() {
-    port_ = free_port();
-    std::vector<std::string> argv = {"swtpm",
-                                     "socket",
-                                     "--tpm2",
-                                     "--tpmstate",
-                                     "dir=" + dir_.path().string(),
-                                     "--server",
-                                     fmt::format("type=tcp,port={},bindaddr=127.0.0.1", port_),
-                                     "--ctrl",
-                                     fmt::format("type=tcp,port={},bindaddr=127.0.0.1", port_ + 1),
-                                     "--flags",
-                                     "not-need-init,startup-clear"};
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      std::vector<char*> args;
-      for (auto& a : argv) args.push_back(a.data());
-      args.push_back(nullptr);
-      ::execvp(args[0], args.data());
-      ::_exit(127);
+    for (int attempt = 0; attempt < 10; ++attempt) {
+      port_ = free_port();
+      if (port_ == 0 || !port_free(port_ + 1)) continue;
+      std::vector<std::string> argv = {
+          "swtpm",
+          "socket",
+          "--tpm2",
+          "--tpmstate",
+          "dir=" + dir_.path().string(),
+          "--server",
+          fmt::format("type=tcp,port={},bindaddr=127.0.0.1", port_),
+          "--ctrl",
+          fmt::format("type=tcp,port={},bindaddr=127.0.0.1", port_ + 1),
+          "--flags",
+          "not-need-init,startup-clear"};
+      pid_ = ::fork();
+      if (pid_ == 0) {
+        std::vector<char*> args;
+        for (auto& a : argv) args.push_back(a.data());
+        args.push_back(nullptr);
+        ::execvp(args[0], args.data());
+        ::_exit(127);
+      }
+      for (int i = 0; i < 200; ++i) {
+        if (accepts(port_)) return;
+        if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
+          pid_ = -1;  // reaped: it could not bind
+          break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      stop();
     }
-    for (int i = 0; i < 200 && !accepts(port_); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    port_ = 0;
   }
   void stop() {
     if (pid_ <= 0) return;
