@@ -24,6 +24,7 @@
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
 
+#include "pok8s/boot/disk_encryption.h"
 #include "pok8s/boot/pcr_policy.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/file.h"
@@ -270,6 +271,99 @@ TEST_F(Tpm2Test, ASealedKeyUnsealsUnderAnyUkiSignedWithThePcrKeyAndNothingElse) 
             << e.what();
       }
     }
+  }
+}
+
+// What systemd-stub measures for a UKI with `cmdline` (not the enter-initrd phase: unlock does
+// that), and the .pcrsig the build gives it: the enter-initrd policy alone, signed with `key`.
+std::string stub_measure(boot::Tpm2& tpm, std::string_view cmdline, EVP_PKEY* key) {
+  std::map<std::string, std::string_view> sections = {
+      {".linux", "kernel bytes"}, {".cmdline", cmdline}, {".initrd", "initramfs"}};
+  for (const char* name : {".linux", ".cmdline", ".initrd"}) {
+    tpm.extend_sha256(11, std::string_view(name, std::strlen(name) + 1));
+    tpm.extend_sha256(11, sections.at(name));
+  }
+  auto phases = boot::expected_pcr11(sections);
+  phases.resize(1);
+  return boot::pcr_signature_json(phases, key);
+}
+
+// install.encryption: tpm on two volumes (image files: opening needs a device mapper, the boot
+// test does that). After a reboot, the UKI's signed policy unseals the key once, in the initrd
+// phase; then PCR 11 has left it and nothing unseals it again. A UKI signed by another PCR key
+// does not unlock: the recovery key, typed, does.
+TEST_F(Tpm2Test, EncryptedVolumesUnlockOnlyInTheInitrdOfAUkiSignedWithThePcrKey) {
+  PKey pcr_key = rsa_key(), other_key = rsa_key();
+  ASSERT_TRUE(pcr_key && other_key);
+  auto dir = util::TempDir::scratch();
+  util::Path oem = dir.path() / "oem.img", persistent = dir.path() / "persistent.img";
+  for (const auto& f : {oem, persistent}) util::write_file_atomic(f, std::string(20u << 20, '\0'));
+  boot::EncryptRequest r;
+  r.tcti = swtpm_->tcti();
+  r.pcr_key = pcr_key.get();
+  r.volumes = {{oem, "COS_OEM"}, {persistent, "COS_PERSISTENT"}};
+  std::string recovery = boot::encrypt_volumes(r);
+  for (const auto& f : {oem, persistent}) {
+    auto token = boot::luks_token(f, boot::kTpmTokenType);
+    ASSERT_TRUE(token) << f;
+    auto parsed = boot::parse_tpm_token(*token, f.string());
+    EXPECT_TRUE(parsed.pcr7);
+    EXPECT_EQ(parsed.pkfp, boot::pcr_key_fingerprint(pcr_key.get()));
+  }
+
+  std::vector<std::string> said;
+  int asked = 0;
+  std::optional<std::string> answer;
+  boot::UnlockRequest u;
+  u.volumes = {{oem, "COS_OEM"}, {persistent, "COS_PERSISTENT"}};
+  u.check_only = true;
+  u.ask = [&](const std::string&) {
+    ++asked;
+    return answer;
+  };
+  u.say = [&](const std::string& line) { said.push_back(line); };
+
+  // swtpm serves one client at a time: the stub's measurements are done before unlocking. A
+  // reboot may move it to other ports.
+  swtpm_->reboot();
+  u.tcti = swtpm_->tcti();
+  {
+    {
+      boot::Tpm2 booted(swtpm_->tcti());
+      u.pcrsig = stub_measure(booted, "pok8s.mode=active pok8s.verity=v2", pcr_key.get());
+    }
+    u.pcr_key = pcr_key.get();
+    try {
+      boot::unlock_volumes(u);
+    } catch (const Error& e) {
+      FAIL() << e.what() << "\n" << (said.empty() ? "" : said.front());
+    }
+    EXPECT_EQ(asked, 0);
+    EXPECT_TRUE(said.empty()) << said.front();
+    // PCR 11 now says leave-initrd: the same UKI's policy no longer holds.
+    u.measure = false;
+    EXPECT_THROW(boot::unlock_volumes(u), Error);
+    ASSERT_FALSE(said.empty());
+    EXPECT_NE(said[0].find("The TPM did not unlock " + oem.string()), std::string::npos) << said[0];
+    EXPECT_NE(said[0].find("no signed policy"), std::string::npos) << said[0];
+    EXPECT_EQ(asked, 1);  // asked once: nobody answers
+  }
+  swtpm_->reboot();
+  u.tcti = swtpm_->tcti();
+  {
+    {
+      boot::Tpm2 booted(swtpm_->tcti());
+      u.pcrsig = stub_measure(booted, "pok8s.mode=active pok8s.verity=v2", other_key.get());
+    }
+    u.pcr_key = other_key.get();
+    u.measure = true;
+    said.clear();
+    asked = 0;
+    answer = recovery;
+    boot::unlock_volumes(u);
+    EXPECT_EQ(asked, 1);
+    ASSERT_EQ(said.size(), 1u);
+    EXPECT_NE(said[0].find("the TPM refused the policy"), std::string::npos) << said[0];
   }
 }
 

@@ -27,7 +27,13 @@ void extend(std::string& pcr, std::string_view data) {
   pcr = util::sha256_raw(pcr + util::sha256_raw(data));
 }
 
-std::string base64(std::string_view raw) {
+void put_be(std::string& out, std::uint64_t v, int bytes) {
+  for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+}  // namespace
+
+std::string base64_encode(std::string_view raw) {
   std::string out(4 * ((raw.size() + 2) / 3) + 1, '\0');
   int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
                           reinterpret_cast<const unsigned char*>(raw.data()),
@@ -36,11 +42,19 @@ std::string base64(std::string_view raw) {
   return out;
 }
 
-void put_be(std::string& out, std::uint64_t v, int bytes) {
-  for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+std::optional<std::string> base64_decode(std::string_view text) {
+  if (text.size() % 4 != 0) return std::nullopt;
+  std::string out(text.size() / 4 * 3 + 3, '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(text.data()),
+                          static_cast<int>(text.size()));
+  if (n < 0) return std::nullopt;
+  std::size_t size = static_cast<std::size_t>(n);
+  // EVP_DecodeBlock counts the padding as zero bytes.
+  for (std::size_t i = text.size(); i > 0 && size > 0 && text[i - 1] == '='; --i) --size;
+  out.resize(size);
+  return out;
 }
-
-}  // namespace
 
 std::vector<PcrPhaseValue> expected_pcr11(const std::map<std::string, std::string_view>& sections) {
   std::string pcr(32, '\0');
@@ -77,15 +91,20 @@ std::string pcr11_policy_digest(std::string_view pcr11) {
   return util::sha256_raw(input);
 }
 
-std::string pcr_signature_json(const std::vector<PcrPhaseValue>& values, EVP_PKEY* key) {
-  if (EVP_PKEY_get_base_id(key) != EVP_PKEY_RSA)
-    throw Error(ErrorKind::kInvalidInput, "Failed to sign PCR policies: the PCR key is not RSA");
+std::string pcr_key_fingerprint(EVP_PKEY* key) {
   unsigned char* der = nullptr;
   int n = i2d_PublicKey(key, &der);
-  if (n <= 0) throw Error(ErrorKind::kInternal, "Failed to sign PCR policies: no public key");
+  if (n <= 0) throw Error(ErrorKind::kInvalidInput, "Failed to read the PCR key: no public key");
   std::string fingerprint =
       util::hex_encode(util::sha256_raw(std::string_view(reinterpret_cast<char*>(der), n)));
   OPENSSL_free(der);
+  return fingerprint;
+}
+
+std::string pcr_signature_json(const std::vector<PcrPhaseValue>& values, EVP_PKEY* key) {
+  if (EVP_PKEY_get_base_id(key) != EVP_PKEY_RSA)
+    throw Error(ErrorKind::kInvalidInput, "Failed to sign PCR policies: the PCR key is not RSA");
+  std::string fingerprint = pcr_key_fingerprint(key);
 
   nlohmann::json entries = nlohmann::json::array();
   for (const auto& v : values) {
@@ -104,7 +123,7 @@ std::string pcr_signature_json(const std::vector<PcrPhaseValue>& values, EVP_PKE
     entries.push_back({{"pcrs", {11}},
                        {"pkfp", fingerprint},
                        {"pol", util::hex_encode(policy)},
-                       {"sig", base64(sig)}});
+                       {"sig", base64_encode(sig)}});
   }
   return nlohmann::json{{"sha256", entries}}.dump();
 }

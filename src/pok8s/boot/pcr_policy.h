@@ -7,6 +7,7 @@
 #include <openssl/evp.h>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,5 +37,13 @@ std::string pcr11_policy_digest(std::string_view pcr11);
 // each policy digest signed (RSASSA-PKCS1-v1_5, SHA-256) with `key`; pkfp is the SHA-256 of the
 // public key's PKCS#1 DER. Throws Error(kInvalidInput) for a key that is not RSA.
 std::string pcr_signature_json(const std::vector<PcrPhaseValue>& values, EVP_PKEY* key);
+
+// The SHA-256 (hex) of `key`'s public half as PKCS#1 DER: the "pkfp" of .pcrsig entries.
+std::string pcr_key_fingerprint(EVP_PKEY* key);
+
+// Base64 (RFC 4648, with padding) through OpenSSL, for the JSON of .pcrsig and LUKS2 tokens.
+std::string base64_encode(std::string_view raw);
+// nullopt when `text` is not padded base64.
+std::optional<std::string> base64_decode(std::string_view text);
 
 }  // namespace pok8s::boot

@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "pok8s/boot/pcr_policy.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/sha256.h"
 
@@ -134,19 +135,6 @@ EsysPtr<TPM2B_NAME> load_pcr_key(ESYS_CONTEXT* esys, EVP_PKEY* pcr_key, Flushed&
   TPM2B_NAME* name = nullptr;
   check(Esys_TR_GetName(esys, key.handle, &name), what);
   return EsysPtr<TPM2B_NAME>(name);
-}
-
-std::string from_base64(std::string_view text) {
-  std::string out(text.size() / 4 * 3 + 3, '\0');
-  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(text.data()),
-                          static_cast<int>(text.size()));
-  if (n < 0) return {};
-  std::size_t size = static_cast<std::size_t>(n);
-  // EVP_DecodeBlock counts the padding as zero bytes.
-  for (std::size_t i = text.size(); i > 0 && text[i - 1] == '='; --i) --size;
-  out.resize(size);
-  return out;
 }
 
 // An authorization session of `type` (TPM2_SE_TRIAL or TPM2_SE_POLICY) over SHA-256, unsalted
@@ -341,7 +329,7 @@ std::string Tpm2::unseal(const Sealed& sealed, EVP_PKEY* pcr_key, std::string_vi
   if (sig_json.is_object() && sig_json.contains("sha256") && sig_json["sha256"].is_array())
     for (const auto& entry : sig_json["sha256"])
       if (entry.is_object() && entry.value("pol", std::string()) == policy_hex)
-        signature = from_base64(entry.value("sig", std::string()));
+        signature = base64_decode(entry.value("sig", std::string())).value_or("");
   if (signature.empty())
     throw Error(ErrorKind::kSignature,
                 fmt::format("Failed to {}: no signed policy matches PCR 11 as it is (policy {})",
