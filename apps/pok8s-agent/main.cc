@@ -447,6 +447,16 @@ int install_command(const InstallArgs& a) {
                          a.json);
       return kExitOk;
     }
+    if (!outcome.recovery_key.empty()) {
+      // Shown this once and kept nowhere: without it, a lost passphrase or a changed machine
+      // (firmware, Secure Boot keys) locks the data away.
+      print_install_line("recovery-key", "encrypt", "recovery key: " + outcome.recovery_key,
+                         a.json);
+      print_install_line("step", "encrypt",
+                         "write the recovery key down now: it opens COS_OEM and COS_PERSISTENT "
+                         "when the TPM or the passphrase cannot, and it is not stored anywhere",
+                         a.json);
+    }
     print_stage_summary("before-install", outcome.before_install);
     print_stage_summary("after-install", outcome.after_install);
     if (outcome.after != node::AfterInstall::kNothing)

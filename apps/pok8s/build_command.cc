@@ -24,6 +24,7 @@ struct BuildFlags {
   int boot_tries = 3;
   std::string keys;
   std::string secure_boot_enroll = "force";
+  std::string encryption = "none";
   std::string netboot_url;
   std::string output;
   std::string config;
@@ -46,6 +47,7 @@ int run_build(const GlobalOptions& g, const std::string& src, const BuildFlags& 
   options.disk.boot_tries = b.boot_tries;
   if (!b.keys.empty()) options.keys_dir = util::Path(b.keys);
   options.secure_boot_enroll = b.secure_boot_enroll;
+  options.encryption = b.encryption;
   options.netboot_url = b.netboot_url;
   options.output_dir = b.output;
   if (!b.config.empty()) options.cloud_config = util::Path(b.config);
@@ -192,6 +194,13 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
                   "counting on the uki-iso)")
       ->check(CLI::Range(1, 9))
       ->default_val(3);
+  cmd->add_option("--encryption", b->encryption,
+                  "What the installer does to COS_OEM and COS_PERSISTENT: none, tpm (LUKS2 with a "
+                  "key sealed to the TPM against the signed UKIs' PCR policy and PCR 7; uki-iso) "
+                  "or passphrase (install.passphrase in --config); either way a recovery key is "
+                  "printed once at install")
+      ->check(CLI::IsMember({"none", "tpm", "passphrase"}))
+      ->default_val("none");
   cmd->add_option("-o,--output", b->output, "Directory that receives the artifacts")->required();
   cmd->add_option("--config", b->config,
                   "A #cloud-config file: /config.yaml on the ISO, /oem/90_custom.yaml on disks");
@@ -205,11 +214,26 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
   cmd->callback([&run, &g, cmd, src, b, c, t] {
     if (!b->spec.empty()) {
       // The spec says everything the flags would; both at once would leave one of them unused.
-      for (const char* flag :
-           {"--artifact", "--disk-size", "--expandable", "--bios", "--boot-tries", "--keys",
-            "--secure-boot-enroll", "--config", "--compression", "--compression-level", "--version",
-            "--variant", "--k8s", "--k8s-version", "--k8s-binary", "--k8s-sha256", "--model",
-            "--arch", "--packages"})
+      for (const char* flag : {"--artifact",
+                               "--disk-size",
+                               "--expandable",
+                               "--bios",
+                               "--boot-tries",
+                               "--keys",
+                               "--encryption",
+                               "--secure-boot-enroll",
+                               "--config",
+                               "--compression",
+                               "--compression-level",
+                               "--version",
+                               "--variant",
+                               "--k8s",
+                               "--k8s-version",
+                               "--k8s-binary",
+                               "--k8s-sha256",
+                               "--model",
+                               "--arch",
+                               "--packages"})
         if (cmd->count(flag) > 0)
           throw CLI::ValidationError(flag, "comes from the build spec given with -f");
       run = [&g, b, c, t] { return run_spec_build(g, *b, *c, *t); };

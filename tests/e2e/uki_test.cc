@@ -6,10 +6,15 @@
 // in the rootfs stops the boot with pok8s-init's verity error. Bad keys are refused before
 // anything is written; the same inputs sign the same bytes.
 //
-// Installed from the ISO (install.auto), the disk boots alone through its own signed
-// systemd-boot into the active image's UKI, a boot-counted entry (built with --boot-tries 1)
-// that pok8s-agent mark-booted blesses. Armed again with its rootfs broken, the active boot stops
-// on dm-verity, systemd-boot has no tries left for it, and the next boot is passive.
+// Installed from the ISO (install.auto, built with --encryption tpm) on a machine with a TPM
+// (swtpm), the disk's COS_OEM and COS_PERSISTENT are LUKS2 with the key sealed to the UKIs'
+// signed PCR policy and PCR 7; the disk boots alone through its own signed systemd-boot into
+// the active image's UKI, a boot-counted entry (built with --boot-tries 1) that pok8s-agent
+// mark-booted blesses, and the TPM unlocks COS_PERSISTENT without a passphrase. Armed again with
+// its rootfs broken, the active boot stops on dm-verity, systemd-boot has no tries left for it,
+// and the next boot is passive, another UKI signed with the same keys, which unlocks too. A
+// passive UKI whose PCR policy is signed by another key (its Secure Boot signature still ours)
+// does not unlock: the recovery key printed at install, typed on the console, does.
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
@@ -57,12 +62,15 @@ stages:
           r=ro; touch /pok8s-probe 2>/dev/null && r=rw
           mode=$(sed -n 's/^mode=//p' /run/pok8s/boot-state)
           sb=$(od -An -tu1 -j4 -N1 /sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c | tr -d ' ')
-          echo "POK8S-UKI mode=$mode root=$r secureboot=$sb dm=$(cat /sys/block/dm-0/dm/name)" > /dev/ttyS0
+          p=$(sed -n 's/^persistent_device=//p' /run/pok8s/boot-state); pn=
+          [ -n "$p" ] && pn=$(cat /sys/class/block/${p#/dev/}/dm/name 2>/dev/null || echo "$p")
+          echo "POK8S-UKI mode=$mode root=$r secureboot=$sb dm=$(cat /sys/block/dm-0/dm/name) persistent=$pn" > /dev/ttyS0
           if [ "$mode" != live ]; then
             systemd-run --no-block sh -c 'until systemctl is-active -q pok8s-booted.service || systemctl is-failed -q pok8s-booted.service; do sleep 1; done; sync; systemctl poweroff'
           fi
 )yaml";
-constexpr const char* kExpected = "POK8S-UKI mode=live root=ro secureboot=1 dm=pok8s-root";
+constexpr const char* kExpected =
+    "POK8S-UKI mode=live root=ro secureboot=1 dm=pok8s-root persistent=";
 
 class Uki : public ::testing::Test {
  protected:
@@ -89,9 +97,10 @@ class Uki : public ::testing::Test {
   static util::ProcessResult build(const util::Path& cache, const util::Path& out,
                                    const std::string& keys = "keys") {
     util::Path w = work_->path();
-    return run_pok8s(cache.string(), {"build", layout_ + ":" + kTag, "--artifact", "uki,uki-iso",
-                                      "--keys", (w / keys).string(), "--boot-tries", "1", "-o",
-                                      out.string(), "--config", (w / "cloud.yaml").string()});
+    return run_pok8s(cache.string(),
+                     {"build", layout_ + ":" + kTag, "--artifact", "uki,uki-iso", "--keys",
+                      (w / keys).string(), "--boot-tries", "1", "--encryption", "tpm", "-o",
+                      out.string(), "--config", (w / "cloud.yaml").string()});
   }
   static util::Path out(const std::string& suffix) {
     return work_->path() / "out" / (std::string(kName) + suffix);
@@ -104,6 +113,12 @@ class Uki : public ::testing::Test {
     QemuOptions o;
     o.firmware = Firmware::kUefiSecureBoot;
     o.uefi_vars = vars;
+    return o;
+  }
+  // The machine the disk is installed on and boots in: its TPM is the same across boots.
+  static QemuOptions installed_machine() {
+    QemuOptions o = secure_machine(work_->path() / "enrolled.fd");
+    o.tpm_state = work_->path() / "tpm";
     return o;
   }
 
@@ -145,12 +160,15 @@ class Uki : public ::testing::Test {
   static void boot_disk(const util::Path& disk, const std::string& expected,
                         const std::string& then) {
     util::TempDir dir = util::TempDir::scratch(work_->path());
-    QemuOptions o = secure_machine(work_->path() / "enrolled.fd");
+    QemuOptions o = installed_machine();
     o.disks = {disk};
     Qemu vm(o, dir.path());
     auto line = vm.wait_for_line("POK8S-UKI", boot_timeout(std::chrono::seconds(420)));
     ASSERT_TRUE(line) << "the disk did not boot:\n" << vm.tail(60);
     EXPECT_EQ(*line, expected);
+    // The TPM opened them: nobody was asked.
+    EXPECT_NE(vm.serial().find("Opened"), std::string::npos) << vm.tail(60);
+    EXPECT_EQ(vm.serial().find("The TPM did not unlock"), std::string::npos) << vm.tail(60);
     if (!then.empty()) {
       EXPECT_TRUE(vm.wait_for(then, std::chrono::seconds(180))) << vm.tail(40);
     }
@@ -352,10 +370,12 @@ TEST_F(Uki, InstalledFromTheIsoTheDiskBootsActiveAndFallsBackToPassiveWhenActive
     util::UniqueFd fd = util::open_file(disk, O_WRONLY | O_CREAT | O_TRUNC);
     ASSERT_EQ(::ftruncate(fd.get(), static_cast<off_t>(4096 * kMiB)), 0);
   }
-  // Secure Boot enforced: the live UKI installs to the blank disk and powers off.
+  // Secure Boot enforced: the live UKI installs to the blank disk, encrypting COS_OEM and
+  // COS_PERSISTENT with a key sealed to the machine's TPM, and powers off.
+  std::string recovery_key;
   {
     util::TempDir dir = util::TempDir::scratch(work_->path());
-    QemuOptions o = secure_machine(vars);
+    QemuOptions o = installed_machine();
     o.cdrom = out(".uki.iso");
     o.disks = {disk};
     Qemu vm(o, dir.path());
@@ -365,15 +385,42 @@ TEST_F(Uki, InstalledFromTheIsoTheDiskBootsActiveAndFallsBackToPassiveWhenActive
     EXPECT_TRUE(vm.wait_exit(std::chrono::seconds(180))) << vm.tail(40);
     std::string serial = vm.serial();
     for (const char* step : {"install: copying systemd-boot and the signed UKIs to COS_GRUB",
-                             "install: copied 1 cloud-config to COS_OEM"})
+                             "install: copied 1 cloud-config to COS_OEM",
+                             "install: making COS_OEM and COS_PERSISTENT LUKS2, their key sealed "
+                             "to the TPM against the PCR 11 policy signed by pok8s-active+1.efi's "
+                             ".pcrpkey and PCR 7",
+                             "install: making an ext4 file system labelled COS_PERSISTENT on "
+                             "/dev/mapper/COS_PERSISTENT"})
       EXPECT_NE(serial.find(step), std::string::npos) << step << "\n" << vm.tail(60);
+    constexpr std::string_view kKeyLine = "pok8s-agent: install: recovery key: ";
+    auto at = serial.find(kKeyLine);
+    ASSERT_NE(at, std::string::npos) << vm.tail(60);
+    recovery_key = serial.substr(at + kKeyLine.size(), 71);
+    ASSERT_EQ(std::count(recovery_key.begin(), recovery_key.end(), '-'), 7) << recovery_key;
+  }
+  // Both are LUKS2 volumes carrying the sealed key: cryptsetup reads their headers.
+  for (const char* label : {"COS_OEM", "COS_PERSISTENT"}) {
+    std::uint64_t offset = partition_offset(disk, label);
+    util::Path header = work_->path() / (std::string(label) + ".header");
+    {
+      util::UniqueFd in = util::open_file(disk, O_RDONLY);
+      std::string bytes(16 * kMiB, '\0');
+      ASSERT_EQ(::pread(in.get(), bytes.data(), bytes.size(), static_cast<off_t>(offset)),
+                static_cast<ssize_t>(bytes.size()));
+      util::write_file_atomic(header, bytes);
+    }
+    auto r = util::run_process({"cryptsetup", "luksDump", header.string()});
+    ASSERT_EQ(r.status, 0) << label << ": " << r.output;
+    EXPECT_NE(r.output.find(std::string("\t") + label + "\n"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("pok8s-tpm2"), std::string::npos) << r.output;
   }
   EXPECT_EQ(entries(disk), (std::vector<std::string>{"pok8s-active+1.efi", "pok8s-passive.efi",
                                                      "pok8s-recovery.efi"}));
 
   // The disk alone boots the active UKI; systemd-boot took its one try, mark-booted gives the
   // entry its counter-less name.
-  boot_disk(disk, "POK8S-UKI mode=active root=ro secureboot=1 dm=pok8s-root",
+  boot_disk(disk,
+            "POK8S-UKI mode=active root=ro secureboot=1 dm=pok8s-root persistent=COS_PERSISTENT",
             "marked this boot as good: systemd-boot's entry is now EFI/Linux/pok8s-active.efi on "
             "COS_GRUB");
   EXPECT_EQ(entries(disk), (std::vector<std::string>{"pok8s-active.efi", "pok8s-passive.efi",
@@ -388,7 +435,7 @@ TEST_F(Uki, InstalledFromTheIsoTheDiskBootsActiveAndFallsBackToPassiveWhenActive
   flip_first_block(disk, "COS_STATE", "/cOS/active/rootfs.img");
   {
     util::TempDir dir = util::TempDir::scratch(work_->path());
-    QemuOptions o = secure_machine(vars);
+    QemuOptions o = installed_machine();
     o.disks = {disk};
     Qemu vm(o, dir.path());
     EXPECT_TRUE(
@@ -400,10 +447,50 @@ TEST_F(Uki, InstalledFromTheIsoTheDiskBootsActiveAndFallsBackToPassiveWhenActive
   EXPECT_EQ(entries(disk), (std::vector<std::string>{"pok8s-active+0-1.efi", "pok8s-passive.efi",
                                                      "pok8s-recovery.efi"}));
 
-  // Out of tries, active sorts last: systemd-boot boots passive, which has no counter.
-  boot_disk(disk, "POK8S-UKI mode=passive root=ro secureboot=1 dm=pok8s-root", "nothing to mark");
+  // Out of tries, active sorts last: systemd-boot boots passive, which has no counter. It is
+  // another UKI (its command line, so PCR 11, differ) signed with the same keys: it unlocks.
+  boot_disk(disk,
+            "POK8S-UKI mode=passive root=ro secureboot=1 dm=pok8s-root persistent=COS_PERSISTENT",
+            "nothing to mark");
   EXPECT_EQ(entries(disk), (std::vector<std::string>{"pok8s-active+0-1.efi", "pok8s-passive.efi",
                                                      "pok8s-recovery.efi"}));
+
+  // A passive UKI from the same image whose PCR policy is signed by another key set's PCR key,
+  // its Secure Boot signature ours (so PCR 7 is unchanged): the TPM refuses the policy, and the
+  // recovery key typed on the console opens the volumes.
+  util::Path w = work_->path();
+  fs::copy(w / "keys", w / "foreign-pcr", fs::copy_options::recursive);
+  for (const char* f : {"tpm2-pcr-private.pem", "tpm2-pcr-public.pem"})
+    fs::copy_file(w / "other" / f, w / "foreign-pcr" / f, fs::copy_options::overwrite_existing);
+  r = build(w / "cache", w / "out-foreign-pcr", "foreign-pcr");
+  ASSERT_EQ(r.status, 0) << r.output;
+  util::Path foreign = w / "foreign-passive.efi";
+  r = util::run_process({"xorriso", "-osirrox", "on", "-indev",
+                         (w / "out-foreign-pcr" / (std::string(kName) + ".uki.iso")).string(),
+                         "-extract", "/install/EFI/Linux/pok8s-passive.efi", foreign.string()});
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = util::run_process(
+      {"mcopy", "-o", "-i", esp, foreign.string(), "::/EFI/Linux/pok8s-passive.efi"});
+  ASSERT_EQ(r.status, 0) << r.output;
+  {
+    util::TempDir dir = util::TempDir::scratch(work_->path());
+    QemuOptions o = installed_machine();
+    o.disks = {disk};
+    Qemu vm(o, dir.path());
+    ASSERT_TRUE(
+        vm.wait_for("Passphrase or recovery key for", boot_timeout(std::chrono::seconds(420))))
+        << vm.tail(40);
+    std::string serial = vm.serial();
+    EXPECT_NE(serial.find("The TPM did not unlock"), std::string::npos) << vm.tail(40);
+    EXPECT_NE(serial.find("the TPM refused the policy"), std::string::npos) << vm.tail(40);
+    vm.send(recovery_key + "\r");
+    auto line = vm.wait_for_line("POK8S-UKI", boot_timeout(std::chrono::seconds(420)));
+    ASSERT_TRUE(line) << "the recovery key did not open the volumes:\n" << vm.tail(60);
+    EXPECT_EQ(*line,
+              "POK8S-UKI mode=passive root=ro secureboot=1 dm=pok8s-root "
+              "persistent=COS_PERSISTENT");
+    EXPECT_TRUE(vm.wait_exit(std::chrono::seconds(180))) << vm.tail(40);
+  }
 }
 
 TEST_F(Uki, BadKeysAreRefusedInOneLineBeforeAnythingIsWritten) {

@@ -211,8 +211,11 @@ std::vector<std::string> default_initramfs_modules() {
           // The file systems of installed systems (COS_* partitions) and the EFI partition.
           "ext4?", "crc32c_generic?", "vfat?", "nls_cp437?", "nls_iso8859-1?", "nls_ascii?",
           "nls_utf8?",
-          // Verified and encrypted images, for later.
-          "dm_verity?", "dm_crypt?",
+          // Verified images and encrypted partitions (install.encryption): dm-crypt with
+          // AES-XTS (xts asks for ecb(aes) by name, and nothing here runs modprobe for it), the
+          // kernel's cipher API libcryptsetup opens keyslots with, and the TPM.
+          "dm_verity?", "dm_crypt?", "ecb?", "xts?", "aesni_intel?", "aes_generic?",
+          "algif_skcipher?", "tpm_tis?", "tpm_crb?",
           // Network cards, for netboot (pok8s.fetch): virtual machines' and the common
           // server and desktop ones whose drivers need no firmware files.
           "virtio_net?", "e1000?", "e1000e?", "igb?", "ixgbe?", "vmxnet3?"};
@@ -294,6 +297,12 @@ InitramfsResult write_initramfs(const FlatTree& tree, const KernelInfo& kernel,
   for (const auto& [path, mods] : module_files) wanted.insert(path);
   if (busybox_entry) wanted.insert(busybox_entry->path);
   wanted.insert(kernel_entry->path);
+  // pok8s-luks's bundle (its own loader and libraries), which opens encrypted partitions.
+  std::set<std::string> helper_files;
+  for (const auto& [path, entry] : tree.entries())
+    if (path.starts_with(kLuksBundlePrefix) && entry.meta.type == rootfs::EntryType::kFile)
+      helper_files.insert(path);
+  wanted.insert(helper_files.begin(), helper_files.end());
 
   CpioTree cpio;
   const std::string modroot = "lib/modules/" + kernel.version + "/";
@@ -310,6 +319,10 @@ InitramfsResult write_initramfs(const FlatTree& tree, const KernelInfo& kernel,
         cpio.file("bin/busybox", std::move(data), 0755);
         result.busybox = true;
       }
+    }
+    if (helper_files.count(e.path)) {
+      cpio.file(e.path, read_all(r, e, kMaxFileBytes), e.meta.mode & 0755);
+      result.luks = true;
     }
     auto it = module_files.find(e.path);
     if (it == module_files.end()) return;

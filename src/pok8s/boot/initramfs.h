@@ -16,6 +16,9 @@ namespace pok8s::boot {
 
 // Where pok8s-init finds the modules to load, in dependency order, one absolute path a line.
 inline constexpr std::string_view kModuleLoadList = "etc/pok8s/modules.load";
+// The image's pok8s-luks bundle (node::kLuksDir), copied into the initramfs at the same path
+// when present: it opens the LUKS2 partitions of install.encryption (libcryptsetup, tpm2-tss).
+inline constexpr std::string_view kLuksBundlePrefix = "usr/lib/pok8s/luks/";
 
 struct InitramfsOptions {
   util::Path init_binary;            // the static pok8s-init to put at /init
@@ -33,6 +36,7 @@ struct InitramfsResult {
   std::vector<std::string> modules_included;  // names, in load order
   std::vector<std::string> modules_skipped;   // optional ones the kernel does not have
   bool busybox = false;                       // a static /bin/busybox is in (emergency shell)
+  bool luks = false;                          // the pok8s-luks bundle is in
   std::uint64_t bytes = 0;                    // size of the compressed initramfs
 };
 
@@ -40,7 +44,8 @@ struct InitramfsResult {
 // `tree`, decompresses .ko.xz/.ko.zst/.ko.gz, and writes the initramfs to `out` and the
 // kernel image to `kernel_out`, each through a temporary name renamed when complete.
 // Contents: /init, /lib/modules/<kver>/ (the modules, uncompressed, and their modules.dep),
-// /etc/pok8s/modules.load, /bin/busybox when the image has a static one, /dev/console, and
+// /etc/pok8s/modules.load, /bin/busybox when the image has a static one, the image's
+// /usr/lib/pok8s/luks bundle when it has one, /dev/console, and
 // empty dev, proc, sys, run, sysroot, tmp. Entries sorted, owned by root, mtime fixed.
 InitramfsResult write_initramfs(const rootfs::FlatTree& tree, const KernelInfo& kernel,
                                 const InitramfsOptions& options, const util::Path& out,

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 #include <sys/stat.h>
+#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <ctime>
@@ -44,7 +45,8 @@ using nlohmann::json;
 
 // Bumped when a step's output for the same inputs changes (a writer fix, a new layout).
 constexpr int kRootfsStepVersion = 1;
-constexpr int kInitramfsStepVersion = 3;  // 2: multi-threaded zstd; 3: network drivers
+// 2: multi-threaded zstd; 3: network drivers; 4: pok8s-luks, dm-crypt and TPM modules
+constexpr int kInitramfsStepVersion = 4;
 constexpr const char* kInitInImage = "usr/lib/pok8s/pok8s-init";
 
 std::string compression_name(image::SquashfsCompression c) {
@@ -237,10 +239,34 @@ std::string disk_tool_version() {
   return r.output.substr(0, r.output.find('\n'));
 }
 
+// `cloud_config` (empty: none) with install.encryption set to `mode`; a different mode already
+// there is refused, naming `source`. Comments are not kept: the result is re-emitted.
+std::string with_install_encryption(const std::string& cloud_config, const std::string& mode,
+                                    const std::string& source) {
+  YAML::Node root =
+      cloud_config.empty() ? YAML::Node(YAML::NodeType::Map) : YAML::Load(cloud_config);
+  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  YAML::Node install = root["install"];
+  if (install && !install.IsNull()) {
+    YAML::Node current = install["encryption"];
+    if (current && current.IsScalar() && current.as<std::string>() != mode)
+      throw Error(ErrorKind::kInvalidInput,
+                  fmt::format("Failed to build: {} sets install.encryption: {}, but encryption "
+                              "{} was asked for",
+                              source, current.as<std::string>(), mode));
+  } else {
+    root["install"] = YAML::Node(YAML::NodeType::Map);
+  }
+  root["install"]["encryption"] = mode;
+  YAML::Emitter out;
+  out << root;
+  return fmt::format("#cloud-config\n{}\n", out.c_str());
+}
+
 // The cloud-config as the ISO's /config.yaml, when there is one.
-void add_cloud_config(const Build& b, const std::string& cloud_config, const util::Path& scratch,
+void add_cloud_config(const std::string& cloud_config, const util::Path& scratch,
                       std::vector<image::IsoFile>& files) {
-  if (!b.options.cloud_config) return;
+  if (cloud_config.empty()) return;
   util::Path copy = scratch / "config.yaml";
   util::write_file_atomic(copy, cloud_config);
   files.push_back({"config.yaml", copy});
@@ -277,7 +303,7 @@ BuiltArtifact write_live_iso(Build& b, const boot::GrubImages& grub,
       {"install/bios/core.img", disk_grub.bios_core},
       {"install/bios/boot.img", disk_grub.bios_boot},
   };
-  add_cloud_config(b, cloud_config, scratch, files);
+  add_cloud_config(cloud_config, scratch, files);
   image::IsoOptions iso_options = iso_options_of(b);
   iso_options.bios_boot_image = "boot/grub/i386-pc/eltorito.img";
   iso_options.hybrid_mbr = grub.bios_hybrid_mbr;
@@ -372,7 +398,7 @@ void write_uki_artifacts(Build& b, const boot::SecureBootKeys& keys, const util:
     files.push_back({"install/EFI/Linux/" + slot.file, file});
     manifest_uki["installed"].push_back({{"file", slot.file}, {"cmdline", slot_plan.cmdline}});
   }
-  add_cloud_config(b, cloud_config, scratch, files);
+  add_cloud_config(cloud_config, scratch, files);
   image::IsoOptions iso_options = iso_options_of(b);
   iso_options.efi_image = efi_img;
   if (b.options.progress)
@@ -412,7 +438,7 @@ void write_netboot(Build& b, const util::Path& rootfs, const BootFiles& boot_fil
       "initrd={} console=tty0 console=ttyS0,115200 pok8s.mode=live pok8s.fetch={}{} "
       "pok8s.fetch.sha256={}",
       initrd, url, image, publish(rootfs, image, "netboot-rootfs"));
-  if (b.options.cloud_config)
+  if (!cloud_config.empty())
     cmdline += fmt::format(" pok8s.fetch.config={}{} pok8s.fetch.config.sha256={}", url, config,
                            publish_text(cloud_config, config, "netboot-config"));
   // iPXE script (https://ipxe.org/scripting): absolute URLs, as QEMU's and many firmware's iPXE
@@ -525,6 +551,29 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
     for (const auto& warning : warnings)
       if (options.log) options.log(warning);
     cloud_config = util::read_file(*options.cloud_config, 1u << 20);
+  }
+  if (options.encryption != "none") {
+    for (const auto& kind : options.kinds)
+      if (kind == "raw" || kind == "qcow2" || kind == "vhd" || kind == "netboot")
+        throw Error(ErrorKind::kInvalidInput,
+                    fmt::format("Failed to build {}: --encryption is done by the installer, and "
+                                "the {} artifact is not installed from; ask for iso or uki-iso",
+                                image.source_name, kind));
+    if (!wants("iso") && !wants("uki-iso"))
+      throw Error(ErrorKind::kInvalidInput,
+                  fmt::format("Failed to build {}: --encryption is done by the installer; ask "
+                              "for iso or uki-iso",
+                              image.source_name));
+    if (options.encryption == "tpm" && !wants("uki-iso"))
+      throw Error(ErrorKind::kInvalidInput,
+                  fmt::format("Failed to build {}: --encryption tpm seals the disk key to the "
+                              "signed UKIs' PCR policy; ask for the uki-iso artifact",
+                              image.source_name));
+    cloud_config = with_install_encryption(
+        cloud_config, options.encryption,
+        options.cloud_config ? options.cloud_config->string() : std::string("--encryption"));
+    auto parsed = config::parse_cloud_config(cloud_config, "the medium's config.yaml");
+    config::read_install_config({&parsed, 1});  // passphrase mode needs install.passphrase
   }
   Build b(image, store, options);
   BuildResult result;

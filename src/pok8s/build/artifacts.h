@@ -62,6 +62,10 @@ struct BuildOptions {
   // The key set (pok8s keys generate) that signs the uki and uki-iso artifacts; they need one,
   // the others do not take one.
   std::optional<util::Path> keys_dir;
+  // install.encryption for systems installed from the iso or uki-iso: "none", "tpm" (uki-iso
+  // only) or "passphrase" (the cloud-config's install.passphrase). Written into the medium's
+  // config.yaml.
+  std::string encryption = "none";
   std::string secure_boot_enroll = "force";  // loader.conf of the uki-iso (build/uki_artifacts.h)
   // Where the netboot files will be served from (http://IPv4[:port]/dir/): the iPXE script and
   // the kernel command line name them by it. Required for netboot.

@@ -85,7 +85,11 @@ SignedUki make_signed_uki(const UkiPlan& plan, const boot::SecureBootKeys& keys)
   in.uname = plan.kernel_version;
   in.sbat = plan.sbat;
   in.pcrpkey = keys.pcr_public;
-  in.pcrsig = boot::pcr_signature_json(boot::expected_pcr11(measured), keys.pcr_key.get());
+  // Only the enter-initrd phase is signed: pok8s-init unseals the disk key there, then measures
+  // leave-initrd, so nothing that runs later finds a signed policy for PCR 11 and unseals it.
+  std::vector<boot::PcrPhaseValue> phases = boot::expected_pcr11(measured);
+  phases.resize(1);
+  in.pcrsig = boot::pcr_signature_json(phases, keys.pcr_key.get());
   in.kernel = plan.kernel;
   in.initrd = plan.initrd;
   std::string unsigned_uki = boot::assemble_uki(in);

@@ -969,11 +969,19 @@ std::vector<std::string> unbuildable(const BuildSpec& spec) {
     out.emplace_back(
         "security.trustedBoot: only the uki and uki-iso artifacts boot through a signed UKI; "
         "ask for those alone");
-  if (spec.security.encryption != "none")
-    out.push_back(
-        fmt::format("security.encryption: {} is not built yet (encrypted partitions "
-                    "are made by the installer, which comes with a later release)",
-                    spec.security.encryption));
+  if (spec.security.encryption != "none") {
+    for (const auto& artifact : spec.artifacts)
+      if (artifact == "raw" || artifact == "qcow2" || artifact == "vhd" || artifact == "netboot")
+        out.push_back(fmt::format(
+            "security.encryption: the installer encrypts, and {} is not installed from; ask for "
+            "iso or uki-iso",
+            artifact));
+    if (spec.security.encryption == "tpm" &&
+        std::find(spec.artifacts.begin(), spec.artifacts.end(), "uki-iso") == spec.artifacts.end())
+      out.emplace_back(
+          "security.encryption: tpm seals the disk key to the signed UKIs' PCR policy; ask for "
+          "uki-iso");
+  }
   if (!spec.security.keys.empty() && !signed_uki)
     out.emplace_back("security.keys: only the uki and uki-iso artifacts are signed; ask for one");
   return out;

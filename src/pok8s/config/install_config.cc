@@ -15,8 +15,9 @@
 namespace pok8s::config {
 namespace {
 
-constexpr std::string_view kInstallKeys[] = {"device",   "auto",       "reboot",    "poweroff",
-                                             "firmware", "part-table", "no-format", "partitions"};
+constexpr std::string_view kInstallKeys[] = {"device",     "auto",       "reboot",    "poweroff",
+                                             "firmware",   "part-table", "no-format", "partitions",
+                                             "encryption", "passphrase"};
 
 // Kairos install keys that pok8s does not implement: each is named in a warning, never dropped
 // silently. None of them can make the installer write somewhere else than asked.
@@ -74,6 +75,7 @@ struct InstallSettings {
   std::optional<std::pair<std::string, SettingOrigin>> device;
   std::optional<bool> auto_install;
   std::optional<std::string> firmware;
+  std::optional<std::pair<std::string, SettingOrigin>> encryption, passphrase;
   std::optional<std::pair<bool, SettingOrigin>> reboot, poweroff;
   std::optional<std::uint64_t> oem_mib, recovery_mib, state_mib, persistent_mib;
 };
@@ -140,6 +142,17 @@ class InstallReader {
                                       "or bios",
                                       path, printable(firmware)));
       s.firmware = firmware;
+    } else if (key == "encryption") {
+      std::string mode = yaml_.read_string(value, path);
+      if (mode != "none" && mode != "tpm" && mode != "passphrase")
+        yaml_.fail(value, fmt::format("{} must be none, tpm or passphrase, not \"{}\"", path,
+                                      printable(mode)));
+      s.encryption = {mode, origin(yaml_, key_node)};
+    } else if (key == "passphrase") {
+      std::string passphrase = yaml_.read_line_string(value, path, false);
+      if (passphrase.size() < 8 || passphrase.size() > 512)
+        yaml_.fail(value, fmt::format("{} must be 8 to 512 characters long", path));
+      s.passphrase = {passphrase, origin(yaml_, key_node)};
     } else if (key == "part-table") {
       std::string table = yaml_.read_string(value, path);
       if (table != "gpt")
@@ -237,6 +250,8 @@ InstallConfig read_install_config(std::span<const CloudConfig> configs) {
     if (s.device) std::tie(out.device, out.device_origin) = *s.device;
     if (s.auto_install) out.auto_install = *s.auto_install;
     if (s.firmware) out.firmware = *s.firmware;
+    if (s.encryption) std::tie(out.encryption, out.encryption_origin) = *s.encryption;
+    if (s.passphrase) out.passphrase = s.passphrase->first;
     if (s.reboot) std::tie(out.reboot, reboot_origin) = *s.reboot;
     if (s.poweroff) std::tie(out.poweroff, poweroff_origin) = *s.poweroff;
     if (s.oem_mib) out.oem_mib = *s.oem_mib;
@@ -249,6 +264,12 @@ InstallConfig read_install_config(std::span<const CloudConfig> configs) {
                 fmt::format("Failed to read cloud-config: install.reboot ({}) and install.poweroff "
                             "({}) are both true: set only one",
                             reboot_origin, poweroff_origin));
+  if (out.encryption == "passphrase" && out.passphrase.empty())
+    throw Error(
+        ErrorKind::kInvalidInput,
+        fmt::format("Failed to read cloud-config: install.encryption: passphrase ({}) needs "
+                    "install.passphrase",
+                    out.encryption_origin));
   return out;
 }
 

@@ -27,6 +27,12 @@ struct InstallConfig {
   std::string firmware;
   bool reboot = false;
   bool poweroff = false;
+  // LUKS2 on COS_OEM and COS_PERSISTENT: "none", "tpm" (a key sealed to the TPM against the
+  // UKIs' signed PCR 11 policy and PCR 7; a uki-iso only) or "passphrase" (`passphrase`, asked
+  // at every boot). Either way a recovery key is printed once.
+  std::string encryption = "none";
+  SettingOrigin encryption_origin;
+  std::string passphrase;
   // Partition sizes in MiB from `partitions.<name>.size`; 0 means the default (for persistent:
   // the rest of the disk).
   std::uint64_t oem_mib = 0;

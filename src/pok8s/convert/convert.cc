@@ -187,6 +187,8 @@ void add_framework(const Work& w) {
   copy_into(w.root, kInitPath, w.options.init_binary, 0755);
   for (const auto& f : sysimage_bundle(w.options.sysimage_binary))
     copy_into(w.root, f.path, f.source, 0755);
+  for (const auto& f : luks_bundle(w.options.luks_binary))
+    copy_into(w.root, f.path, f.source, 0755);
   // The mount point of COS_OEM on an installed system (the root is read-only there).
   util::make_dirs(w.root / "oem");
   for (const auto& entry : fs::directory_iterator(data / "stages"))
@@ -297,9 +299,9 @@ void clear_identity(const Work& w) {
 }
 
 // The bundle's files by name and content: a library update on the host is a new conversion.
-json sysimage_inputs(const util::Path& binary) {
+json bundle_inputs(const std::vector<BundledFile>& bundle) {
   json files = json::object();
-  for (const auto& f : sysimage_bundle(binary)) files[f.path] = util::file_sha256(f.source);
+  for (const auto& f : bundle) files[f.path] = util::file_sha256(f.source);
   return files;
 }
 
@@ -316,7 +318,8 @@ std::string compute_build_id(const Work& w) {
                                             (std::string(family_name(w.distro.family)) + ".yaml"))},
                  {"agent", util::file_sha256(o.agent_binary)},
                  {"init", util::file_sha256(o.init_binary)},
-                 {"sysimage", sysimage_inputs(o.sysimage_binary)},
+                 {"sysimage", bundle_inputs(sysimage_bundle(o.sysimage_binary))},
+                 {"luks", bundle_inputs(luks_bundle(o.luks_binary))},
                  {"framework", kFrameworkVersion}};
   if (o.variant == "standard")
     inputs["kubernetes"] = {o.kubernetes, o.kubernetes_version,
@@ -470,6 +473,7 @@ ConvertResult convert_image(const oci::ResolvedImage& base, oci::BlobStore& stor
   if (options.init_binary.empty()) options.init_binary = util::node_binary("pok8s-init");
   if (options.sysimage_binary.empty())
     options.sysimage_binary = util::node_binary("pok8s-sysimage");
+  if (options.luks_binary.empty()) options.luks_binary = util::node_binary("pok8s-luks");
 
   Work w{base, store, options, {}, {}, {}, {}, {}, {}};
   w.arch = options.arch.empty() ? image_arch(base) : options.arch;

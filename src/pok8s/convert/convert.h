@@ -37,6 +37,7 @@ struct ConvertOptions {
   util::Path agent_binary;     // default util::node_binary("pok8s-agent")
   util::Path init_binary;      // default util::node_binary("pok8s-init")
   util::Path sysimage_binary;  // default util::node_binary("pok8s-sysimage"), with its libraries
+  util::Path luks_binary;      // default util::node_binary("pok8s-luks"), with its libraries
   std::function<void(std::string_view)> log;  // one line per step, and the tools' output
 };
 

@@ -36,16 +36,29 @@ std::vector<std::pair<std::string, std::string>> parse_ldd(std::string_view ldd_
   return libs;
 }
 
-std::vector<BundledFile> sysimage_bundle(const util::Path& binary) {
+namespace {
+
+std::vector<BundledFile> bundle(const util::Path& binary, std::string_view dir_abs,
+                                std::string_view name) {
   auto r = util::run_process({"ldd", binary.string()});
   if (r.status != 0)
     throw Error(ErrorKind::kIo, fmt::format("Failed to list the libraries of {}: ldd: {}",
                                             binary.string(), util::last_line(r.output)));
-  std::string dir(node::kSysimageDir.substr(1));
-  std::vector<BundledFile> files{{fmt::format("{}/{}", dir, node::kSysimageBinary), binary}};
-  for (auto& [name, path] : parse_ldd(r.output, binary.string()))
-    files.push_back({fmt::format("{}/lib/{}", dir, name), path});
+  std::string dir(dir_abs.substr(1));
+  std::vector<BundledFile> files{{fmt::format("{}/{}", dir, name), binary}};
+  for (auto& [lib, path] : parse_ldd(r.output, binary.string()))
+    files.push_back({fmt::format("{}/lib/{}", dir, lib), path});
   return files;
+}
+
+}  // namespace
+
+std::vector<BundledFile> sysimage_bundle(const util::Path& binary) {
+  return bundle(binary, node::kSysimageDir, node::kSysimageBinary);
+}
+
+std::vector<BundledFile> luks_bundle(const util::Path& binary) {
+  return bundle(binary, node::kLuksDir, node::kLuksBinary);
 }
 
 }  // namespace pok8s::convert

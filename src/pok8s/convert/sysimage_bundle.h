@@ -21,6 +21,9 @@ struct BundledFile {
 // The libraries are what the host's ldd resolves; a library ldd cannot find is refused by name.
 std::vector<BundledFile> sysimage_bundle(const util::Path& binary);
 
+// The same for pok8s-luks under node::kLuksDir (also copied into the initramfs).
+std::vector<BundledFile> luks_bundle(const util::Path& binary);
+
 // The libraries and loader named in `ldd_output` (`ldd`'s lines: "libz.so.1 => /lib/…/libz.so.1
 // (0x…)", "/lib64/ld-linux-x86-64.so.2 (0x…)"), as soname → host path; the loader's soname is
 // its file name. Exposed for tests.

@@ -3,6 +3,7 @@
 
 #include "pok8s/node/dm_verity.h"
 #include "pok8s/node/netboot.h"
+#include "pok8s/node/upgrade.h"
 
 #include <blkid.h>
 #include <dirent.h>
@@ -331,7 +332,9 @@ std::optional<MediaMatch> find_by_label(std::string_view label,
                                         const std::vector<util::Path>& candidates) {
   for (const auto& device : candidates) {
     auto fs = probe_filesystem(device);
-    if (fs && fs->label == label) return MediaMatch{device, *fs};
+    // A LUKS2 volume carries its partition's label too (install.encryption); what is mounted
+    // is the file system inside, on its /dev/mapper device.
+    if (fs && fs->label == label && fs->type != "crypto_LUKS") return MediaMatch{device, *fs};
   }
   return std::nullopt;
 }
@@ -409,8 +412,14 @@ void load_module(const std::string& path, const Console& console) {
     return;
   }
   UniqueFd fd = util::open_file(path, O_RDONLY);
-  if (::syscall(SYS_finit_module, fd.get(), "", 0) != 0 && errno != EEXIST)
+  if (::syscall(SYS_finit_module, fd.get(), "", 0) != 0 && errno != EEXIST) {
+    // ENODEV: what the module drives is not there (aesni_intel on a CPU without AES-NI).
+    if (errno == ENODEV) {
+      console.step(fmt::format("module {} has nothing to drive here: not loaded", name));
+      return;
+    }
     throw_errno(fmt::format("Failed to load module {}", path), errno);
+  }
   console.step(fmt::format("loaded module {}", name));
 }
 
@@ -620,10 +629,71 @@ void seed_persistent_dir(std::string_view dir, const Console& console,
   console.step(fmt::format("made the persistent /{} from the image's", dir));
 }
 
+// Runs `argv` (absolute path first) in the initramfs, on the console; its exit status.
+int run_in_initramfs(const std::vector<std::string>& argv) {
+  pid_t pid = ::fork();
+  if (pid < 0) throw_errno("Failed to start " + argv[0], errno);
+  if (pid == 0) {
+    std::vector<std::string> copy = argv;
+    std::vector<char*> args;
+    for (auto& a : copy) args.push_back(a.data());
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) throw_errno("Failed to wait for " + argv[0], errno);
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+}
+
+// COS_OEM and COS_PERSISTENT made LUKS2 by install.encryption: opened as /dev/mapper/<label> by
+// the initramfs's pok8s-luks, with the key the TPM unseals under the booted UKI's signed
+// PCR 11 policy (systemd-stub puts it under /.extra), else a passphrase or the recovery key
+// typed on the console. A volume left locked stops the boot: the system must not run without
+// its persistent data.
+void open_encrypted_volumes(const Console& console) {
+  std::vector<std::string> volumes;
+  for (const auto& device : block_devices()) {
+    auto fs = probe_filesystem(device);
+    if (fs && fs->type == "crypto_LUKS" &&
+        (fs->label == image::kOemLabel || fs->label == image::kPersistentLabel) &&
+        ::access(fmt::format("/dev/mapper/{}", fs->label).c_str(), F_OK) != 0)
+      volumes.push_back(fmt::format("{}={}", device.string(), fs->label));
+  }
+  if (volumes.empty()) return;
+  std::vector<std::string> args = {"open",
+                                   "--pcrsig",
+                                   std::string(kPcrSignatureFile),
+                                   "--pcrpkey",
+                                   std::string(kPcrPublicKeyFile),
+                                   "--console",
+                                   "/dev/console"};
+  args.insert(args.end(), volumes.begin(), volumes.end());
+  std::vector<std::string> argv;
+  try {
+    argv = bundle_argv(std::string(kLuksDir), kLuksBinary, args);
+  } catch (const Error&) {
+    throw Error(ErrorKind::kNotFound,
+                "Failed to open the encrypted partitions: this initramfs has no pok8s-luks "
+                "(build the system with this pok8s)");
+  }
+  console.step(fmt::format("opening {} encrypted partition{}", volumes.size(),
+                           volumes.size() == 1 ? "" : "s"));
+  int status = run_in_initramfs(argv);
+  if (status != 0)
+    throw Error(ErrorKind::kSignature,
+                fmt::format("Failed to open the encrypted partitions: pok8s-luks open exited "
+                            "with {}",
+                            status));
+}
+
 // COS_OEM on /oem and, for active and passive, COS_PERSISTENT with its bind mounts. Either may
 // be missing (a self-expanding image before its first boot made them): the system then boots
 // without, and says so.
 void mount_installed_system(const BootOptions& options, BootState& state, const Console& console) {
+  open_encrypted_volumes(console);
   auto devices = block_devices();
   if (auto oem = find_by_label(image::kOemLabel, devices)) {
     do_mount({"the OEM partition " + oem->device.string(),

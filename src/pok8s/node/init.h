@@ -22,6 +22,9 @@ inline constexpr std::string_view kBootStateFile = "/run/pok8s/boot-state";
 inline constexpr std::string_view kLoadListFile = "/etc/pok8s/modules.load";
 inline constexpr std::string_view kAgentPath = "/usr/bin/pok8s-agent";
 inline constexpr std::string_view kBusyboxPath = "/bin/busybox";
+// Where systemd-stub (252 and later) puts the booted UKI's .pcrsig and .pcrpkey in the initrd.
+inline constexpr std::string_view kPcrSignatureFile = "/.extra/tpm2-pcr-signature.json";
+inline constexpr std::string_view kPcrPublicKeyFile = "/.extra/tpm2-pcr-public-key.pem";
 // An installed system (boot modes active, passive, recovery): COS_OEM is mounted read-write on
 // the image's /oem, COS_PERSISTENT (active and passive only; recovery leaves it alone so that
 // reset can wipe it) on kPersistentMount.

@@ -27,6 +27,7 @@
 #include "pok8s/node/boot_status.h"
 #include "pok8s/node/command.h"
 #include "pok8s/node/mounts.h"
+#include "pok8s/node/upgrade.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/process.h"
 
@@ -531,6 +532,32 @@ InstallOutcome run_install(const InstallRequest& request,
                 fmt::format("Failed to install for BIOS firmware: {} has no install/bios/core.img "
                             "(build the ISO with this pok8s)",
                             request.media.string()));
+  // Encryption: COS_OEM and COS_PERSISTENT become LUKS2 through pok8s-luks (libcryptsetup and
+  // tpm2-tss are shared libraries; this agent is static).
+  const bool encrypt = config.encryption != "none";
+  util::Path key_uki;
+  if (encrypt) {
+    std::string where = config.encryption_origin.empty()
+                            ? "install.encryption"
+                            : "install.encryption in " + config.encryption_origin;
+    if (config.encryption == "tpm") {
+      if (!media.uki)
+        throw Error(ErrorKind::kInvalidInput,
+                    fmt::format("Failed to install with encryption: tpm ({}): {} is not a "
+                                "uki-iso, and the disk key is sealed to its signed UKIs' PCR "
+                                "policy (use encryption: passphrase)",
+                                where, request.media.string()));
+      std::error_code ec;
+      for (const auto& e : fs::directory_iterator(media.efi_dir / "Linux", ec))
+        if (e.path().extension() == ".efi" && (key_uki.empty() || e.path() < key_uki))
+          key_uki = e.path();
+      if (key_uki.empty())
+        throw Error(ErrorKind::kNotFound,
+                    fmt::format("Failed to install with encryption: tpm ({}): no UKI in {}", where,
+                                (media.efi_dir / "Linux").string()));
+    }
+    bundle_argv(request.luks_dir, kLuksBinary, {});  // refuses an image without pok8s-luks
+  }
   image::GptLayout layout = plan_install(config, disk, media.image_size, bios, media.efi_size);
   say("device", fmt::format("installing to {} ({}{})", disk.device.string(), mib(disk.size),
                             disk.content.empty() ? ", blank" : ", holding " + disk.content));
@@ -567,23 +594,69 @@ InstallOutcome run_install(const InstallRequest& request,
       wait_for_partitions(request.probe_paths, disk.device, layout.partitions.size());
 
   std::map<std::string, util::Path> by_label;
+  for (std::size_t i = 0; i < parts.size(); ++i) by_label[layout.partitions[i].name] = parts[i];
+
+  // Closes the LUKS2 volumes on every way out, so the disk is left as on a power-off.
+  struct CloseVolumes {
+    std::vector<std::string> argv;
+    ~CloseVolumes() {
+      if (!argv.empty()) util::run_process(argv);
+    }
+  } close_volumes;
+  if (encrypt) {
+    const std::string labels[] = {std::string(image::kOemLabel),
+                                  std::string(image::kPersistentLabel)};
+    std::vector<std::string> args = {"format",
+                                     "--mode",
+                                     config.encryption,
+                                     "--open",
+                                     "--recovery-key-file",
+                                     (work.path() / "recovery-key").string()};
+    util::Path passphrase_file = work.path() / "passphrase";
+    struct RemoveFiles {
+      std::vector<util::Path> paths;
+      ~RemoveFiles() {
+        for (const auto& p : paths) ::unlink(p.c_str());
+      }
+    } remove_files{{passphrase_file, work.path() / "recovery-key"}};
+    if (config.encryption == "tpm") {
+      args.insert(args.end(), {"--uki", key_uki.string()});
+      say("encrypt", fmt::format("making {} and {} LUKS2, their key sealed to the TPM against "
+                                 "the PCR 11 policy signed by {}'s .pcrpkey and PCR 7",
+                                 labels[0], labels[1], key_uki.filename().string()));
+    } else {
+      util::write_file_atomic(passphrase_file, config.passphrase, 0600);
+      args.insert(args.end(), {"--passphrase-file", passphrase_file.string()});
+      say("encrypt",
+          fmt::format("making {} and {} LUKS2, opened by the passphrase", labels[0], labels[1]));
+    }
+    for (const auto& label : labels) args.push_back(by_label.at(label).string() + "=" + label);
+    std::vector<std::string> argv = bundle_argv(request.luks_dir, kLuksBinary, args);
+    close_volumes.argv =
+        bundle_argv(request.luks_dir, kLuksBinary, {"close", labels[0], labels[1]});
+    run_tool(argv, "encrypt " + labels[0] + " and " + labels[1]);
+    std::string key = util::read_file(work.path() / "recovery-key", 1024);
+    while (!key.empty() && key.back() == '\n') key.pop_back();
+    outcome.recovery_key = key;
+    for (const auto& label : labels) by_label[label] = util::Path("/dev/mapper") / label;
+  }
+
   for (std::size_t i = 0; i < parts.size(); ++i) {
     const std::string& label = layout.partitions[i].name;
-    by_label[label] = parts[i];
+    const util::Path& part = by_label.at(label);
     if (label == image::kBiosBootName) {
       // No file system: GRUB's core image goes there raw, below.
     } else if (label == image::kGrubLabel) {
       say("format",
-          fmt::format("making a FAT file system labelled {} on {}", label, parts[i].string()));
-      run_tool({"mkfs.vfat", "-n", label, parts[i].string()}, "format " + parts[i].string());
+          fmt::format("making a FAT file system labelled {} on {}", label, part.string()));
+      run_tool({"mkfs.vfat", "-n", label, part.string()}, "format " + part.string());
     } else {
       say("format",
-          fmt::format("making an ext4 file system labelled {} on {}", label, parts[i].string()));
+          fmt::format("making an ext4 file system labelled {} on {}", label, part.string()));
       // metadata_csum_seed is an incompatible feature GRUB 2.06 cannot read; newer mke2fs
       // turn it on by default.
-      run_tool(
-          {"mkfs.ext4", "-F", "-q", "-L", label, "-O", "^metadata_csum_seed", parts[i].string()},
-          "format " + parts[i].string());
+      run_tool({"mkfs.ext4", "-F", "-q", "-L", label, "-O", "^metadata_csum_seed", part.string()},
+               "format " + part.string());
     }
   }
 

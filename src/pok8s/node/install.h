@@ -142,6 +142,8 @@ struct InstallRequest {
   util::Path work_dir = "/run/pok8s";  // the partitions are mounted below it while copying
   util::Path efi_firmware = "/sys/firmware/efi";  // absent when the live system booted by BIOS
   BlockProbePaths probe_paths;
+  // pok8s-luks's bundle, which formats and opens LUKS2 volumes (install.encryption).
+  util::Path luks_dir = "/usr/lib/pok8s/luks";
   InstallSink sink;      // may be empty
   StageSink stage_sink;  // before-install and after-install events; may be empty
 };
@@ -151,6 +153,9 @@ struct InstallOutcome {
   std::string not_installed_because;  // set when --auto-from-config decided not to install
   util::Path device;
   AfterInstall after = AfterInstall::kNothing;
+  // With install.encryption: the recovery key that opens COS_OEM and COS_PERSISTENT, to show
+  // once; it is kept nowhere.
+  std::string recovery_key;
   StageResult before_install, after_install;
 };
 

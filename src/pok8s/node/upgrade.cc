@@ -240,24 +240,28 @@ UpgradeResult upgrade_system(const UpgradeOptions& o) {
   return result;
 }
 
-std::vector<std::string> sysimage_argv(const util::Path& sysimage_dir,
-                                       std::vector<std::string> args) {
+std::vector<std::string> bundle_argv(const util::Path& dir, std::string_view binary,
+                                     std::vector<std::string> args) {
   // The dynamic loader shipped in the bundle's lib/ (ld-linux-x86-64.so.2 and the like).
   util::Path loader;
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(sysimage_dir / "lib", ec))
+  for (const auto& e : fs::directory_iterator(dir / "lib", ec))
     if (e.path().filename().string().starts_with("ld-linux")) loader = e.path();
   if (loader.empty())
     throw Error(ErrorKind::kNotFound,
-                fmt::format("Failed to run pok8s-sysimage: {} has no dynamic loader in lib/ (this "
-                            "image predates pok8s-sysimage; convert it again)",
-                            sysimage_dir.string()));
-  std::vector<std::string> argv = {loader.string(), "--library-path",
-                                   (sysimage_dir / "lib").string(),
-                                   (sysimage_dir / std::string(kSysimageBinary)).string()};
+                fmt::format("Failed to run {}: {} has no dynamic loader in lib/ (this image "
+                            "predates {}; convert it again)",
+                            binary, dir.string(), binary));
+  std::vector<std::string> argv = {loader.string(), "--library-path", (dir / "lib").string(),
+                                   (dir / std::string(binary)).string()};
   argv.insert(argv.end(), std::make_move_iterator(args.begin()),
               std::make_move_iterator(args.end()));
   return argv;
+}
+
+std::vector<std::string> sysimage_argv(const util::Path& sysimage_dir,
+                                       std::vector<std::string> args) {
+  return bundle_argv(sysimage_dir, kSysimageBinary, std::move(args));
 }
 
 }  // namespace pok8s::node

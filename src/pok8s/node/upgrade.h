@@ -26,6 +26,11 @@ namespace pok8s::node {
 
 inline constexpr std::string_view kSysimageDir = "/usr/lib/pok8s/sysimage";
 inline constexpr std::string_view kSysimageBinary = "pok8s-sysimage";
+// pok8s-luks, bundled the same way in every converted image and copied into its initramfs: it
+// formats and opens the LUKS2 partitions of install.encryption (libcryptsetup and tpm2-tss have
+// no static builds in Debian either).
+inline constexpr std::string_view kLuksDir = "/usr/lib/pok8s/luks";
+inline constexpr std::string_view kLuksBinary = "pok8s-luks";
 // Next to rootfs.img: what pok8s-sysimage wrote (source, digest, version, files and sha256).
 inline constexpr std::string_view kImageInfoFile = "image.json";
 
@@ -56,6 +61,10 @@ BootState require_installed(const util::Path& boot_state_file);
 // libraries, nothing from the image's. Throws Error(kNotFound) when the bundle has no loader.
 std::vector<std::string> sysimage_argv(const util::Path& sysimage_dir,
                                        std::vector<std::string> args);
+
+// The same for the bundle in `dir` whose program is `binary` (pok8s-luks in kLuksDir).
+std::vector<std::string> bundle_argv(const util::Path& dir, std::string_view binary,
+                                     std::vector<std::string> args);
 
 // Runs the whole upgrade on an installed system; throws Error naming the step, the source and
 // the partition. Nothing installed changes unless the new image verified.

@@ -108,6 +108,16 @@ class Initramfs : public ::testing::Test {
     base.file(kModDir + "kernel/fs/unwanted.ko", fake_module("unwanted"));
     base.file(kModDir + "modules.dep", "stale\n");
     base.file("usr/bin/busybox", util::read_file("/usr/bin/busybox"), 0755);
+    // pok8s-luks's bundle, as convert ships it.
+    base.dir("usr/lib/pok8s/luks/lib")
+        .file("usr/lib/pok8s/luks/pok8s-luks",
+              "\x7f"
+              "ELF luks",
+              0755)
+        .file("usr/lib/pok8s/luks/lib/libcryptsetup.so.12",
+              "\x7f"
+              "ELF lib",
+              0755);
     // A second layer replaces modules.dep, as a kernel upgrade in a derived image would.
     LayerBuilder upper;
     upper.file(kModDir + "modules.dep",
@@ -180,6 +190,15 @@ TEST_F(Initramfs, HoldsInitModulesInLoadOrderAndTheEmptyDirectories) {
                 "kernel/drivers/scsi/sr_mod.ko: kernel/drivers/cdrom/cdrom.ko\n"),
             std::string::npos);
   EXPECT_TRUE(is_static_executable(files["bin/busybox"].data));
+  // The bundle that opens encrypted partitions, at the path pok8s-init runs it from.
+  EXPECT_TRUE(result.luks);
+  EXPECT_EQ(files["usr/lib/pok8s/luks/pok8s-luks"].data,
+            "\x7f"
+            "ELF luks");
+  EXPECT_EQ(files["usr/lib/pok8s/luks/pok8s-luks"].mode, 0755u);
+  EXPECT_EQ(files["usr/lib/pok8s/luks/lib/libcryptsetup.so.12"].data,
+            "\x7f"
+            "ELF lib");
   EXPECT_EQ(files["dev/console"].type, static_cast<unsigned>(AE_IFCHR));
   EXPECT_EQ(files["dev/console"].rdev_major, 5u);
   for (const char* d : {"dev", "proc", "sys", "run", "sysroot", "tmp"})

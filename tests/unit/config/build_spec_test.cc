@@ -456,14 +456,26 @@ TEST_F(BuildSpecTest, LoadRefusesAMissingOrOversizedFile) {
 TEST_F(BuildSpecTest, UnbuildableNamesEachFieldWithAReason) {
   EXPECT_TRUE(unbuildable(parse(kMinimal)).empty());
   auto reasons = unbuildable(parse(full_spec()));
-  // uki is built with its keys; trusted boot with iso and raw beside it, and encryption, are not.
-  ASSERT_EQ(reasons.size(), 2u);
+  // uki is built with its keys; trusted boot with iso and raw beside it is not, nor encryption
+  // with a disk image (not installed from) or tpm without the uki-iso.
+  ASSERT_EQ(reasons.size(), 3u);
   EXPECT_EQ(reasons[0].rfind("security.trustedBoot: only the uki and uki-iso artifacts", 0), 0u);
-  EXPECT_EQ(reasons[1].rfind("security.encryption: tpm is not built yet (", 0), 0u);
+  EXPECT_EQ(reasons[1],
+            "security.encryption: the installer encrypts, and raw is not installed from; ask for "
+            "iso or uki-iso");
+  EXPECT_EQ(reasons[2].rfind("security.encryption: tpm seals the disk key to the signed UKIs'", 0),
+            0u);
   BuildSpec s = parse(full_spec());
-  s.security.encryption = "none";
   s.artifacts = {"uki", "uki-iso"};
   EXPECT_TRUE(unbuildable(s).empty());
+  s.security.encryption = "passphrase";
+  s.security.trusted_boot = false;
+  s.artifacts = {"iso"};
+  s.security.keys.clear();
+  EXPECT_TRUE(unbuildable(s).empty());
+  s = parse(full_spec());
+  s.security.encryption = "none";
+  s.artifacts = {"uki", "uki-iso"};
   s.security.keys.clear();
   reasons = unbuildable(s);
   ASSERT_EQ(reasons.size(), 2u);

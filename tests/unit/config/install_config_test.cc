@@ -205,5 +205,30 @@ TEST(InstallConfig, RebootAndPoweroffBothTrueAreRefusedNamingWhereEachWasSet) {
             "(/b.yaml:3) are both true: set only one");
 }
 
+TEST(InstallConfig, EncryptionIsNoneTpmOrPassphraseWhichNeedsOne) {
+  EXPECT_EQ(read("#cloud-config\nhostname: node\n").encryption, "none");
+  InstallConfig c = read("#cloud-config\ninstall:\n  encryption: tpm\n");
+  EXPECT_EQ(c.encryption, "tpm");
+  EXPECT_EQ(c.encryption_origin, "/oem/90_custom.yaml:3");
+  c = read("#cloud-config\ninstall:\n  encryption: passphrase\n  passphrase: hunter2hunter2\n");
+  EXPECT_EQ(c.encryption, "passphrase");
+  EXPECT_EQ(c.passphrase, "hunter2hunter2");
+  // A later file's mode wins; the passphrase may come from another file.
+  c = read_install_config(parse_all(
+      {{"/a.yaml", "#cloud-config\ninstall:\n  encryption: tpm\n  passphrase: 12345678\n"},
+       {"/b.yaml", "#cloud-config\ninstall:\n  encryption: passphrase\n"}}));
+  EXPECT_EQ(c.encryption, "passphrase");
+  EXPECT_EQ(c.passphrase, "12345678");
+  EXPECT_NE(error_of("#cloud-config\ninstall:\n  encryption: luks\n")
+                .find("line 3: install.encryption must be none, tpm or passphrase, not \"luks\""),
+            std::string::npos);
+  EXPECT_NE(error_of("#cloud-config\ninstall:\n  passphrase: short\n")
+                .find("install.passphrase must be 8 to 512 characters long"),
+            std::string::npos);
+  EXPECT_EQ(error_of("#cloud-config\ninstall:\n  encryption: passphrase\n"),
+            "Failed to read cloud-config: install.encryption: passphrase (/oem/90_custom.yaml:3) "
+            "needs install.passphrase");
+}
+
 }  // namespace
 }  // namespace pok8s::config

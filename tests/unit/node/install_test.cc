@@ -195,6 +195,52 @@ TEST_F(FakeBlockDevices, ProbesContentUseAndTheBootMedium) {
             std::string::npos);
 }
 
+// install.encryption is refused before anything is written: tpm from a medium that is not a
+// uki-iso (no signed PCR policy to seal to), and either mode without pok8s-luks's bundle.
+TEST_F(FakeBlockDevices, EncryptionItCannotDoIsRefusedBeforeTheDiskIsTouched) {
+  add("vda", "252:0", 8192);
+  util::Path media = dir_.path() / "media";
+  for (const char* f : {"boot/kernel", "boot/initrd", "rootfs.squashfs", "install/grubenv"}) {
+    util::make_dirs((media / f).parent_path());
+    util::write_file_atomic(media / f, std::string(1000, 'x'));
+  }
+  util::make_dirs(media / "install/EFI/BOOT");
+  util::make_dirs(media / "install/grub");
+  InstallRequest request;
+  request.media = media;
+  request.boot_state = dir_.path() / "no-boot-state";
+  request.work_dir = dir_.path() / "work";
+  request.efi_firmware = dir_.path();  // booted by UEFI
+  request.luks_dir = dir_.path() / "no-luks";
+  request.probe_paths = paths_;
+  auto refusal = [&](const config::InstallConfig& config) {
+    try {
+      run_install(request, {}, config);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("installed");
+  };
+  config::InstallConfig config;
+  config.encryption = "tpm";
+  config.encryption_origin = "/oem/90_custom.yaml:4";
+  EXPECT_EQ(refusal(config),
+            fmt::format("Failed to install with encryption: tpm (install.encryption in "
+                        "/oem/90_custom.yaml:4): {} is not a uki-iso, and the disk key is sealed "
+                        "to its signed UKIs' PCR policy (use encryption: passphrase)",
+                        media.string()));
+  config.encryption = "passphrase";
+  config.passphrase = "correct horse";
+  EXPECT_NE(refusal(config).find("Failed to run pok8s-luks: " + (dir_.path() / "no-luks").string() +
+                                 " has no dynamic loader"),
+            std::string::npos);
+  // Nothing was written: the disk is still blank.
+  std::string head(1u << 20, 'x');
+  util::UniqueFd fd = util::open_file(paths_.dev / "vda", O_RDONLY);
+  ASSERT_EQ(::pread(fd.get(), head.data(), head.size(), 0), static_cast<ssize_t>(head.size()));
+  EXPECT_EQ(head.find_first_not_of('\0'), std::string::npos);
+}
+
 TEST(PlanInstall, ADiskTooSmallIsRefusedNamingTheDiskAndTheSizes) {
   BlockDevice small = disk("/dev/vda", 1);
   try {
