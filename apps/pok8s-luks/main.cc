@@ -89,32 +89,51 @@ struct LuksOpenArgs {
   std::vector<std::string> volumes;
 };
 
-// One line typed on `console` with echo off; nullopt when it cannot be read.
-std::optional<std::string> ask(const std::string& console, const std::string& prompt) {
-  int fd = ::open(console.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
-  if (fd < 0) return std::nullopt;
-  termios saved{};
-  bool tty = ::tcgetattr(fd, &saved) == 0;
-  if (tty) {
-    termios quiet = saved;
-    quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
-    ::tcsetattr(fd, TCSAFLUSH, &quiet);
+// The console keys are typed on: opened at the first question, with echo off until the end, so
+// nothing typed ahead (before a prompt) is echoed either; typed-ahead input is kept.
+class KeyConsole {
+ public:
+  explicit KeyConsole(std::string path) : path_(std::move(path)) {}
+  KeyConsole(const KeyConsole&) = delete;
+  KeyConsole& operator=(const KeyConsole&) = delete;
+  ~KeyConsole() {
+    if (fd_ < 0) return;
+    if (tty_) ::tcsetattr(fd_, TCSANOW, &saved_);
+    ::close(fd_);
   }
-  (void)!::write(fd, prompt.data(), prompt.size());
-  std::string line;
-  char c = 0;
-  bool got = false;
-  while (::read(fd, &c, 1) == 1) {
-    got = true;
-    if (c == '\n' || c == '\r') break;
-    if (line.size() < 4096) line += c;
+
+  // One line typed after `prompt`; nullopt when nothing can be read.
+  std::optional<std::string> ask(const std::string& prompt) {
+    if (fd_ < 0) {
+      fd_ = ::open(path_.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+      if (fd_ < 0) return std::nullopt;
+      tty_ = ::tcgetattr(fd_, &saved_) == 0;
+      if (tty_) {
+        termios quiet = saved_;
+        quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+        ::tcsetattr(fd_, TCSANOW, &quiet);
+      }
+    }
+    (void)!::write(fd_, prompt.data(), prompt.size());
+    std::string line;
+    char c = 0;
+    bool got = false;
+    while (::read(fd_, &c, 1) == 1) {
+      got = true;
+      if (c == '\n' || c == '\r') break;
+      if (line.size() < 4096) line += c;
+    }
+    (void)!::write(fd_, "\n", 1);
+    if (!got) return std::nullopt;
+    return line;
   }
-  if (tty) ::tcsetattr(fd, TCSAFLUSH, &saved);
-  (void)!::write(fd, "\n", 1);
-  ::close(fd);
-  if (!got) return std::nullopt;
-  return line;
-}
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  bool tty_ = false;
+  termios saved_{};
+};
 
 int luks_open(const LuksOpenArgs& a) {
   boot::UnlockRequest r;
@@ -130,7 +149,8 @@ int luks_open(const LuksOpenArgs& a) {
     r.pcr_key = key.get();
   }
   r.say = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
-  r.ask = [&](const std::string& prompt) { return ask(a.console, prompt); };
+  KeyConsole console(a.console);
+  r.ask = [&](const std::string& prompt) { return console.ask(prompt); };
   boot::unlock_volumes(r);
   for (const auto& [device, name] : r.volumes)
     if (a.check)

@@ -1,6 +1,8 @@
 // pok8s-init for real: a Debian bookworm image (mmdebstrap fixture with its kernel) imported
 // with the pok8s CLI, its initramfs and kernel written by pok8s, its rootfs a squashfs on an
 // ISO labelled COS_LIVE, booted in QEMU under TCG. The markers come from the serial console.
+// An installed boot with a passphrase-encrypted COS_PERSISTENT gets pok8s-luks's bundle (what
+// convert ships in an image) as a second initramfs archive.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -14,8 +16,10 @@
 
 #include "integration/qemu.h"
 #include "integration/shell.h"
+#include "pok8s/boot/disk_encryption.h"
 #include "pok8s/boot/initramfs.h"
 #include "pok8s/boot/kernel.h"
+#include "pok8s/convert/sysimage_bundle.h"
 #include "pok8s/image/verity.h"
 #include "pok8s/oci/image.h"
 #include "pok8s/rootfs/flat_tree.h"
@@ -54,6 +58,8 @@ echo "pok8s-test: done"
 echo o >/proc/sysrq-trigger
 sleep 30
 )";
+
+constexpr const char* kPassphrase = "correct horse battery";
 
 class InitBoot : public ::testing::Test {
  protected:
@@ -115,6 +121,34 @@ class InitBoot : public ::testing::Test {
       return;
     }
     util::remove_tree(rootfs);
+    // pok8s-luks's bundle as a second, separately compressed archive after the initramfs (the
+    // kernel unpacks them in turn), and a LUKS2 volume labelled COS_PERSISTENT that opens with
+    // kPassphrase.
+    try {
+      fs::path staging = dir / "luks-root";
+      for (const auto& f : convert::luks_bundle(bin_dir() / "pok8s-luks")) {
+        fs::create_directories((staging / f.path).parent_path());
+        fs::copy_file(f.source, staging / f.path);
+      }
+      if (sh("cd " + staging.string() + " && find . | LC_ALL=C sort | cpio -o -H newc --quiet " +
+             "| zstd -q > " + (dir / "luks.cpio.zst").string() + " && cat " +
+             (dir / "initrd").string() + " " + (dir / "luks.cpio.zst").string() + " > " +
+             (dir / "initrd-luks").string())
+              .status != 0) {
+        setup_error_ = "making the initramfs with pok8s-luks failed";
+        return;
+      }
+      util::write_file_atomic(dir / "persistent.img", std::string(32u << 20, '\0'));
+      boot::EncryptRequest r;
+      r.mode = boot::EncryptionMode::kPassphrase;
+      r.passphrase = kPassphrase;
+      r.passphrase_kdf_ms = 100;
+      r.volumes = {{dir / "persistent.img", "COS_PERSISTENT"}};
+      boot::encrypt_volumes(r);
+    } catch (const std::exception& e) {
+      setup_error_ = std::string("encrypting COS_PERSISTENT failed: ") + e.what();
+      return;
+    }
     // The same rootfs with a dm-verity tree, and a copy with one byte of its first block flipped.
     try {
       for (const char* name : {"verity", "tampered"}) {
@@ -232,6 +266,33 @@ TEST_F(InitBoot, RefusesAnImageWhoseBlocksDoNotMatchTheRootHash) {
       << vm.tail(40);
   EXPECT_NE(vm.serial().find("device-mapper: verity"), std::string::npos) << vm.tail(40);
   EXPECT_EQ(vm.serial().find("pok8s-test: done"), std::string::npos);
+}
+
+// An installed boot (active) whose COS_PERSISTENT is LUKS2 with a passphrase: pok8s-init runs
+// pok8s-luks from the initramfs, which asks on the console; a wrong passphrase is said so and
+// asked again, the right one opens the volume with dm-crypt. (It holds no file system: that is
+// made by the installer on the opened volume, which this host cannot open.)
+TEST_F(InitBoot, AsksForThePassphraseOfAnEncryptedPartitionAndOpensIt) {
+  auto vm_dir = util::TempDir::scratch(work_->path());
+  auto options = machine(
+      "pok8s.mode=active pok8s.media=COS_LIVE pok8s.image=/rootfs.squashfs "
+      "pok8s.init=/sbin/pok8s-test-init");
+  options.initrd = work_->path() / "initrd-luks";
+  options.disks = {work_->path() / "persistent.img"};
+  pok8s::testing::Qemu vm(options, vm_dir.path());
+  const auto timeout = pok8s::testing::boot_timeout(std::chrono::seconds(600));
+  ASSERT_TRUE(vm.wait_for("Passphrase or recovery key for /dev/vda (COS_PERSISTENT): ", timeout))
+      << boot_story(vm.serial()) << "---\n"
+      << vm.tail(30);
+  vm.send("not the passphrase\r");
+  ASSERT_TRUE(vm.wait_for("That key opens none of them", timeout)) << vm.tail(30);
+  vm.send(std::string(kPassphrase) + "\r");
+  ASSERT_TRUE(vm.wait_for("Opened /dev/vda as /dev/mapper/COS_PERSISTENT", timeout)) << vm.tail(30);
+  ASSERT_TRUE(vm.wait_for("pok8s-test: done", timeout)) << boot_story(vm.serial());
+  std::string serial = vm.serial();
+  EXPECT_NE(serial.find("pok8s-test: state mode=active"), std::string::npos) << vm.tail(40);
+  // The passphrase was not echoed.
+  EXPECT_EQ(serial.find(kPassphrase), std::string::npos) << vm.tail(40);
 }
 
 TEST_F(InitBoot, SaysClearlyWhenTheMediaIsMissing) {
