@@ -7,12 +7,14 @@
 // dynamically linked and shipped with its library closure and its own dynamic loader, under
 // /usr/lib/pok8s/luks in every converted image and at the same path in its initramfs.
 #include <fcntl.h>
+#include <poll.h>
 #include <termios.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
@@ -83,57 +85,116 @@ struct LuksOpenArgs {
   std::string tcti = "device:/dev/tpmrm0";
   std::string pcrsig;
   std::string pcrpkey;
-  std::string console = "/dev/console";
+  std::vector<std::string> consoles;  // empty: every active console
   bool no_measure = false;
   bool check = false;
   std::vector<std::string> volumes;
 };
 
-// The console keys are typed on: opened at the first question, with echo off until the end, so
-// nothing typed ahead (before a prompt) is echoed either; typed-ahead input is kept.
-class KeyConsole {
+// The consoles keys are typed on: every console the kernel writes to (a serial line and the
+// screen), each asked, the first line typed on any of them taken. Opened at the first question,
+// with echo off until the end, so nothing typed ahead is echoed either; typed-ahead input is
+// kept.
+class KeyConsoles {
  public:
-  explicit KeyConsole(std::string path) : path_(std::move(path)) {}
-  KeyConsole(const KeyConsole&) = delete;
-  KeyConsole& operator=(const KeyConsole&) = delete;
-  ~KeyConsole() {
-    if (fd_ < 0) return;
-    if (tty_) ::tcsetattr(fd_, TCSANOW, &saved_);
-    ::close(fd_);
+  explicit KeyConsoles(std::vector<std::string> paths) : paths_(std::move(paths)) {}
+  KeyConsoles(const KeyConsoles&) = delete;
+  KeyConsoles& operator=(const KeyConsoles&) = delete;
+  ~KeyConsoles() {
+    for (auto& t : ttys_) {
+      if (t.tty) ::tcsetattr(t.fd, TCSANOW, &t.saved);
+      ::close(t.fd);
+    }
   }
 
-  // One line typed after `prompt`; nullopt when nothing can be read.
+  // One line typed after `prompt`; nullopt when no console can be read.
   std::optional<std::string> ask(const std::string& prompt) {
-    if (fd_ < 0) {
-      fd_ = ::open(path_.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
-      if (fd_ < 0) return std::nullopt;
-      tty_ = ::tcgetattr(fd_, &saved_) == 0;
-      if (tty_) {
-        termios quiet = saved_;
-        quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
-        ::tcsetattr(fd_, TCSANOW, &quiet);
+    if (!opened_) open_all();
+    for (auto& t : ttys_) (void)!::write(t.fd, prompt.data(), prompt.size());
+    while (true) {
+      std::vector<pollfd> fds;
+      for (const auto& t : ttys_)
+        if (!t.closed) fds.push_back({t.fd, POLLIN, 0});
+      if (fds.empty()) return std::nullopt;
+      if (::poll(fds.data(), fds.size(), -1) < 0) {
+        if (errno == EINTR) continue;
+        return std::nullopt;
+      }
+      for (const auto& p : fds) {
+        if (!(p.revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        Tty& t =
+            *std::find_if(ttys_.begin(), ttys_.end(), [&](const Tty& x) { return x.fd == p.fd; });
+        char buf[256];
+        ssize_t n = ::read(t.fd, buf, sizeof buf);
+        if (n <= 0) {
+          t.closed = true;
+          continue;
+        }
+        for (ssize_t i = 0; i < n; ++i) {
+          if (buf[i] != '\n' && buf[i] != '\r') {
+            if (t.line.size() < 4096) t.line += buf[i];
+            continue;
+          }
+          std::string line = std::move(t.line);
+          t.line.clear();
+          for (auto& other : ttys_) (void)!::write(other.fd, "\n", 1);
+          return line;
+        }
       }
     }
-    (void)!::write(fd_, prompt.data(), prompt.size());
-    std::string line;
-    char c = 0;
-    bool got = false;
-    while (::read(fd_, &c, 1) == 1) {
-      got = true;
-      if (c == '\n' || c == '\r') break;
-      if (line.size() < 4096) line += c;
-    }
-    (void)!::write(fd_, "\n", 1);
-    if (!got) return std::nullopt;
-    return line;
   }
 
  private:
-  std::string path_;
-  int fd_ = -1;
-  bool tty_ = false;
-  termios saved_{};
+  struct Tty {
+    int fd = -1;
+    bool tty = false;
+    bool closed = false;
+    termios saved{};
+    std::string line;
+  };
+
+  void open_all() {
+    opened_ = true;
+    for (const auto& path : paths_) {
+      int fd = ::open(path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+      if (fd < 0) continue;
+      Tty t;
+      t.fd = fd;
+      t.tty = ::tcgetattr(fd, &t.saved) == 0;
+      if (t.tty) {
+        termios quiet = t.saved;
+        quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+        ::tcsetattr(fd, TCSANOW, &quiet);
+      }
+      ttys_.push_back(std::move(t));
+    }
+  }
+
+  std::vector<std::string> paths_;
+  std::vector<Tty> ttys_;
+  bool opened_ = false;
 };
+
+// The consoles the kernel writes to (/sys/class/tty/console/active: "tty0 ttyS0"), as /dev
+// paths; /dev/console when that cannot be read.
+std::vector<std::string> active_consoles() {
+  std::vector<std::string> out;
+  try {
+    std::string active = util::read_file("/sys/class/tty/console/active", 4096);
+    std::size_t at = 0;
+    while (at < active.size()) {
+      std::size_t end = active.find_first_of(" \n", at);
+      if (end == std::string::npos) end = active.size();
+      std::string name = active.substr(at, end - at);
+      if (!name.empty() && name.find('/') == std::string::npos && name != "." && name != "..")
+        out.push_back("/dev/" + name);
+      at = end + 1;
+    }
+  } catch (const Error&) {
+  }
+  if (out.empty()) out.push_back("/dev/console");
+  return out;
+}
 
 int luks_open(const LuksOpenArgs& a) {
   boot::UnlockRequest r;
@@ -149,8 +210,8 @@ int luks_open(const LuksOpenArgs& a) {
     r.pcr_key = key.get();
   }
   r.say = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
-  KeyConsole console(a.console);
-  r.ask = [&](const std::string& prompt) { return console.ask(prompt); };
+  KeyConsoles consoles(a.consoles.empty() ? active_consoles() : a.consoles);
+  r.ask = [&](const std::string& prompt) { return consoles.ask(prompt); };
   boot::unlock_volumes(r);
   for (const auto& [device, name] : r.volumes)
     if (a.check)
@@ -191,8 +252,8 @@ int main(int argc, char** argv) {
       ->default_val(lo.tcti);
   open->add_option("--pcrsig", lo.pcrsig, "The booted UKI's .pcrsig");
   open->add_option("--pcrpkey", lo.pcrpkey, "The booted UKI's .pcrpkey");
-  open->add_option("--console", lo.console, "Where to ask for a passphrase")
-      ->default_val(lo.console);
+  open->add_option("--console", lo.consoles,
+                   "Where to ask for a passphrase (default: every console the kernel writes to)");
   open->add_flag("--no-measure", lo.no_measure, "Do not measure the boot phases into PCR 11");
   open->add_flag("--check", lo.check, "Only check that a key opens each volume");
   open->add_option("VOLUME", lo.volumes, "DEVICE=NAME")->required();

@@ -663,13 +663,8 @@ void open_encrypted_volumes(const Console& console) {
       volumes.push_back(fmt::format("{}={}", device.string(), fs->label));
   }
   if (volumes.empty()) return;
-  std::vector<std::string> args = {"open",
-                                   "--pcrsig",
-                                   std::string(kPcrSignatureFile),
-                                   "--pcrpkey",
-                                   std::string(kPcrPublicKeyFile),
-                                   "--console",
-                                   "/dev/console"};
+  std::vector<std::string> args = {"open", "--pcrsig", std::string(kPcrSignatureFile), "--pcrpkey",
+                                   std::string(kPcrPublicKeyFile)};
   args.insert(args.end(), volumes.begin(), volumes.end());
   std::vector<std::string> argv;
   try {
