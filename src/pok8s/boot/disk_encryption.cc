@@ -36,6 +36,12 @@ void log_callback(int level, const char* msg, void*) {
     last_log.pop_back();
 }
 
+// Sends libcryptsetup's messages to log_callback, starting with none.
+void capture_log() {
+  crypt_set_log_callback(nullptr, log_callback, nullptr);
+  last_log.clear();
+}
+
 struct Device {
   crypt_device* cd = nullptr;
   ~Device() { crypt_free(cd); }
@@ -48,8 +54,7 @@ struct Device {
 
 // The device, its LUKS2 header loaded; nullopt when it has none.
 std::unique_ptr<Device> load(const util::Path& device, bool required) {
-  crypt_set_log_callback(nullptr, log_callback, nullptr);
-  last_log.clear();
+  capture_log();
   auto d = std::make_unique<Device>();
   int rc = crypt_init(&d->cd, device.c_str());
   if (rc < 0) fail(device, "open the device for LUKS2", rc);
@@ -150,8 +155,7 @@ std::optional<std::string> normalize_recovery_key(std::string_view typed) {
 }
 
 void luks_format(const util::Path& device, const LuksFormatOptions& options) {
-  crypt_set_log_callback(nullptr, log_callback, nullptr);
-  last_log.clear();
+  capture_log();
   Device d;
   int rc = crypt_init(&d.cd, device.c_str());
   if (rc < 0) fail(device, "open the device for LUKS2", rc);
@@ -219,8 +223,7 @@ bool luks_open(const util::Path& device, const std::string& name, std::string_vi
 }
 
 void luks_close(const std::string& name) {
-  crypt_set_log_callback(nullptr, log_callback, nullptr);
-  last_log.clear();
+  capture_log();
   Device d;
   if (crypt_init_by_name(&d.cd, name.c_str()) < 0) return;
   int rc = crypt_deactivate(d.cd, name.c_str());

@@ -490,27 +490,32 @@ class LoopDevice {
   UniqueFd fd_;
 };
 
-// Runs /usr/bin/pok8s-agent `args` chrooted in the image; its exit status.
-int run_agent(const std::vector<std::string>& args) {
+// Runs `argv` (absolute path first) on the console, chrooted into `root` unless it is empty;
+// its exit status.
+int run_program(const std::vector<std::string>& argv, const std::string& root) {
   pid_t pid = ::fork();
-  if (pid < 0) throw_errno("Failed to start pok8s-agent", errno);
+  if (pid < 0) throw_errno("Failed to start " + argv[0], errno);
   if (pid == 0) {
-    std::string sysroot(kSysroot);
-    if (::chroot(sysroot.c_str()) != 0 || ::chdir("/") != 0) ::_exit(127);
-    std::vector<char*> argv;
-    std::string arg0 = "pok8s-agent";
-    argv.push_back(arg0.data());
-    std::vector<std::string> copy = args;
-    for (auto& a : copy) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(std::string(kAgentPath).c_str(), argv.data());
+    if (!root.empty() && (::chroot(root.c_str()) != 0 || ::chdir("/") != 0)) ::_exit(127);
+    std::vector<std::string> copy = argv;
+    std::vector<char*> args;
+    for (auto& a : copy) args.push_back(a.data());
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
     ::_exit(127);
   }
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0)
-    if (errno != EINTR) throw_errno("Failed to wait for pok8s-agent", errno);
+    if (errno != EINTR) throw_errno("Failed to wait for " + argv[0], errno);
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+}
+
+// Runs /usr/bin/pok8s-agent `args` chrooted in the image; its exit status.
+int run_agent(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {std::string(kAgentPath)};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return run_program(argv, std::string(kSysroot));
 }
 
 // True when `path` in the image is an executable file, symlinks followed inside the image.
@@ -629,25 +634,6 @@ void seed_persistent_dir(std::string_view dir, const Console& console,
   console.step(fmt::format("made the persistent /{} from the image's", dir));
 }
 
-// Runs `argv` (absolute path first) in the initramfs, on the console; its exit status.
-int run_in_initramfs(const std::vector<std::string>& argv) {
-  pid_t pid = ::fork();
-  if (pid < 0) throw_errno("Failed to start " + argv[0], errno);
-  if (pid == 0) {
-    std::vector<std::string> copy = argv;
-    std::vector<char*> args;
-    for (auto& a : copy) args.push_back(a.data());
-    args.push_back(nullptr);
-    ::execv(args[0], args.data());
-    ::_exit(127);
-  }
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0)
-    if (errno != EINTR) throw_errno("Failed to wait for " + argv[0], errno);
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-}
-
 // COS_OEM and COS_PERSISTENT made LUKS2 by install.encryption: opened as /dev/mapper/<label> by
 // the initramfs's pok8s-luks, with the key the TPM unseals under the booted UKI's signed
 // PCR 11 policy (systemd-stub puts it under /.extra), else a passphrase or the recovery key
@@ -676,7 +662,7 @@ void open_encrypted_volumes(const Console& console) {
   }
   console.step(fmt::format("opening {} encrypted partition{}", volumes.size(),
                            volumes.size() == 1 ? "" : "s"));
-  int status = run_in_initramfs(argv);
+  int status = run_program(argv, "");
   if (status != 0)
     throw Error(ErrorKind::kSignature,
                 fmt::format("Failed to open the encrypted partitions: pok8s-luks open exited "
