@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -193,6 +194,44 @@ void sign_pe_file(const util::Path& in, const util::Path& out, X509* cert, EVP_P
   std::string signed_image =
       sign_pe(util::read_file(in, kMaxPeImageBytes), cert, key, in.string(), signing_time);
   util::write_file_atomic(out, signed_image);
+}
+
+std::optional<std::string> pe_signer_certificate(std::string_view bytes, std::string_view what) {
+  PeImage pe = parse_pe(bytes, what);
+  if (pe.cert_table_size == 0) return std::nullopt;
+  auto bad = [&](std::string_view why) {
+    return Error(ErrorKind::kFormat,
+                 fmt::format("Failed to read the signature of {}: {}", what, why));
+  };
+  // WIN_CERTIFICATE: dwLength, wRevision, wCertificateType, then the PKCS#7 SignedData.
+  std::string_view table = bytes.substr(pe.cert_table_offset, pe.cert_table_size);
+  if (table.size() < 8) throw bad("the certificate table is shorter than its header");
+  std::uint32_t length = 0;
+  std::memcpy(&length, table.data(), 4);
+  std::uint16_t type = 0;
+  std::memcpy(&type, table.data() + 6, 2);
+  if (length < 8 || length > table.size() || type != kWinCertTypePkcsSignedData)
+    throw bad("the certificate table holds no PKCS#7 signature");
+  const auto* p = reinterpret_cast<const unsigned char*>(table.data() + 8);
+  Pkcs7Ptr p7(d2i_PKCS7(nullptr, &p, static_cast<long>(length - 8)));
+  if (!p7 || PKCS7_type_is_signed(p7.get()) == 0) {
+    ERR_clear_error();
+    throw bad("its PKCS#7 does not parse");
+  }
+  STACK_OF(X509)* signers = PKCS7_get0_signers(p7.get(), nullptr, 0);
+  if (signers == nullptr || sk_X509_num(signers) < 1) {
+    sk_X509_free(signers);
+    ERR_clear_error();
+    throw bad("its PKCS#7 does not carry the signer's certificate");
+  }
+  X509* cert = sk_X509_value(signers, 0);
+  int n = i2d_X509(cert, nullptr);
+  std::string out(static_cast<std::size_t>(std::max(n, 0)), '\0');
+  auto* q = reinterpret_cast<unsigned char*>(out.data());
+  if (n > 0) i2d_X509(cert, &q);
+  sk_X509_free(signers);
+  if (n <= 0) throw bad("its signer's certificate does not encode");
+  return out;
 }
 
 }  // namespace pok8s::boot

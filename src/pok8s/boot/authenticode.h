@@ -34,4 +34,10 @@ std::string sign_pe(std::string_view bytes, X509* cert, EVP_PKEY* key, std::stri
 void sign_pe_file(const util::Path& in, const util::Path& out, X509* cert, EVP_PKEY* key,
                   std::optional<std::int64_t> signing_time = std::nullopt);
 
+// The DER certificate that signed `bytes` (the signer named in the PKCS#7 of its attribute
+// certificate table), or nullopt for an unsigned image. Not a signature check, which is the
+// firmware's: used to refuse, before anything is installed, a UKI signed with another key set
+// than the installed ones. Throws Error(kFormat) naming `what` for a table it cannot read.
+std::optional<std::string> pe_signer_certificate(std::string_view bytes, std::string_view what);
+
 }  // namespace pok8s::boot

@@ -28,6 +28,11 @@ struct VerityTree {
 // --data-blocks=N --salt=SALT` accepts. Throws Error(kIo) naming the image.
 VerityTree append_verity_tree(const util::Path& image, std::string_view salt_hex);
 
+// Reads the whole of `image` and checks every block against the tree at tree.hash_offset and
+// tree.root_hash (what `veritysetup verify` does), with libcryptsetup. Throws Error(kSignature)
+// naming `image` when a block or the tree does not match, Error(kIo) when it cannot be read.
+void verify_verity_tree(const util::Path& image, const VerityTree& tree);
+
 // The kernel command line parameter pok8s-init reads:
 // "pok8s.verity=<root hash>,<salt>,<data blocks>,<hash offset>".
 std::string verity_cmdline(const VerityTree& tree);

@@ -13,11 +13,13 @@
 #include <fmt/format.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
 #include "pok8s/util/error.h"
 #include "pok8s/util/file.h"
+#include "pok8s/util/sha256.h"
 
 namespace pok8s::node {
 namespace {
@@ -37,7 +39,30 @@ struct DmBuffer {
   }
 };
 
+std::string unhex(std::string_view hex) {
+  std::string out;
+  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
+    unsigned v = 0;
+    if (std::sscanf(std::string(hex.substr(i, 2)).c_str(), "%2x", &v) != 1) return {};
+    out.push_back(static_cast<char>(v));
+  }
+  return out;
+}
+
 }  // namespace
+
+bool verity_root_matches(const util::Path& image, const VerityParams& params) {
+  util::UniqueFd fd(::open(image.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return false;
+  std::string block(4096, '\0');
+  if (::pread(fd.get(), block.data(), block.size(), static_cast<off_t>(params.hash_offset)) !=
+      static_cast<ssize_t>(block.size()))
+    return false;
+  util::Sha256 h;
+  h.update(unhex(params.salt));
+  h.update(block);
+  return h.hex_digest() == params.root_hash;
+}
 
 std::string verity_table(const std::string& device_number, const VerityParams& p) {
   // version 1, data and hash device, data and hash block sizes, data blocks, the first hash

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "pok8s/node/kernel_cmdline.h"
+#include "pok8s/util/file.h"
 
 namespace pok8s::node {
 
@@ -14,6 +15,13 @@ namespace pok8s::node {
 // missing; a refused table: bad parameters).
 std::string open_verity(const std::string& device, const VerityParams& params,
                         const std::string& name);
+
+// Whether the image file `image` carries the tree of `params`: the top level of the tree (one
+// block at hash_offset; dm-verity format 1 stores the levels top first) hashed with the salt
+// before it is the root hash. One block read, so pok8s-init can pick, of the A/B images, the
+// one a UKI's signed command line names; dm-verity still checks every block read later. False
+// for a file it cannot read that far.
+bool verity_root_matches(const util::Path& image, const VerityParams& params);
 
 // The verity target's table line for `params` over the block device `major:minor`.
 std::string verity_table(const std::string& device_number, const VerityParams& params);

@@ -78,6 +78,28 @@ TEST_F(Authenticode, ResigningReplacesTheSignatureAndTheDigestIgnoresIt) {
   EXPECT_EQ(pe.cert_table_offset + pe.cert_table_size, s2.size());
 }
 
+// The upgrade compares the signer of a new UKI with the installed one's.
+TEST_F(Authenticode, TheSignerCertificateIsTheDbCertificateThatSigned) {
+  auto der_of = [](const util::Path& pem) {
+    SecureBootKeys k = load_secure_boot_keys(pem);
+    int n = i2d_X509(k.db_cert.get(), nullptr);
+    std::string out(static_cast<std::size_t>(n), '\0');
+    auto* p = reinterpret_cast<unsigned char*>(out.data());
+    i2d_X509(k.db_cert.get(), &p);
+    return out;
+  };
+  util::Path once = signed_systemd_boot("signer.efi");
+  std::string bytes = util::read_file(once, kMaxPeImageBytes);
+  EXPECT_EQ(pe_signer_certificate(bytes, "signer.efi"), der_of(dir_->path() / "a"));
+  EXPECT_NE(pe_signer_certificate(bytes, "signer.efi"), der_of(dir_->path() / "b"));
+  std::string original = util::read_file(kSystemdBoot, kMaxPeImageBytes);
+  EXPECT_EQ(pe_signer_certificate(original, "unsigned"), std::nullopt);
+  // A table that is not PKCS#7.
+  PeImage pe = parse_pe(bytes, "x");
+  for (std::size_t i = pe.cert_table_offset + 8; i < bytes.size(); ++i) bytes[i] = 'x';
+  EXPECT_THROW(pe_signer_certificate(bytes, "garbled"), Error);
+}
+
 TEST_F(Authenticode, AGivenSigningTimeSignsTheSameBytesEveryTime) {
   SecureBootKeys k = load_secure_boot_keys(dir_->path() / "a");
   std::string image = util::read_file(kSystemdBoot, kMaxPeImageBytes);

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "pok8s/node/dm_verity.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/process.h"
 #include "pok8s/util/sha256.h"
@@ -78,6 +79,49 @@ TEST(Verity, RefusesABadSaltAndAnEmptyImage) {
   EXPECT_THROW(append_verity_tree(image, std::string(130, 'a')), Error);
   util::write_file_atomic(image, "");
   EXPECT_THROW(append_verity_tree(image, kSalt), Error);
+}
+
+// The upgrade's check of a new rootfs against its UKIs' root hash, and pok8s-init's one-block
+// check of which A/B image a command line names.
+TEST(Verity, VerifiesTheWholeImageAndTellsWhichImageATreeBelongsTo) {
+  util::TempDir dir = util::TempDir::scratch();
+  util::Path a = dir.path() / "a.img", b = dir.path() / "b.img";
+  util::write_file_atomic(a, data());
+  util::write_file_atomic(b, data().substr(0, 500000));
+  VerityTree ta = append_verity_tree(a, kSalt);
+  VerityTree tb = append_verity_tree(b, kSalt);
+  EXPECT_NO_THROW(verify_verity_tree(a, ta));
+  auto params = [](const VerityTree& t) {
+    return node::VerityParams{t.root_hash, t.salt, t.data_blocks, t.hash_offset};
+  };
+  EXPECT_TRUE(node::verity_root_matches(a, params(ta)));
+  EXPECT_TRUE(node::verity_root_matches(b, params(tb)));
+  EXPECT_FALSE(node::verity_root_matches(b, params(ta)));
+  EXPECT_FALSE(node::verity_root_matches(dir.path() / "missing.img", params(ta)));
+  try {
+    verify_verity_tree(b, ta);
+    ADD_FAILURE() << "b verified against a's tree";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kSignature) << e.what();
+  }
+
+  // A data block changed: the top of the tree still matches, the whole check does not.
+  std::string bytes = util::read_file(a, 1u << 22);
+  bytes[300000] ^= 0x01;
+  util::write_file_atomic(a, bytes);
+  EXPECT_TRUE(node::verity_root_matches(a, params(ta)));
+  try {
+    verify_verity_tree(a, ta);
+    ADD_FAILURE() << "a flipped data byte verified";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kSignature) << e.what();
+    EXPECT_NE(std::string(e.what()).find("do not match the root hash " + ta.root_hash),
+              std::string::npos)
+        << e.what();
+  }
+  VerityTree bad = ta;
+  bad.root_hash = "zz";
+  EXPECT_THROW(verify_verity_tree(a, bad), Error);
 }
 
 }  // namespace
