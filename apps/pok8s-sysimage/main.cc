@@ -15,9 +15,11 @@
 #include <nlohmann/json.hpp>
 
 #include "pok8s/build/artifacts.h"
+#include "pok8s/build/uki_upgrade.h"
 #include "pok8s/convert/convert.h"
 #include "pok8s/convert/download.h"
 #include "pok8s/image/disk_layout.h"
+#include "pok8s/node/upgrade.h"
 #include "pok8s/oci/blob_store.h"
 #include "pok8s/oci/image.h"
 #include "pok8s/util/error.h"
@@ -39,9 +41,31 @@ struct Options {
   std::string authfile;
   std::string creds;
   int jobs = 4;
+  std::string trust;  // uki-iso: the installed UKI the new ones must match
 };
 
+// A UKI system's new image: the rootfs with its verity tree and the signed UKIs, from a uki-iso.
+int run_uki_iso(const Options& o) {
+  std::string iso = o.source.substr(node::kUkiIsoScheme.size());
+  std::optional<util::Path> trust;
+  if (!o.trust.empty()) trust = o.trust;
+  build::UkiImage image = build::write_uki_image(iso, o.output, trust, [](std::string_view line) {
+    std::fprintf(stderr, "%.*s\n", static_cast<int>(line.size()), line.data());
+  });
+  json out = {{"source", o.source},
+              {"kind", "uki"},
+              {"rootHash", image.root_hash},
+              {"kernel", image.kernel},
+              {"files", json::array()}};
+  if (!image.version.empty()) out["version"] = image.version;
+  for (const auto& f : image.files)
+    out["files"].push_back({{"name", f.name}, {"size", f.size}, {"sha256", f.sha256}});
+  util::write_file_atomic(util::Path(o.output) / kInfoFile, out.dump(2) + "\n");
+  return 0;
+}
+
 int run(const Options& o) {
+  if (o.source.starts_with(node::kUkiIsoScheme)) return run_uki_iso(o);
   oci::TransportOptions t;
   t.tls_verify = o.tls_verify;
   if (!o.authfile.empty()) t.auth_file = o.authfile;
@@ -98,13 +122,18 @@ int verify(const std::string& dir) {
     throw Error(ErrorKind::kFormat,
                 fmt::format("Failed to read {}: {}", info_file.string(), e.what()));
   }
-  if (!info.contains("files") || !info["files"].is_array() || info["files"].size() != 3)
-    throw Error(
-        ErrorKind::kFormat,
-        fmt::format("Failed to read {}: it does not list the three files", info_file.string()));
+  // A system image is rootfs.img, vmlinuz and initrd; a UKI system's, rootfs.img and its UKIs.
+  const bool uki = info.value("kind", "") == "uki";
+  const std::size_t count = uki ? 4 : 3;
+  if (!info.contains("files") || !info["files"].is_array() || info["files"].size() != count)
+    throw Error(ErrorKind::kFormat, fmt::format("Failed to read {}: it does not list the {} files",
+                                                info_file.string(), count));
   for (const auto& f : info["files"]) {
     std::string name = f.value("name", "");
-    if (name != image::kRootfsFile && name != image::kKernelFile && name != image::kInitrdFile)
+    bool known = name == image::kRootfsFile ||
+                 (uki ? !node::installed_uki_mode(name).empty()
+                      : name == image::kKernelFile || name == image::kInitrdFile);
+    if (!known)
       throw Error(ErrorKind::kFormat,
                   fmt::format("Failed to read {}: unknown file {:?}", info_file.string(), name));
     util::Path file = util::Path(dir) / name;
@@ -136,8 +165,13 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   Options o;
   auto* write = app.add_subcommand("write", "Read an image and write its system image");
-  write->add_option("SOURCE", o.source, "The image: docker://…, oci:DIR[:TAG], oci-archive:FILE")
+  write
+      ->add_option("SOURCE", o.source,
+                   "The image: docker://…, oci:DIR[:TAG], oci-archive:FILE; uki-iso:FILE (or a "
+                   "drive) for a system that boots signed UKIs")
       ->required();
+  write->add_option("--trust", o.trust,
+                    "uki-iso: an installed UKI; the new UKIs must have its signer and PCR key");
   write->add_option("-o,--output", o.output, "Directory that receives the files")->required();
   write->add_option("--cache", o.cache, "Blob cache directory")->required();
   write

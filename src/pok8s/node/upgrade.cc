@@ -126,6 +126,13 @@ json read_info(const util::Path& file) {
 
 }  // namespace
 
+std::string installed_uki_mode(std::string_view file_name) {
+  std::string name = without_boot_counter(file_name).value_or(std::string(file_name));
+  for (const char* mode : {"active", "passive", "recovery"})
+    if (name == fmt::format("pok8s-{}.efi", mode)) return mode;
+  return {};
+}
+
 void rotate_images(const util::Path& images_dir, std::string_view target, bool rotate_passive) {
   util::Path transition = images_dir / std::string(kTransition);
   util::Path current = images_dir / std::string(target);

@@ -34,8 +34,18 @@ inline constexpr std::string_view kLuksBinary = "pok8s-luks";
 // Next to rootfs.img: what pok8s-sysimage wrote (source, digest, version, files and sha256).
 inline constexpr std::string_view kImageInfoFile = "image.json";
 
+// The source scheme of a UKI system's upgrade: a uki-iso (a file, or a drive it is on) built
+// with the installed system's keys.
+inline constexpr std::string_view kUkiIsoScheme = "uki-iso:";
+
+// The image an installed UKI's file name on the ESP boots: "pok8s-active+3.efi" and
+// "pok8s-active.efi" -> "active", "pok8s-passive.efi" -> "passive", "pok8s-recovery.efi" ->
+// "recovery"; empty for any other name. On a UKI system each image directory keeps its image's
+// UKIs under these names, so the A/B rotation can put the right one on the ESP.
+std::string installed_uki_mode(std::string_view file_name);
+
 struct UpgradeOptions {
-  std::string source;     // docker://…, oci:DIR[:TAG], oci-archive:FILE
+  std::string source;     // docker://…, oci:DIR[:TAG], oci-archive:FILE; uki-iso:FILE for UKIs
   bool recovery = false;  // replace the recovery image instead of active
   bool tls_verify = true;
   std::string authfile;
