@@ -171,6 +171,19 @@ class InitBoot : public ::testing::Test {
           return;
         }
       }
+      // Installed A/B images as an interrupted UKI upgrade leaves them: the verity image is
+      // passive now, and active is another image (here the rootfs without a tree).
+      fs::path ab = dir / "ab-root/cOS";
+      fs::create_directories(ab / "active");
+      fs::create_directories(ab / "passive");
+      fs::copy_file(iso_root / "rootfs.squashfs", ab / "active/rootfs.img");
+      fs::copy_file(dir / "verity-root/rootfs.squashfs", ab / "passive/rootfs.img");
+      if (sh("xorriso -as mkisofs -quiet -V COS_LIVE -o " + (dir / "ab.iso").string() + " " +
+             (dir / "ab-root").string() + " >&2")
+              .status != 0) {
+        setup_error_ = "making the A/B ISO failed";
+        return;
+      }
     } catch (const std::exception& e) {
       setup_error_ = std::string("making the verity tree failed: ") + e.what();
     }
@@ -266,6 +279,31 @@ TEST_F(InitBoot, RefusesAnImageWhoseBlocksDoNotMatchTheRootHash) {
       << vm.tail(40);
   EXPECT_NE(vm.serial().find("device-mapper: verity"), std::string::npos) << vm.tail(40);
   EXPECT_EQ(vm.serial().find("pok8s-test: done"), std::string::npos);
+}
+
+// A UKI names its image by path and by root hash. After an upgrade swapped the A/B images and
+// before it replaced the UKIs, the active UKI's path holds the new image: pok8s-init boots the
+// other one, whose tree matches the root hash.
+TEST_F(InitBoot, BootsTheOtherABImageWhenOnlyItMatchesTheRootHash) {
+  auto vm_dir = util::TempDir::scratch(work_->path());
+  auto options = machine(
+      "pok8s.mode=active pok8s.media=COS_LIVE pok8s.image=/cOS/active/rootfs.img "
+      "pok8s.init=/sbin/pok8s-test-init " +
+      image::verity_cmdline(verity_));
+  options.cdrom = work_->path() / "ab.iso";
+  pok8s::testing::Qemu vm(options, vm_dir.path());
+  ASSERT_TRUE(
+      vm.wait_for("pok8s-test: done", pok8s::testing::boot_timeout(std::chrono::seconds(600))))
+      << boot_story(vm.serial()) << "---\n"
+      << vm.tail(30);
+  std::string serial = vm.serial();
+  EXPECT_NE(serial.find("the image of root hash " + verity_.root_hash +
+                        " is /cOS/passive/rootfs.img, not /cOS/active/rootfs.img (an upgrade "
+                        "was interrupted): booting it"),
+            std::string::npos)
+      << boot_story(serial);
+  EXPECT_NE(serial.find("pok8s-test: state image=/cOS/passive/rootfs.img"), std::string::npos)
+      << boot_story(serial);
 }
 
 // An installed boot (active) whose COS_PERSISTENT is LUKS2 with a passphrase: pok8s-init runs

@@ -1,10 +1,13 @@
 // Hand-written device-mapper ioctls (linux/dm-ioctl.h, the kernel's dm-verity documentation):
 // pok8s-init is static and Debian ships neither libdevmapper nor libcryptsetup as static
-// archives. Three calls: create the device, load the verity table, resume it.
+// archives. Three calls: create the device, load the verity table, resume it. The root check
+// uses OpenSSL's low-level SHA-256 (deprecated in 3.0, not removed), as netboot.cc does.
+#define OPENSSL_SUPPRESS_DEPRECATED 1
 #include "pok8s/node/dm_verity.h"
 
 #include <fcntl.h>
 #include <linux/dm-ioctl.h>
+#include <openssl/sha.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -19,7 +22,6 @@
 
 #include "pok8s/util/error.h"
 #include "pok8s/util/file.h"
-#include "pok8s/util/sha256.h"
 
 namespace pok8s::node {
 namespace {
@@ -58,10 +60,17 @@ bool verity_root_matches(const util::Path& image, const VerityParams& params) {
   if (::pread(fd.get(), block.data(), block.size(), static_cast<off_t>(params.hash_offset)) !=
       static_cast<ssize_t>(block.size()))
     return false;
-  util::Sha256 h;
-  h.update(unhex(params.salt));
-  h.update(block);
-  return h.hex_digest() == params.root_hash;
+  // OpenSSL's low-level SHA-256 (static libcrypto, as netboot.cc): the salt, then the block.
+  std::string salt = unhex(params.salt);
+  SHA256_CTX sha;
+  SHA256_Init(&sha);
+  SHA256_Update(&sha, salt.data(), salt.size());
+  SHA256_Update(&sha, block.data(), block.size());
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256_Final(digest, &sha);
+  std::string hex;
+  for (unsigned char c : digest) hex += fmt::format("{:02x}", c);
+  return hex == params.root_hash;
 }
 
 std::string verity_table(const std::string& device_number, const VerityParams& p) {

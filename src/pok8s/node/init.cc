@@ -124,6 +124,15 @@ std::string image_file_on_media(const BootOptions& options) {
   return std::string(kMediaMount) + path;
 }
 
+std::optional<std::string> other_ab_image(std::string_view image_path) {
+  for (auto [from, to] : {std::pair{"active", "passive"}, std::pair{"passive", "active"}}) {
+    std::string path = fmt::format("/{}/{}/{}", image::kImagesDir, from, image::kRootfsFile);
+    if (image_path == path || image_path == path.substr(1))
+      return fmt::format("/{}/{}/{}", image::kImagesDir, to, image::kRootfsFile);
+  }
+  return std::nullopt;
+}
+
 std::vector<MountStep> overlay_mounts(
     const std::function<bool(std::string_view)>& sysroot_has_dir) {
   std::vector<MountStep> steps;
@@ -896,6 +905,23 @@ void boot(BootOptions& options, Console& console) {
     throw_errno(
         fmt::format("Failed to find the image {} on {}", options.image_path, media.device.string()),
         errno);
+  if (options.verity && !verity_root_matches(image, *options.verity)) {
+    // An upgrade rotated the A/B images and had not replaced this UKI yet: its image is the
+    // other one. dm-verity checks whatever is booted either way.
+    auto other = other_ab_image(options.image_path);
+    if (other) {
+      BootOptions moved = options;
+      moved.image_path = *other;
+      if (verity_root_matches(image_file_on_media(moved), *options.verity)) {
+        console.say(
+            fmt::format("the image of root hash {} is {}, not {} (an upgrade was "
+                        "interrupted): booting it",
+                        options.verity->root_hash, *other, options.image_path));
+        options.image_path = *other;
+        image = image_file_on_media(options);
+      }
+    }
+  }
   {
     LoopDevice loop(image);
     console.step(fmt::format("attached {} to {}", image, loop.path()));

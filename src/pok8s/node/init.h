@@ -78,6 +78,11 @@ std::vector<MountStep> early_mounts();
 // would leave the media (kInvalidInput).
 std::string image_file_on_media(const BootOptions& options);
 
+// The other A/B image of an installed one's path: /cOS/active/rootfs.img <->
+// /cOS/passive/rootfs.img; nullopt for any other path. A UKI names its image by path and by
+// root hash; while an upgrade rotates the images, the path may name the other one.
+std::optional<std::string> other_ab_image(std::string_view image_path);
+
 // With the image mounted at kSysroot: a tmpfs at kOverlayRoot, an overlay (tmpfs upper) on
 // each of kOverlayDirs that `sysroot_has_dir` says exists ("etc", "usr/local"), and a tmpfs
 // on /sysroot/tmp.

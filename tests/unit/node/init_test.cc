@@ -52,6 +52,14 @@ TEST(InitPlan, RefusesAnImagePathLeavingTheMedia) {
   EXPECT_THROW(image_file_on_media(options), Error);
 }
 
+TEST(InitPlan, TheOtherABImageIsTheSwappedPath) {
+  EXPECT_EQ(other_ab_image("/cOS/active/rootfs.img"), "/cOS/passive/rootfs.img");
+  EXPECT_EQ(other_ab_image("cOS/passive/rootfs.img"), "/cOS/active/rootfs.img");
+  EXPECT_EQ(other_ab_image("/cOS/recovery/rootfs.img"), std::nullopt);
+  EXPECT_EQ(other_ab_image("/rootfs.squashfs"), std::nullopt);
+  EXPECT_EQ(other_ab_image("/cOS/active/../passive/rootfs.img"), std::nullopt);
+}
+
 TEST(InitPlan, OverlaysOnlyTheWritableDirectoriesTheImageHas) {
   std::set<std::string> present = {"etc", "var", "root", "usr/local"};
   auto steps = overlay_mounts([&](std::string_view d) { return present.contains(std::string(d)); });
