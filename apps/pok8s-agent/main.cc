@@ -292,6 +292,9 @@ int upgrade_command(UpgradeArgs& a) {
   node::UpgradeResult r = node::upgrade_system(a.options);
   print_stage_summary("after-upgrade", node::run_stage("after-upgrade", configs, stage_context));
   std::string version = r.image.value("version", "");
+  // An image from a registry or layout is named by its digest; a uki-iso's by its root hash.
+  std::string id = r.image.contains("digest") ? r.image.value("digest", "")
+                                              : "root hash " + r.image.value("rootHash", "");
   if (a.json) {
     nlohmann::json j = {
         {"target", r.target}, {"image", r.image}, {"passiveReplaced", r.passive_replaced}};
@@ -299,7 +302,7 @@ int upgrade_command(UpgradeArgs& a) {
   } else {
     std::printf("%s", fmt::format("upgraded the {} image to {} ({}, {}){}; reboot to use it\n",
                                   r.target, version.empty() ? "an unversioned image" : version,
-                                  r.image.value("source", ""), r.image.value("digest", ""),
+                                  r.image.value("source", ""), id,
                                   r.passive_replaced ? "; the previous one is now passive" : "")
                           .c_str());
   }
@@ -566,7 +569,8 @@ int main(int argc, char** argv) {
   upgrade
       ->add_option("--source", upgrade_args.options.source,
                    "The new image: docker://REGISTRY/REPO:TAG, oci:DIR[:TAG], "
-                   "oci-archive:FILE")
+                   "oci-archive:FILE; on a system installed from a uki-iso, uki-iso:FILE (a "
+                   "uki-iso built with its keys, or the drive it is on)")
       ->required();
   upgrade->add_flag("--recovery", upgrade_args.options.recovery,
                     "Replace the recovery image instead of the active one");

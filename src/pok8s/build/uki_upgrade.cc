@@ -41,7 +41,7 @@ UkiImageFile copy_entry(archive* a, const util::Path& out, std::string name, std
                         const std::string& where) {
   util::Path tmp = out.string() + ".partial";
   UkiImageFile f{std::move(name), 0, {}};
-  {
+  try {
     util::UniqueFd fd = util::open_file(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     util::Sha256 sha;
     std::vector<char> buf(1 << 20);
@@ -61,8 +61,12 @@ UkiImageFile copy_entry(archive* a, const util::Path& out, std::string name, std
     }
     if (::fsync(fd.get()) != 0) throw_errno("Failed to write " + tmp.string(), errno);
     f.sha256 = sha.hex_digest();
+    if (::rename(tmp.c_str(), out.c_str()) != 0)
+      throw_errno("Failed to rename " + tmp.string(), errno);
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
   }
-  fs::rename(tmp, out);
   return f;
 }
 

@@ -165,7 +165,13 @@ void copy_system_image(const InstallMedia& media, const util::Path& root, std::s
   util::Path dir = root / image::kImagesDir / name;
   util::make_dirs(dir);
   copy_file(media.rootfs, dir / image::kRootfsFile, 0644);
-  if (!media.uki) {
+  if (media.uki) {
+    // Each image keeps its UKIs (its root hash is on their command lines): an upgrade that
+    // turns this active image into the passive one puts its passive UKI on the ESP.
+    for (const auto& e : fs::directory_iterator(media.efi_dir / "Linux"))
+      if (!installed_uki_mode(e.path().filename().string()).empty())
+        copy_file(e.path(), dir / e.path().filename(), 0644);
+  } else {
     copy_file(media.kernel, dir / image::kKernelFile, 0644);
     copy_file(media.initrd, dir / image::kInitrdFile, 0644);
   }
@@ -423,6 +429,10 @@ InstallMedia find_install_media(const util::Path& media) {
   if (util::Path c = media / kMediaConfigFile; ::access(c.c_str(), R_OK) == 0) m.config = c;
   m.image_size = size_of(m.rootfs);
   if (!m.uki) m.image_size += size_of(m.kernel) + size_of(m.initrd);
+  if (m.uki)  // each image keeps its UKIs next to its rootfs (copy_system_image)
+    for (const auto& e : fs::directory_iterator(m.efi_dir / "Linux"))
+      if (!installed_uki_mode(e.path().filename().string()).empty())
+        m.image_size += size_of(e.path());
   for (const auto& e : fs::recursive_directory_iterator(m.efi_dir))
     if (e.is_regular_file()) m.efi_size += e.file_size();
   return m;

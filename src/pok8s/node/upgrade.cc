@@ -8,8 +8,10 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <filesystem>
+#include <map>
 #include <optional>
 
 #include "pok8s/image/disk_layout.h"
@@ -100,6 +102,89 @@ class WritableImages {
   std::optional<Mounted> mounted_;
 };
 
+// systemd-boot's entries on a UKI system: the UKIs under EFI/Linux on COS_GRUB, mounted
+// writable while the upgrade runs.
+class SystemdBootEntries {
+ public:
+  explicit SystemdBootEntries(const BootState& state) {
+    auto match = find_by_label(image::kGrubLabel, block_devices());
+    if (!match)
+      throw Error(ErrorKind::kNotFound,
+                  fmt::format("Failed to upgrade: no partition is labelled {}, where systemd-boot "
+                              "and the UKIs are",
+                              image::kGrubLabel));
+    work_.emplace(std::string(kWorkParent), "esp");
+    mounted_.emplace(match->device, "vfat", work_->path() / "esp");
+    dir_ = mounted_->path() / "EFI/Linux";
+    // The running image's UKI: the new ones must have its signer and PCR key.
+    std::string mode(boot_mode_name(state.mode));
+    for (const auto& name : names())
+      if (installed_uki_mode(name) == mode) booted_ = dir_ / name;
+    if (booted_.empty())
+      throw Error(ErrorKind::kNotFound,
+                  fmt::format("Failed to upgrade: no UKI of the {} image in {} on {}", mode,
+                              dir_.string(), image::kGrubLabel));
+  }
+  const util::Path& booted() const { return booted_; }
+
+  // Copies the UKI of `mode` kept in the image directory `dir` to a hidden name on the ESP.
+  void stage(const util::Path& dir, const std::string& mode) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      std::string name = e.path().filename().string();
+      if (installed_uki_mode(name) != mode) continue;
+      util::Path tmp = dir_ / fmt::format(".{}.new", mode);
+      if (present(tmp)) ::unlink(tmp.c_str());
+      copy_file(e.path(), tmp, 0644);
+      staged_[mode] = name;
+      return;
+    }
+  }
+
+  // Puts the staged UKIs in place of their modes' entries; a passive image without a kept UKI
+  // (installed before images kept theirs) loses its entry. Returns what it did, for the log.
+  std::vector<std::string> commit(bool passive_replaced) {
+    std::vector<std::string> said;
+    std::vector<std::string> modes;
+    for (const auto& [mode, name] : staged_) modes.push_back(mode);
+    if (passive_replaced && !staged_.count("passive")) modes.push_back("passive");
+    for (const std::string& mode : modes) {
+      for (const auto& name : names())
+        if (installed_uki_mode(name) == mode && ::unlink((dir_ / name).c_str()) != 0)
+          throw_errno(fmt::format("Failed to remove {} from {}", name, image::kGrubLabel), errno);
+      auto staged = staged_.find(mode);
+      if (staged == staged_.end()) {
+        said.push_back(
+            fmt::format("The old image kept no UKI of its own: {} has no passive "
+                        "entry until the next upgrade",
+                        image::kGrubLabel));
+        continue;
+      }
+      move(dir_ / fmt::format(".{}.new", mode), dir_ / staged->second);
+      said.push_back(fmt::format("systemd-boot boots the new {} image as {} on {}", mode,
+                                 staged->second, image::kGrubLabel));
+    }
+    mounted_->unmount();
+    return said;
+  }
+
+ private:
+  std::vector<std::string> names() const {
+    std::vector<std::string> out;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir_, ec))
+      out.push_back(e.path().filename().string());
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  std::optional<WorkDir> work_;
+  std::optional<Mounted> mounted_;
+  util::Path dir_;
+  util::Path booted_;
+  std::map<std::string, std::string> staged_;  // mode -> the entry's file name
+};
+
 int run_sysimage(const UpgradeOptions& o, std::vector<std::string> args) {
   return run_command({sysimage_argv(o.sysimage_dir, std::move(args)), {}, {}});
 }
@@ -181,14 +266,23 @@ UpgradeResult upgrade_system(const UpgradeOptions& o) {
   };
   BootState state = require_installed(o.boot_state_file);
   // A UKI system's images are trusted by the root hashes its signed UKIs carry: a new rootfs
-  // needs new UKIs signed by the factory, which this upgrade does not write.
+  // comes with new UKIs signed by the factory, from a uki-iso.
+  bool uki_system = false;
   for (const auto& p : parse_kernel_cmdline(util::read_file(o.kernel_cmdline, 1u << 16)))
-    if (p.key == "pok8s.verity")
-      throw Error(ErrorKind::kUnsupported,
-                  "Failed to upgrade: this system boots signed UKIs whose command line carries "
-                  "its image's dm-verity root hash (pok8s.verity); upgrading it needs new signed "
-                  "UKIs, which pok8s-agent upgrade does not write yet: reinstall from a new "
-                  "uki-iso");
+    uki_system = uki_system || p.key == "pok8s.verity";
+  const bool uki_source = o.source.starts_with(kUkiIsoScheme);
+  if (uki_system && !uki_source)
+    throw Error(ErrorKind::kUnsupported,
+                fmt::format("Failed to upgrade from {}: this system boots signed UKIs whose "
+                            "command line carries its image's dm-verity root hash; upgrade it "
+                            "from a uki-iso built with its keys (--source {}FILE)",
+                            o.source, kUkiIsoScheme));
+  if (uki_source && !uki_system)
+    throw Error(ErrorKind::kUnsupported,
+                fmt::format("Failed to upgrade from {}: a uki-iso upgrades a system installed "
+                            "from one; this system boots with GRUB (upgrade it from an image: "
+                            "docker://…, oci:…, oci-archive:…)",
+                            o.source));
   UpgradeResult result;
   result.target = o.recovery ? "recovery" : "active";
   std::string_view label = o.recovery ? image::kRecoveryLabel : image::kStateLabel;
@@ -205,9 +299,13 @@ UpgradeResult upgrade_system(const UpgradeOptions& o) {
                          : util::Path(std::string(kPersistentMount)) / ".upgrade-cache";
   if (present(cache)) util::remove_tree(cache);
 
+  std::optional<SystemdBootEntries> esp;
+  if (uki_system) esp.emplace(state);
+
   log(fmt::format("Writing {} to {} on {}", o.source, partial.string(), label));
   std::vector<std::string> args = {"write",          o.source,  "--output",
                                    partial.string(), "--cache", cache.string()};
+  if (esp) args.insert(args.end(), {"--trust", esp->booted().string()});
   if (!o.tls_verify) args.insert(args.end(), {"--tls-verify", "false"});
   if (!o.authfile.empty()) args.insert(args.end(), {"--authfile", o.authfile});
   if (!o.creds.empty()) args.insert(args.end(), {"--creds", o.creds});
@@ -238,11 +336,21 @@ UpgradeResult upgrade_system(const UpgradeOptions& o) {
   move(partial, images / std::string(kTransition));
   fsync_path(images);
   result.passive_replaced = !o.recovery && state.mode != BootMode::kPassive;
+  if (esp) {
+    // The UKIs go to the ESP under names systemd-boot ignores first; once the images are
+    // rotated they replace the entries. In between, a UKI may name an image that moved:
+    // pok8s-init then boots the A/B image whose tree matches its root hash.
+    esp->stage(images / std::string(kTransition), result.target);
+    if (result.passive_replaced) esp->stage(images / "active", "passive");
+  }
   log(result.passive_replaced ? "Swapping in the new active image; the old one becomes passive"
                               : fmt::format("Swapping in the new {} image", result.target));
   rotate_images(images, result.target, result.passive_replaced);
   part.flush();
-  if (!o.recovery && arm_new_active(o.grubenv))
+  if (esp) {
+    for (const std::string& line : esp->commit(result.passive_replaced)) log(line);
+  }
+  if (!o.recovery && !uki_system && arm_new_active(o.grubenv))
     log(fmt::format("GRUB boots the new active image next ({})", o.grubenv.string()));
   return result;
 }

@@ -419,7 +419,8 @@ TEST(FindInstallMedia, ReadsAUkiIsoAndSizesTheEspForItsUkis) {
   put("install/EFI/Linux/pok8s-active+3.efi", 1000);
   InstallMedia m = find_install_media(dir.path());
   EXPECT_TRUE(m.uki);
-  EXPECT_EQ(m.image_size, 5000u);
+  // Each image keeps its UKIs next to its rootfs.
+  EXPECT_EQ(m.image_size, 7000u);
   EXPECT_EQ(m.efi_size, 2100u);
   EXPECT_EQ(m.grub_dir, dir.path() / "install/loader");
 

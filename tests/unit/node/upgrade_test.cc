@@ -122,24 +122,50 @@ TEST(Upgrade, ALiveSystemIsRefusedBeforeAnythingIsTouched) {
   }
 }
 
-TEST(Upgrade, ASystemBootedFromASignedUkiIsRefusedBeforeAnythingIsTouched) {
+// A UKI system upgrades from a uki-iso only, and a uki-iso upgrades a UKI system only: refused
+// before any partition is looked for.
+TEST(Upgrade, UkiSystemsAndUkiIsosGoTogetherAndTheMismatchIsRefusedBeforeAnythingIsTouched) {
   util::TempDir dir = util::TempDir::scratch();
   util::write_file_atomic(dir.path() / "boot-state",
                           "mode=active\nmedia_label=COS_STATE\nmedia_device=/dev/vda4\nimage=/"
                           "cOS/active/rootfs.img\n");
-  util::write_file_atomic(dir.path() / "cmdline",
+  util::write_file_atomic(dir.path() / "uki-cmdline",
                           "console=ttyS0 pok8s.mode=active pok8s.verity=ab,cd,1,4096\n");
+  util::write_file_atomic(dir.path() / "grub-cmdline", "console=ttyS0 pok8s.mode=active\n");
   UpgradeOptions o;
-  o.source = "docker://127.0.0.1:1/os:v2";
   o.boot_state_file = dir.path() / "boot-state";
-  o.kernel_cmdline = dir.path() / "cmdline";
-  try {
-    upgrade_system(o);
-    FAIL() << "a UKI system was upgraded";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
-    EXPECT_NE(std::string(e.what()).find("boots signed UKIs"), std::string::npos) << e.what();
-  }
+  auto refusal = [&](const std::string& source, const char* cmdline) {
+    o.source = source;
+    o.kernel_cmdline = dir.path() / cmdline;
+    try {
+      upgrade_system(o);
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kUnsupported) << e.what();
+      return std::string(e.what());
+    }
+    ADD_FAILURE() << source << " was taken";
+    return std::string();
+  };
+  EXPECT_NE(refusal("docker://127.0.0.1:1/os:v2", "uki-cmdline")
+                .find("boots signed UKIs whose command line carries its image's dm-verity root "
+                      "hash; upgrade it from a uki-iso built with its keys (--source "
+                      "uki-iso:FILE)"),
+            std::string::npos);
+  EXPECT_NE(refusal("uki-iso:/dev/sr1", "grub-cmdline")
+                .find("a uki-iso upgrades a system installed from one; this system boots with "
+                      "GRUB"),
+            std::string::npos);
+}
+
+TEST(Upgrade, TheInstalledUkisAreKnownByTheirFileNames) {
+  EXPECT_EQ(installed_uki_mode("pok8s-active+3.efi"), "active");
+  EXPECT_EQ(installed_uki_mode("pok8s-active+0-3.efi"), "active");
+  EXPECT_EQ(installed_uki_mode("pok8s-active.efi"), "active");
+  EXPECT_EQ(installed_uki_mode("pok8s-passive.efi"), "passive");
+  EXPECT_EQ(installed_uki_mode("pok8s-recovery.efi"), "recovery");
+  for (const char* other : {"pok8s-active", "pok8s-active+x.efi", ".active.new", "debian.efi",
+                            "pok8s-live.efi", "rootfs.img", "pok8s-passive.efi.partial"})
+    EXPECT_EQ(installed_uki_mode(other), "") << other;
 }
 
 }  // namespace
