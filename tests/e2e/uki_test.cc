@@ -10,11 +10,14 @@
 // (swtpm), the disk's COS_OEM and COS_PERSISTENT are LUKS2 with the key sealed to the UKIs'
 // signed PCR policy and PCR 7; the disk boots alone through its own signed systemd-boot into
 // the active image's UKI, a boot-counted entry (built with --boot-tries 1) that pok8s-agent
-// mark-booted blesses, and the TPM unlocks COS_PERSISTENT without a passphrase. Armed again with
-// its rootfs broken, the active boot stops on dm-verity, systemd-boot has no tries left for it,
-// and the next boot is passive, another UKI signed with the same keys, which unlocks too. A
-// passive UKI whose PCR policy is signed by another key (its Secure Boot signature still ours)
-// does not unlock: the recovery key printed at install, typed on the console, does.
+// mark-booted blesses, and the TPM unlocks COS_PERSISTENT without a passphrase. That boot
+// upgrades itself with pok8s-agent upgrade from a v2 uki-iso built with the same keys (on a
+// second drive); the next boot runs v2 (its root hash) from the new active UKI and the TPM
+// unlocks it as well. Armed again with its rootfs broken, the active boot stops on dm-verity,
+// systemd-boot has no tries left for it, and the next boot is passive: v1, through the passive UKI
+// the upgrade moved to the ESP, which unlocks too. A passive UKI whose PCR policy is signed by
+// another key (its Secure Boot signature still ours) does not unlock: the recovery key printed
+// at install, typed on the console, does.
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
@@ -42,13 +45,15 @@ namespace {
 
 constexpr const char* kTag = "12-standard-amd64-generic-v0.1.0";
 constexpr const char* kName = "debian-12-standard-amd64-generic-v0.1.0";
+constexpr const char* kV2Name = "debian-12-standard-amd64-generic-v2";
 
 constexpr std::uint64_t kMiB = 1 << 20;
 
-// The boot stage says what it sees: the mode, the root read-only, Secure Boot on (the
-// firmware's SecureBoot variable), and the device-mapper device the root is read through. A live
-// system with a disk installs itself; an installed one waits for mark-booted (its line reaches
-// the console: StandardOutput=journal+console), then powers off.
+// The boot stage says what it sees: the root hash it booted, the mode, the root read-only,
+// Secure Boot on (the firmware's SecureBoot variable), and the device-mapper device the root is
+// read through. A live system with a disk installs itself; an installed one waits for
+// mark-booted (its line reaches the console: StandardOutput=journal+console), upgrades itself
+// from a uki-iso on a second drive when there is one, then powers off.
 constexpr const char* kCloudConfig = R"yaml(#cloud-config
 install:
   auto: true
@@ -64,9 +69,10 @@ stages:
           sb=$(od -An -tu1 -j4 -N1 /sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c | tr -d ' ')
           p=$(sed -n 's/^persistent_device=//p' /run/pok8s/boot-state); pn=
           [ -n "$p" ] && pn=$(cat /sys/class/block/${p#/dev/}/dm/name 2>/dev/null || echo "$p")
+          echo "POK8S-VERITY $(sed -n 's/.*pok8s\.verity=\([0-9a-f]*\),.*/\1/p' /proc/cmdline)" > /dev/ttyS0
           echo "POK8S-UKI mode=$mode root=$r secureboot=$sb dm=$(cat /sys/block/dm-0/dm/name) persistent=$pn" > /dev/ttyS0
           if [ "$mode" != live ]; then
-            systemd-run --no-block sh -c 'until systemctl is-active -q pok8s-booted.service || systemctl is-failed -q pok8s-booted.service; do sleep 1; done; sync; systemctl poweroff'
+            systemd-run --no-block sh -c 'until systemctl is-active -q pok8s-booted.service || systemctl is-failed -q pok8s-booted.service; do sleep 1; done; if [ -b /dev/vdb ]; then pok8s-agent upgrade --source uki-iso:/dev/vdb > /dev/ttyS0 2>&1; echo "POK8S-UPGRADED rc=$?" > /dev/ttyS0; fi; sync; systemctl poweroff'
           fi
 )yaml";
 constexpr const char* kExpected =
@@ -95,10 +101,11 @@ class Uki : public ::testing::Test {
   void SetUp() override { ASSERT_EQ(setup_error_, ""); }
 
   static util::ProcessResult build(const util::Path& cache, const util::Path& out,
-                                   const std::string& keys = "keys") {
+                                   const std::string& keys = "keys",
+                                   const std::string& tag = kTag) {
     util::Path w = work_->path();
     return run_pok8s(cache.string(),
-                     {"build", layout_ + ":" + kTag, "--artifact", "uki,uki-iso", "--keys",
+                     {"build", layout_ + ":" + tag, "--artifact", "uki,uki-iso", "--keys",
                       (w / keys).string(), "--boot-tries", "1", "--encryption", "tpm", "-o",
                       out.string(), "--config", (w / "cloud.yaml").string()});
   }
@@ -157,14 +164,17 @@ class Uki : public ::testing::Test {
 
   // Boots `disk` alone with the enrolled keys until the probe line, which must be `expected`;
   // then waits for `then` on the console (if not empty) and for the power off.
-  static void boot_disk(const util::Path& disk, const std::string& expected,
-                        const std::string& then) {
+  static std::string boot_disk(const util::Path& disk, const std::string& expected,
+                               const std::string& then,
+                               const std::optional<util::Path>& second = std::nullopt) {
     util::TempDir dir = util::TempDir::scratch(work_->path());
     QemuOptions o = installed_machine();
     o.disks = {disk};
+    if (second) o.disks.push_back(*second);
     Qemu vm(o, dir.path());
     auto line = vm.wait_for_line("POK8S-UKI", boot_timeout(std::chrono::seconds(420)));
-    ASSERT_TRUE(line) << "the disk did not boot:\n" << vm.tail(60);
+    EXPECT_TRUE(line) << "the disk did not boot:\n" << vm.tail(60);
+    if (!line) return vm.serial();
     EXPECT_EQ(*line, expected);
     // The TPM opened them: nobody was asked.
     EXPECT_NE(vm.serial().find("Opened"), std::string::npos) << vm.tail(60);
@@ -172,7 +182,8 @@ class Uki : public ::testing::Test {
     if (!then.empty()) {
       EXPECT_TRUE(vm.wait_for(then, std::chrono::seconds(180))) << vm.tail(40);
     }
-    EXPECT_TRUE(vm.wait_exit(std::chrono::seconds(180))) << vm.tail(40);
+    EXPECT_TRUE(vm.wait_exit(std::chrono::seconds(second ? 600 : 180))) << vm.tail(40);
+    return vm.serial();
   }
 
   static inline std::string setup_error_;
@@ -180,6 +191,19 @@ class Uki : public ::testing::Test {
   static inline util::TempDir* work_ = nullptr;
   static inline std::string layout_;
 };
+
+// The lines of `serial` that contain `word`, for a failure message.
+std::string lines_with(const std::string& serial, std::string_view word) {
+  std::string out;
+  for (std::size_t at = 0; at < serial.size();) {
+    std::size_t end = serial.find('\n', at);
+    if (end == std::string::npos) end = serial.size();
+    std::string_view line(serial.data() + at, end - at);
+    if (line.find(word) != std::string_view::npos) out.append(line).push_back('\n');
+    at = end + 1;
+  }
+  return out;
+}
 
 // The byte offset of the partition named `name` on `disk`, as sfdisk reads the GPT.
 std::uint64_t partition_offset(const util::Path& disk, std::string_view name) {
@@ -417,18 +441,63 @@ TEST_F(Uki, InstalledFromTheIsoTheDiskBootsActiveAndFallsBackToPassiveWhenActive
   EXPECT_EQ(entries(disk), (std::vector<std::string>{"pok8s-active+1.efi", "pok8s-passive.efi",
                                                      "pok8s-recovery.efi"}));
 
+  // v2: the image converted again with another version (so another rootfs and root hash),
+  // built with the same keys.
+  util::Path w = work_->path();
+  std::string v2_error;
+  ASSERT_FALSE(convert_debian_fixture(w, w / "layout", "v2", v2_error).empty()) << v2_error;
+  auto built = build(w / "cache", w / "out-v2", "keys", "12-standard-amd64-generic-v2");
+  ASSERT_EQ(built.status, 0) << built.output;
+  util::Path v2_iso = w / "out-v2" / (std::string(kV2Name) + ".uki.iso");
+  std::string v1_hash = manifest()["uki"]["rootHash"];
+  std::string v2_hash = nlohmann::json::parse(
+      util::read_file(w / "out-v2" / (std::string(kV2Name) + ".manifest.json")))["uki"]["rootHash"];
+  ASSERT_NE(v1_hash, v2_hash);
+
   // The disk alone boots the active UKI; systemd-boot took its one try, mark-booted gives the
-  // entry its counter-less name.
-  boot_disk(disk,
-            "POK8S-UKI mode=active root=ro secureboot=1 dm=pok8s-root persistent=COS_PERSISTENT",
-            "marked this boot as good: systemd-boot's entry is now EFI/Linux/pok8s-active.efi on "
-            "COS_GRUB");
+  // entry its counter-less name. Then the system upgrades itself from the v2 uki-iso on its
+  // second drive.
+  std::string esp = fmt::format("{}@@{}", disk.string(), partition_offset(disk, "COS_GRUB"));
+  std::string serial = boot_disk(
+      disk, "POK8S-UKI mode=active root=ro secureboot=1 dm=pok8s-root persistent=COS_PERSISTENT",
+      "marked this boot as good: systemd-boot's entry is now EFI/Linux/pok8s-active.efi on "
+      "COS_GRUB",
+      v2_iso);
+  EXPECT_NE(serial.find("POK8S-VERITY " + v1_hash), std::string::npos);
+  EXPECT_NE(serial.find("POK8S-UPGRADED rc=0"), std::string::npos) << serial;
+  // What the agent said (the kernel's own lines may cut into its lines on the shared serial
+  // console, so the ESP itself is read back below).
+  EXPECT_NE(serial.find("upgraded the active image to v2 (uki-iso:/dev/vdb, root hash " + v2_hash +
+                        "); the previous one is now passive"),
+            std::string::npos)
+      << lines_with(serial, "upgrade");
+  std::cout << "The upgrade's ESP steps:\n" << lines_with(serial, "systemd-boot boots the new");
+  EXPECT_EQ(entries(disk), (std::vector<std::string>{"pok8s-active+1.efi", "pok8s-passive.efi",
+                                                     "pok8s-recovery.efi"}));
+  // The passive entry is v1's own passive UKI, kept next to its rootfs since the install.
+  {
+    util::Path from_iso = w / "v1-passive.efi", from_esp = w / "esp-passive.efi";
+    auto r =
+        util::run_process({"xorriso", "-osirrox", "on", "-indev", out(".uki.iso").string(),
+                           "-extract", "/install/EFI/Linux/pok8s-passive.efi", from_iso.string()});
+    ASSERT_EQ(r.status, 0) << r.output;
+    r = util::run_process(
+        {"mcopy", "-n", "-i", esp, "::/EFI/Linux/pok8s-passive.efi", from_esp.string()});
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(util::file_sha256(from_esp), util::file_sha256(from_iso));
+  }
+
+  // v2 boots from the new active UKI, another UKI signed with the same PCR key: the TPM unlocks.
+  serial = boot_disk(
+      disk, "POK8S-UKI mode=active root=ro secureboot=1 dm=pok8s-root persistent=COS_PERSISTENT",
+      "marked this boot as good: systemd-boot's entry is now EFI/Linux/pok8s-active.efi on "
+      "COS_GRUB");
+  EXPECT_NE(serial.find("POK8S-VERITY " + v2_hash), std::string::npos);
   EXPECT_EQ(entries(disk), (std::vector<std::string>{"pok8s-active.efi", "pok8s-passive.efi",
                                                      "pok8s-recovery.efi"}));
 
   // Armed again with one try (as an upgrade leaves it), with a broken rootfs: dm-verity stops the
   // boot, and pok8s-init reboots (QEMU exits on -no-reboot).
-  std::string esp = fmt::format("{}@@{}", disk.string(), partition_offset(disk, "COS_GRUB"));
   auto r = util::run_process(
       {"mren", "-i", esp, "::/EFI/Linux/pok8s-active.efi", "::/EFI/Linux/pok8s-active+1.efi"});
   ASSERT_EQ(r.status, 0) << r.output;
@@ -447,18 +516,19 @@ TEST_F(Uki, InstalledFromTheIsoTheDiskBootsActiveAndFallsBackToPassiveWhenActive
   EXPECT_EQ(entries(disk), (std::vector<std::string>{"pok8s-active+0-1.efi", "pok8s-passive.efi",
                                                      "pok8s-recovery.efi"}));
 
-  // Out of tries, active sorts last: systemd-boot boots passive, which has no counter. It is
-  // another UKI (its command line, so PCR 11, differ) signed with the same keys: it unlocks.
-  boot_disk(disk,
-            "POK8S-UKI mode=passive root=ro secureboot=1 dm=pok8s-root persistent=COS_PERSISTENT",
-            "nothing to mark");
+  // Out of tries, active sorts last: systemd-boot boots passive, which has no counter: v1 again.
+  // It is another UKI (its command line, so PCR 11, differ) signed with the same keys: it
+  // unlocks.
+  serial = boot_disk(
+      disk, "POK8S-UKI mode=passive root=ro secureboot=1 dm=pok8s-root persistent=COS_PERSISTENT",
+      "nothing to mark");
+  EXPECT_NE(serial.find("POK8S-VERITY " + v1_hash), std::string::npos);
   EXPECT_EQ(entries(disk), (std::vector<std::string>{"pok8s-active+0-1.efi", "pok8s-passive.efi",
                                                      "pok8s-recovery.efi"}));
 
   // A passive UKI from the same image whose PCR policy is signed by another key set's PCR key,
   // its Secure Boot signature ours (so PCR 7 is unchanged): the TPM refuses the policy, and the
   // recovery key typed on the console opens the volumes.
-  util::Path w = work_->path();
   fs::copy(w / "keys", w / "foreign-pcr", fs::copy_options::recursive);
   for (const char* f : {"tpm2-pcr-private.pem", "tpm2-pcr-public.pem"})
     fs::copy_file(w / "other" / f, w / "foreign-pcr" / f, fs::copy_options::overwrite_existing);

@@ -1,6 +1,8 @@
 // libFuzzer target: PE images, as the systemd stub taken from an image (untrusted) reaches the
 // UKI builder and the signer. Parsing refuses with kFormat or returns offsets inside the input;
-// the Authenticode digest of what parsed never reads outside it.
+// the Authenticode digest of what parsed never reads outside it. The signer of the attribute
+// certificate table (a uki-iso's UKIs, read by the node's upgrade) is found or refused with
+// kFormat.
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
@@ -25,5 +27,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (pe.cert_table_size != 0 && std::uint64_t{pe.cert_table_offset} + pe.cert_table_size != size)
     __builtin_trap();
   if (authenticode_digest(bytes, pe).size() != 32) __builtin_trap();
+  try {
+    auto signer = pe_signer_certificate(bytes, "fuzz");
+    if (signer && signer->empty()) __builtin_trap();
+  } catch (const pok8s::Error& e) {
+    if (e.kind() != pok8s::ErrorKind::kFormat) __builtin_trap();
+  }
   return 0;
 }
