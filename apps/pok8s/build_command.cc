@@ -24,6 +24,7 @@ struct BuildFlags {
   int boot_tries = 3;
   std::string keys;
   std::string secure_boot_enroll = "force";
+  std::string splash;
   std::string encryption = "none";
   std::string netboot_url;
   std::string output;
@@ -47,6 +48,7 @@ int run_build(const GlobalOptions& g, const std::string& src, const BuildFlags& 
   options.disk.boot_tries = b.boot_tries;
   if (!b.keys.empty()) options.keys_dir = util::Path(b.keys);
   options.secure_boot_enroll = b.secure_boot_enroll;
+  if (!b.splash.empty()) options.splash = util::Path(b.splash);
   options.encryption = b.encryption;
   options.netboot_url = b.netboot_url;
   options.output_dir = b.output;
@@ -179,6 +181,9 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
                   "menu entry), off")
       ->check(CLI::IsMember({"force", "manual", "off"}))
       ->default_val("force");
+  cmd->add_option("--splash", b->splash,
+                  "A BMP image systemd-stub shows while the UKIs boot (uki, uki-iso; measured "
+                  "into PCR 11 with the rest)");
   cmd->add_option("--disk-size", b->disk_size,
                   "Size of raw/qcow2/vhd disks, like 8G or 6000M (default: what the layout "
                   "needs plus 1 GiB of COS_PERSISTENT)");
@@ -214,26 +219,13 @@ void add_build_command(CLI::App& app, GlobalOptions& g, std::function<int()>& ru
   cmd->callback([&run, &g, cmd, src, b, c, t] {
     if (!b->spec.empty()) {
       // The spec says everything the flags would; both at once would leave one of them unused.
-      for (const char* flag : {"--artifact",
-                               "--disk-size",
-                               "--expandable",
-                               "--bios",
-                               "--boot-tries",
-                               "--keys",
-                               "--encryption",
-                               "--secure-boot-enroll",
-                               "--config",
-                               "--compression",
-                               "--compression-level",
-                               "--version",
-                               "--variant",
-                               "--k8s",
-                               "--k8s-version",
-                               "--k8s-binary",
-                               "--k8s-sha256",
-                               "--model",
-                               "--arch",
-                               "--packages"})
+      for (const char* flag :
+           {"--artifact",   "--disk-size",  "--expandable",  "--bios",
+            "--boot-tries", "--keys",       "--encryption",  "--secure-boot-enroll",
+            "--splash",     "--config",     "--compression", "--compression-level",
+            "--version",    "--variant",    "--k8s",         "--k8s-version",
+            "--k8s-binary", "--k8s-sha256", "--model",       "--arch",
+            "--packages"})
         if (cmd->count(flag) > 0)
           throw CLI::ValidationError(flag, "comes from the build spec given with -f");
       run = [&g, b, c, t] { return run_spec_build(g, *b, *c, *t); };

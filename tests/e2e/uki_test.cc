@@ -31,6 +31,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "bmp.h"
 #include "e2e/pok8s_cli.h"
 #include "integration/qemu.h"
 #include "pok8s/image/fat.h"
@@ -53,7 +54,9 @@ constexpr std::uint64_t kMiB = 1 << 20;
 // Secure Boot on (the firmware's SecureBoot variable), and the device-mapper device the root is
 // read through. A live system with a disk installs itself; an installed one waits for
 // mark-booted (its line reaches the console: StandardOutput=journal+console), upgrades itself
-// from a uki-iso on a second drive when there is one, then powers off.
+// from a uki-iso on a second drive when there is one, then powers off. The upgrade's output is
+// copied to the serial line afterwards: serial-getty's vhangup cuts off whoever holds ttyS0 open
+// while it starts.
 constexpr const char* kCloudConfig = R"yaml(#cloud-config
 install:
   auto: true
@@ -72,7 +75,7 @@ stages:
           echo "POK8S-VERITY $(sed -n 's/.*pok8s\.verity=\([0-9a-f]*\),.*/\1/p' /proc/cmdline)" > /dev/ttyS0
           echo "POK8S-UKI mode=$mode root=$r secureboot=$sb dm=$(cat /sys/block/dm-0/dm/name) persistent=$pn" > /dev/ttyS0
           if [ "$mode" != live ]; then
-            systemd-run --no-block sh -c 'until systemctl is-active -q pok8s-booted.service || systemctl is-failed -q pok8s-booted.service; do sleep 1; done; if [ -b /dev/vdb ]; then pok8s-agent upgrade --source uki-iso:/dev/vdb > /dev/ttyS0 2>&1; echo "POK8S-UPGRADED rc=$?" > /dev/ttyS0; fi; sync; systemctl poweroff'
+            systemd-run --no-block sh -c 'until systemctl is-active -q pok8s-booted.service || systemctl is-failed -q pok8s-booted.service; do sleep 1; done; if [ -b /dev/vdb ]; then pok8s-agent upgrade --source uki-iso:/dev/vdb > /tmp/upgrade.out 2>&1; rc=$?; sed "s/^/upgrade: /" /tmp/upgrade.out > /dev/ttyS0; echo "POK8S-UPGRADED rc=$rc" > /dev/ttyS0; fi; sync; systemctl poweroff'
           fi
 )yaml";
 constexpr const char* kExpected =
@@ -91,6 +94,9 @@ class Uki : public ::testing::Test {
       if (r.status != 0) return fail(std::string("keys generate failed:\n") + r.output);
     }
     util::write_file_atomic(w / "cloud.yaml", kCloudConfig);
+    // The UKIs' splash: systemd-stub measures it into PCR 11, so every TPM unlock below also
+    // checks that the signed policy covers it.
+    util::write_file_atomic(w / "splash.bmp", bmp(64, 32));
     auto r = build(w / "cache", w / "out");
     if (r.status != 0) return fail("build failed:\n" + r.output);
   }
@@ -104,10 +110,11 @@ class Uki : public ::testing::Test {
                                    const std::string& keys = "keys",
                                    const std::string& tag = kTag) {
     util::Path w = work_->path();
-    return run_pok8s(cache.string(),
-                     {"build", layout_ + ":" + tag, "--artifact", "uki,uki-iso", "--keys",
-                      (w / keys).string(), "--boot-tries", "1", "--encryption", "tpm", "-o",
-                      out.string(), "--config", (w / "cloud.yaml").string()});
+    return run_pok8s(
+        cache.string(),
+        {"build", layout_ + ":" + tag, "--artifact", "uki,uki-iso", "--keys", (w / keys).string(),
+         "--boot-tries", "1", "--encryption", "tpm", "--splash", (w / "splash.bmp").string(), "-o",
+         out.string(), "--config", (w / "cloud.yaml").string()});
   }
   static util::Path out(const std::string& suffix) {
     return work_->path() / "out" / (std::string(kName) + suffix);
@@ -270,8 +277,8 @@ TEST_F(Uki, TheUkiIsSignedSmallAndCarriesTheRootHashOfItsRootfs) {
   EXPECT_EQ(types, (std::vector<std::string>{"uki", "rootfs-verity", "uki-iso"}));
   std::set<std::string> sections;
   for (const auto& s : m["uki"]["sections"]) sections.insert(s["name"].get<std::string>());
-  for (const char* s :
-       {".osrel", ".cmdline", ".uname", ".sbat", ".pcrpkey", ".pcrsig", ".initrd", ".linux"})
+  for (const char* s : {".osrel", ".cmdline", ".uname", ".sbat", ".splash", ".pcrpkey", ".pcrsig",
+                        ".initrd", ".linux"})
     EXPECT_TRUE(sections.count(s)) << s;
   // Kernel and initramfs only: the rootfs stays outside.
   std::uint64_t uki_size = fs::file_size(uki), rootfs_size = fs::file_size(out(".rootfs.img"));
@@ -465,13 +472,13 @@ TEST_F(Uki, InstalledFromTheIsoTheDiskBootsActiveAndFallsBackToPassiveWhenActive
       v2_iso);
   EXPECT_NE(serial.find("POK8S-VERITY " + v1_hash), std::string::npos);
   EXPECT_NE(serial.find("POK8S-UPGRADED rc=0"), std::string::npos) << serial;
-  // What the agent said (the kernel's own lines may cut into its lines on the shared serial
-  // console, so the ESP itself is read back below).
-  EXPECT_NE(serial.find("upgraded the active image to v2 (uki-iso:/dev/vdb, root hash " + v2_hash +
-                        "); the previous one is now passive"),
-            std::string::npos)
-      << lines_with(serial, "upgrade");
-  std::cout << "The upgrade's ESP steps:\n" << lines_with(serial, "systemd-boot boots the new");
+  for (const std::string& said : std::vector<std::string>{
+           "upgrade: systemd-boot boots the new active image as pok8s-active+1.efi on COS_GRUB",
+           "upgrade: systemd-boot boots the new passive image as pok8s-passive.efi on COS_GRUB",
+           "upgrade: upgraded the active image to v2 (uki-iso:/dev/vdb, root hash " + v2_hash +
+               "); the previous one is now passive"})
+    EXPECT_NE(serial.find(said), std::string::npos) << said << "\n"
+                                                    << lines_with(serial, "upgrade: ");
   EXPECT_EQ(entries(disk), (std::vector<std::string>{"pok8s-active+1.efi", "pok8s-passive.efi",
                                                      "pok8s-recovery.efi"}));
   // The passive entry is v1's own passive UKI, kept next to its rootfs since the install.
@@ -579,6 +586,12 @@ TEST_F(Uki, BadKeysAreRefusedInOneLineBeforeAnythingIsWritten) {
   refused({"--artifact", "uki"}, "the uki artifact is signed: pass --keys DIR");
   refused({"--artifact", "iso", "--keys", (w / "keys").string()},
           "--keys signs the uki and uki-iso artifacts");
+  refused({"--artifact", "iso", "--splash", (w / "splash.bmp").string()},
+          "--splash is shown by the uki and uki-iso artifacts' UKIs");
+  refused({"--artifact", "uki", "--keys", (w / "keys").string(), "--splash",
+           (w / "cloud.yaml").string()},
+          "Failed to use the splash image " + (w / "cloud.yaml").string() +
+              ": not a BMP image (systemd-stub shows BMP only)");
   // A key set whose db key is another set's.
   fs::copy(w / "keys", w / "mixed", fs::copy_options::recursive);
   fs::copy_file(w / "other/db.key", w / "mixed/db.key", fs::copy_options::overwrite_existing);

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -14,12 +15,21 @@
 #include "pok8s/util/error.h"
 #include "pok8s/util/file.h"
 
+namespace fs = std::filesystem;
+
+// This process's scratch directory, removed at exit.
+fs::path scratch_dir() {
+  return fs::temp_directory_path() / ("fuzz-uki-iso-" + std::to_string(::getpid()));
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  namespace fs = std::filesystem;
   static const fs::path dir = [] {
-    fs::path d = fs::temp_directory_path() / ("fuzz-uki-iso-" + std::to_string(::getpid()));
-    fs::create_directories(d);
-    return d;
+    fs::create_directories(scratch_dir());
+    std::atexit([] {
+      std::error_code ec;
+      fs::remove_all(scratch_dir(), ec);
+    });
+    return scratch_dir();
   }();
   fs::path iso = dir / "in.iso", out = dir / "out";
   fs::remove_all(out);

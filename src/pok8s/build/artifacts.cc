@@ -338,6 +338,7 @@ void write_uki_artifacts(Build& b, const boot::SecureBootKeys& keys, const util:
   plan.cmdline = fmt::format("{} pok8s.media={} pok8s.mode=live {}", kConsole,
                              b.options.volume_label, verity_args);
   plan.sbat = fmt::format("pok8s,1,pok8s,pok8s,{},-\n", POK8S_VERSION);
+  plan.splash = b.options.splash;
   plan.signing_time = b.timestamp;
   b.log(fmt::format("Assembling and signing the UKI (kernel {})", boot_files.kernel_version));
   SignedUki uki = make_signed_uki(plan, keys);
@@ -515,6 +516,14 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
                             "none of them is asked for",
                             image.source_name));
   }
+  if (options.splash) {
+    if (!want_uki && !want_uki_iso)
+      throw Error(ErrorKind::kInvalidInput,
+                  fmt::format("Failed to build {}: --splash is shown by the uki and uki-iso "
+                              "artifacts' UKIs, and none of them is asked for",
+                              image.source_name));
+    check_splash(*options.splash);
+  }
   if (wants("netboot")) {
     if (options.netboot_url.empty())
       throw Error(ErrorKind::kInvalidInput,
@@ -623,6 +632,7 @@ BuildResult build_artifacts(const oci::ResolvedImage& image, oci::BlobStore& sto
                      {"stub", util::file_sha256(boot::kHostSystemdStub)},
                      {"label", options.volume_label},
                      {"version", POK8S_VERSION}};
+    if (options.splash) inputs["uki"]["splash"] = util::file_sha256(*options.splash);
     if (want_uki_iso) {
       inputs["uki"]["systemdBoot"] = util::file_sha256(kHostSystemdBoot);
       inputs["uki"]["enroll"] = options.secure_boot_enroll;

@@ -67,6 +67,9 @@ struct BuildOptions {
   // config.yaml.
   std::string encryption = "none";
   std::string secure_boot_enroll = "force";  // loader.conf of the uki-iso (build/uki_artifacts.h)
+  // A BMP image systemd-stub shows while the UKIs boot (their .splash section); uki and uki-iso
+  // only.
+  std::optional<util::Path> splash;
   // Where the netboot files will be served from (http://IPv4[:port]/dir/): the iPXE script and
   // the kernel command line name them by it. Required for netboot.
   std::string netboot_url;

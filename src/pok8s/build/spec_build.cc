@@ -90,6 +90,7 @@ SpecBuildResult build_spec(const config::BuildSpec& spec, const oci::ResolvedIma
   build.compression = image::parse_squashfs_compression(spec.compression);
   build.compression_level = spec.compression_level;
   if (!spec.security.keys.empty()) build.keys_dir = util::Path(spec.security.keys);
+  if (!spec.security.splash.empty()) build.splash = util::Path(spec.security.splash);
   build.encryption = spec.security.encryption;
   build.source_date_epoch = options.source_date_epoch;
   build.log = options.log;

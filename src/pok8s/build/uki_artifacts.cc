@@ -69,15 +69,36 @@ VerityRootfs make_verity_rootfs(const util::Path& cache, const util::Path& rootf
   return out;
 }
 
+void check_splash(const util::Path& file) {
+  auto refuse = [&](std::string_view why) {
+    return Error(ErrorKind::kInvalidInput,
+                 fmt::format("Failed to use the splash image {}: {}", file.string(), why));
+  };
+  if (!util::is_regular_file(file)) throw refuse("no such file");
+  std::uint64_t size = fs::file_size(file);
+  if (size > kMaxSplashBytes)
+    throw refuse(
+        fmt::format("{} bytes, more than the {} MiB a UKI carries", size, kMaxSplashBytes >> 20));
+  // BITMAPFILEHEADER: "BM", then the file's size (little endian).
+  std::string head = util::read_file(file, kMaxSplashBytes).substr(0, 14);
+  std::uint32_t declared = 0;
+  for (int i = 5; i >= 2 && head.size() >= 6; --i)
+    declared = (declared << 8) | static_cast<unsigned char>(head[static_cast<std::size_t>(i)]);
+  if (head.size() < 14 || head[0] != 'B' || head[1] != 'M' || declared != size)
+    throw refuse("not a BMP image (systemd-stub shows BMP only)");
+}
+
 SignedUki make_signed_uki(const UkiPlan& plan, const boot::SecureBootKeys& keys) {
   std::string kernel = util::read_file(plan.kernel, boot::kMaxUkiPartBytes);
   std::string initrd = util::read_file(plan.initrd, boot::kMaxUkiPartBytes);
+  std::string splash = plan.splash ? util::read_file(*plan.splash, kMaxSplashBytes) : "";
   // What the stub measures into PCR 11, in the bytes the UKI will carry.
   std::map<std::string, std::string_view> measured = {{".linux", kernel},
                                                       {".osrel", plan.os_release},
                                                       {".cmdline", plan.cmdline},
                                                       {".initrd", initrd},
                                                       {".pcrpkey", keys.pcr_public}};
+  if (plan.splash) measured[".splash"] = splash;
   boot::UkiInputs in;
   in.stub = plan.stub;
   in.os_release = plan.os_release;
@@ -85,6 +106,7 @@ SignedUki make_signed_uki(const UkiPlan& plan, const boot::SecureBootKeys& keys)
   in.uname = plan.kernel_version;
   in.sbat = plan.sbat;
   in.pcrpkey = keys.pcr_public;
+  in.splash = plan.splash;
   // Only the enter-initrd phase is signed: pok8s-init unseals the disk key there, then measures
   // leave-initrd, so nothing that runs later finds a signed policy for PCR 11 and unseals it.
   std::vector<boot::PcrPhaseValue> phases = boot::expected_pcr11(measured);

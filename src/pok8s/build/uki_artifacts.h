@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -52,8 +53,16 @@ struct UkiPlan {
   std::string os_release;  // .osrel
   std::string cmdline;     // .cmdline: with the verity root hash
   std::string sbat;
+  std::optional<util::Path> splash;  // .splash: a BMP
   std::int64_t signing_time = 0;
 };
+
+// The most a splash image may weigh; it is in every UKI.
+inline constexpr std::uint64_t kMaxSplashBytes = 16u << 20;
+
+// Refuses (Error kInvalidInput naming `file`) a splash image systemd-stub would not show: not a
+// BMP ("BM", and a header whose file size is the file's), or over kMaxSplashBytes.
+void check_splash(const util::Path& file);
 
 struct SignedUki {
   std::string bytes;  // signed with the db key

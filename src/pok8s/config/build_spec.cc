@@ -41,7 +41,8 @@ constexpr std::string_view kWireGuardKeys[] = {"interface", "address", "listenPo
 constexpr std::string_view kPeerKeys[] = {"publicKey", "endpoint", "allowedIPs",
                                           "persistentKeepalive", "presharedKey"};
 constexpr std::string_view kClusterKeys[] = {"server", "token", "caHash"};
-constexpr std::string_view kSecurityKeys[] = {"trustedBoot", "encryption", "keys"};
+constexpr std::string_view kSecurityKeys[] = {"trustedBoot", "encryption", "keys", "splash"};
+constexpr std::uint64_t kMaxSplashBytes = 16u << 20;
 constexpr std::string_view kCompressionKeys[] = {"algorithm", "level"};
 
 constexpr std::string_view kArches[] = {"amd64", "arm64"};
@@ -851,6 +852,8 @@ class SpecReader : private StrictYaml {
                      security.encryption = read_choice(value, path, kEncryptions, "none");
                    else if (key == "keys")
                      security.keys = read_optional_directory(value, path);
+                   else if (key == "splash")
+                     security.splash = read_optional_file(value, path, kMaxSplashBytes);
                    else
                      unknown_key(key_node, key, "security", kSecurityKeys);
                  });
@@ -984,6 +987,9 @@ std::vector<std::string> unbuildable(const BuildSpec& spec) {
   }
   if (!spec.security.keys.empty() && !signed_uki)
     out.emplace_back("security.keys: only the uki and uki-iso artifacts are signed; ask for one");
+  if (!spec.security.splash.empty() && !signed_uki)
+    out.emplace_back(
+        "security.splash: only the UKIs of the uki and uki-iso artifacts show it; ask for one");
   return out;
 }
 
@@ -1035,7 +1041,7 @@ Json canonical_spec(const BuildSpec& spec, std::string_view base_resolved,
 
   std::vector<std::string> artifacts = spec.artifacts;  // a set: its order builds nothing else
   std::sort(artifacts.begin(), artifacts.end());
-  return {
+  Json out = {
       {"apiVersion", spec.api_version},
       {"kind", spec.kind},
       {"base", base_resolved},
@@ -1061,6 +1067,10 @@ Json canonical_spec(const BuildSpec& spec, std::string_view base_resolved,
        {{"algorithm", spec.compression}, {"level", optional_json(spec.compression_level)}}},
       {"tool", tool_version},
   };
+  // Only when given, so that the ids of specs from before it stay what they were.
+  if (!spec.security.splash.empty())
+    out["security"]["splash"] = sha256_of(util::file_sha256(spec.security.splash));
+  return out;
 }
 
 std::string build_id(const Json& canonical) {
@@ -1136,6 +1146,8 @@ std::string to_yaml(const BuildSpec& spec) {
   out << YAML::Key << "trustedBoot" << YAML::Value << spec.security.trusted_boot;
   out << YAML::Key << "encryption" << YAML::Value << spec.security.encryption;
   if (!spec.security.keys.empty()) out << YAML::Key << "keys" << YAML::Value << spec.security.keys;
+  if (!spec.security.splash.empty())
+    out << YAML::Key << "splash" << YAML::Value << spec.security.splash;
   out << YAML::EndMap;
 
   flow_list("artifacts", spec.artifacts);

@@ -63,6 +63,7 @@ struct SecuritySpec {
   bool trusted_boot = false;
   std::string encryption = "none";  // none | tpm | passphrase
   std::string keys;                 // directory (made absolute), optional
+  std::string splash;               // a BMP file (made absolute) the UKIs show, optional
   friend bool operator==(const SecuritySpec&, const SecuritySpec&) = default;
 };
 

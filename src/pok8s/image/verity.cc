@@ -48,6 +48,24 @@ std::string salt_bytes(std::string_view hex, const util::Path& image) {
   return out;
 }
 
+// The parameters of pok8s's trees (format 1, SHA-256, 4 KiB blocks, the tree after the data in
+// the same file, no superblock) for `image`; `salt` must outlive them.
+crypt_params_verity verity_params(const util::Path& image, const std::string& salt,
+                                  const VerityTree& tree, std::uint32_t flags) {
+  crypt_params_verity params{};
+  params.hash_name = "sha256";
+  params.data_device = image.c_str();
+  params.salt = salt.data();
+  params.salt_size = static_cast<std::uint32_t>(salt.size());
+  params.hash_type = 1;  // the kernel's current format
+  params.data_block_size = kVerityBlockSize;
+  params.hash_block_size = kVerityBlockSize;
+  params.data_size = tree.data_blocks;
+  params.hash_area_offset = tree.hash_offset;
+  params.flags = CRYPT_VERITY_NO_HEADER | flags;
+  return params;
+}
+
 }  // namespace
 
 VerityTree append_verity_tree(const util::Path& image, std::string_view salt_hex) {
@@ -73,17 +91,7 @@ VerityTree append_verity_tree(const util::Path& image, std::string_view salt_hex
                                             image.string(), step, std::strerror(-code)));
   };
   if (r < 0) fail("crypt_init", r);
-  crypt_params_verity params{};
-  params.hash_name = "sha256";
-  params.data_device = image.c_str();
-  params.salt = salt.data();
-  params.salt_size = static_cast<std::uint32_t>(salt.size());
-  params.hash_type = 1;  // the kernel's current format
-  params.data_block_size = kVerityBlockSize;
-  params.hash_block_size = kVerityBlockSize;
-  params.data_size = tree.data_blocks;
-  params.hash_area_offset = tree.hash_offset;
-  params.flags = CRYPT_VERITY_NO_HEADER | CRYPT_VERITY_CREATE_HASH;
+  crypt_params_verity params = verity_params(image, salt, tree, CRYPT_VERITY_CREATE_HASH);
   if ((r = crypt_format(cd.get(), CRYPT_VERITY, nullptr, nullptr, nullptr, nullptr, 0, &params)) <
       0)
     fail("crypt_format", r);
@@ -122,18 +130,8 @@ void verify_verity_tree(const util::Path& image, const VerityTree& tree) {
   // Its messages ("Verification failed at position …") would go to stderr; the error says it.
   crypt_set_log_callback(
       cd.get(), [](int, const char*, void*) {}, nullptr);
-  crypt_params_verity params{};
-  params.hash_name = "sha256";
-  params.data_device = image.c_str();
-  params.salt = salt.data();
-  params.salt_size = static_cast<std::uint32_t>(salt.size());
-  params.hash_type = 1;
-  params.data_block_size = kVerityBlockSize;
-  params.hash_block_size = kVerityBlockSize;
-  params.data_size = tree.data_blocks;
-  params.hash_area_offset = tree.hash_offset;
   // Checked in userspace when activated (a parameter flag, not an activation one).
-  params.flags = CRYPT_VERITY_NO_HEADER | CRYPT_VERITY_CHECK_HASH;
+  crypt_params_verity params = verity_params(image, salt, tree, CRYPT_VERITY_CHECK_HASH);
   if ((r = crypt_format(cd.get(), CRYPT_VERITY, nullptr, nullptr, nullptr, nullptr, 0, &params)) <
       0)
     throw Error(ErrorKind::kIo, fmt::format("Failed to verify {}: its verity parameters: {}",

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "bmp.h"
 #include "pok8s/boot/authenticode.h"
 #include "pok8s/boot/pe.h"
 #include "pok8s/boot/secure_boot_keys.h"
@@ -16,6 +17,7 @@
 
 using namespace pok8s;
 using namespace pok8s::boot;
+using pok8s::testing::bmp;
 
 namespace {
 
@@ -95,6 +97,53 @@ TEST(Uki, SignedWithTheDbKeyItPassesSbverify) {
   EXPECT_EQ(r.status, 0) << r.output;
   // No data between sections: sbverify and the firmware hash the image alike.
   EXPECT_EQ(r.output.find("gap"), std::string::npos) << r.output;
+}
+
+// --splash: a BMP goes into every UKI as .splash, and the signed PCR 11 policy covers it, as
+// systemd-stub measures it; what is not a BMP is refused naming the file.
+TEST(Uki, ASplashImageIsCarriedMeasuredAndCheckedToBeABmp) {
+  Parts p;
+  util::Path splash = p.dir.path() / "splash.bmp";
+  util::write_file_atomic(splash, bmp(8, 4));
+  EXPECT_NO_THROW(pok8s::build::check_splash(splash));
+  generate_secure_boot_keys(p.dir.path() / "keys", {});
+  SecureBootKeys k = load_secure_boot_keys(p.dir.path() / "keys");
+  pok8s::build::UkiPlan plan;
+  plan.kernel = p.in.kernel;
+  plan.initrd = p.in.initrd;
+  plan.kernel_version = "6.1.0-50-amd64";
+  plan.os_release = p.in.os_release;
+  plan.cmdline = p.in.cmdline;
+  plan.splash = splash;
+  pok8s::build::SignedUki with = pok8s::build::make_signed_uki(plan, k);
+  plan.splash.reset();
+  pok8s::build::SignedUki without = pok8s::build::make_signed_uki(plan, k);
+  EXPECT_EQ(names(with.bytes).size(), names(without.bytes).size() + 1);
+  util::Path file = p.dir.path() / "splash.efi";
+  util::write_file_atomic(file, with.bytes);
+  EXPECT_EQ(p.section(file, ".splash"), bmp(8, 4));
+  // The policy differs by the splash's measurement.
+  util::Path other = p.dir.path() / "plain.efi";
+  util::write_file_atomic(other, without.bytes);
+  EXPECT_NE(p.section(file, ".pcrsig"), p.section(other, ".pcrsig"));
+
+  auto refused = [&](const std::string& bytes, const std::string& why) {
+    util::Path f = p.dir.path() / "bad.bmp";
+    util::write_file_atomic(f, bytes);
+    try {
+      pok8s::build::check_splash(f);
+      ADD_FAILURE() << why << " was taken";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInvalidInput);
+      EXPECT_NE(std::string(e.what()).find("Failed to use the splash image " + f.string()),
+                std::string::npos)
+          << e.what();
+    }
+  };
+  refused("\x89PNG\r\n\x1a\n" + std::string(100, 'p'), "a PNG");
+  refused(bmp(8, 4) + "trailing", "a BMP whose header says another size");
+  refused("BM", "a header cut short");
+  EXPECT_THROW(pok8s::build::check_splash(p.dir.path() / "missing.bmp"), Error);
 }
 
 TEST(Uki, RefusesWhatIsNotASystemdStub) {

@@ -562,6 +562,29 @@ TEST_F(BuildSpecTest, CanonicalFormHashesFilesAndSecrets) {
   EXPECT_EQ(manifests[2]["sha256"], util::file_sha256(dir() / "manifests" / "b.yaml"));
 }
 
+// security.splash: a file made absolute, hashed into the canonical form (only when given, so
+// older specs keep their ids), buildable with the UKI artifacts only.
+TEST_F(BuildSpecTest, ASplashImageIsAFileTheUkisShow) {
+  write("splash.bmp", "BM not really");
+  std::string text = std::string(kMinimal) + "security: {keys: keys, splash: splash.bmp}\n" +
+                     "artifacts: [uki-iso]\n";
+  BuildSpec s = parse(text);
+  EXPECT_EQ(s.security.splash, (dir() / "splash.bmp").string());
+  auto c = canonical_spec(s, kDigest, "0.1.0");
+  EXPECT_EQ(c["security"]["splash"]["sha256"], util::file_sha256(dir() / "splash.bmp"));
+  EXPECT_FALSE(canonical_spec(parse(kMinimal), kDigest, "0.1.0")["security"].contains("splash"));
+  EXPECT_TRUE(unbuildable(s).empty());
+  BuildSpec again = parse_build_spec(to_yaml(s), s.source, "/elsewhere");
+  EXPECT_EQ(again, s);
+  s.artifacts = {"iso"};
+  s.security.keys.clear();
+  EXPECT_EQ(unbuildable(s), std::vector<std::string>{"security.splash: only the UKIs of the uki "
+                                                     "and uki-iso artifacts show it; ask for one"});
+  EXPECT_NE(
+      error_of(std::string(kMinimal) + "security: {splash: missing.bmp}\n").find("security.splash"),
+      std::string::npos);
+}
+
 TEST_F(BuildSpecTest, ToYamlRoundTrips) {
   for (const std::string& text : {std::string(kMinimal), full_spec()}) {
     BuildSpec s = parse(text);
