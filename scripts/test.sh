@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every test, from a fresh Debian 12 machine: install what is missing, build (release with
-# -Werror, ASan+UBSan, libFuzzer), run the unit tier under the sanitizers, short fuzz runs,
+# -Werror; ASan+UBSan with libFuzzer), run the unit tier under the sanitizers, short fuzz runs,
 # then the whole suite (unit + integration against a real registry, PostgreSQL, skopeo and umoci;
 # boots in QEMU; the web builder in Chromium).
 set -uo pipefail
@@ -10,20 +10,16 @@ jobs=$(nproc)
 status=0
 step() { echo; echo "== $*"; }
 
-step "Building the ASan+UBSan preset"
-if cmake --preset asan >/dev/null && cmake --build --preset asan -j "$jobs"; then
+# One clang build with ASan+UBSan (the fuzz preset, at -O0 to build quickly) gives both the unit
+# tier under the sanitizers and the libFuzzer targets.
+step "Building the unit tests and the fuzz targets (clang, ASan+UBSan, libFuzzer)"
+if cmake --preset fuzz >/dev/null && cmake --build --preset fuzz -j "$jobs"; then
   step "Unit tests under ASan+UBSan"
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-    ctest --preset asan -j "$jobs" || status=1
-else
-  status=1
-fi
-
-step "Building the fuzz targets (clang, libFuzzer)"
-if cmake --preset fuzz >/dev/null && cmake --build --preset fuzz -j "$jobs"; then
-  step "Short fuzz runs (${POK8S_FUZZ_SECONDS:-20} s each)"
-  for f in build/fuzz/tests/fuzz/fuzz_*; do
-    [ -x "$f" ] || continue
+    ctest --preset fuzz -j "$jobs" || status=1
+  step "Short fuzz runs (${POK8S_FUZZ_SECONDS:-20} s each, $jobs at a time)"
+  fuzz_one() {
+    local f=$1 name corpus work rc=0
     name=$(basename "$f")
     corpus=tests/fuzz/corpus/${name#fuzz_}
     work=$(mktemp -d)
@@ -32,10 +28,14 @@ if cmake --preset fuzz >/dev/null && cmake --build --preset fuzz -j "$jobs"; the
         >"build/fuzz/$name.log" 2>&1; then
       echo "$name: $(grep -Eo 'Done [0-9]+ runs.*' "build/fuzz/$name.log" | tail -1)"
     else
-      echo "$name: FAILED"; tail -40 "build/fuzz/$name.log"; status=1
+      echo "$name: FAILED"; tail -40 "build/fuzz/$name.log"; rc=1
     fi
     rm -rf "$work"
-  done
+    return $rc
+  }
+  export -f fuzz_one
+  find build/fuzz/tests/fuzz -maxdepth 1 -name 'fuzz_*' -type f -executable | sort |
+    xargs -P "$jobs" -I{} bash -c 'fuzz_one "$1"' _ {} || status=1
 else
   status=1
 fi
