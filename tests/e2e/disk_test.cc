@@ -2,8 +2,8 @@
 // --artifact raw,qcow2,vhd → boot each in QEMU (TCG) with OVMF. The cloud-config's boot stage
 // reports on the serial console what it finds and powers off; the raw disk is booted twice to
 // see what persists (COS_PERSISTENT's /home and /etc/ssh) and what does not (/etc/motd, an
-// ephemeral overlay). Then: the same bytes from an empty cache, and a disk too small refused
-// before anything is written.
+// ephemeral overlay), then reset from recovery. Then: the same bytes from an empty cache, and a
+// disk too small refused before anything is written.
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
@@ -140,33 +140,6 @@ class DiskImage : public ::testing::Test {
   static inline std::string layout_;
 };
 
-TEST_F(DiskImage, RawBootsActiveReadOnlyAndKeepsOnlyPersistentPaths) {
-  util::Path disk = work_->path() / "boot.raw";
-  fs::copy_file(artifact("raw"), disk);
-  Probe first = boot(disk);
-  EXPECT_EQ(first.line,
-            "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes extra=none");
-  ASSERT_TRUE(first.status.is_object()) << first.line;
-  EXPECT_EQ(first.status["mode"], "active");
-  EXPECT_EQ(first.status["entry"], "active");
-  EXPECT_EQ(first.status["version"], "v0.1.0");
-  // The cloud-config's k3s section reached systemd: its arguments and environment.
-  EXPECT_EQ(first.k8s,
-            "POK8S-K8S argv[]=/usr/bin/k3s server --disable=traefik | K3S_NODE_NAME=e2e-node")
-      << first.k8s;
-
-  // /home and /etc/ssh come from COS_PERSISTENT; /etc/motd was in the tmpfs overlay.
-  Probe second = boot(disk);
-  EXPECT_EQ(
-      second.line,
-      "POK8S-DISK root=ro version=v0.1.0 home=written ssh=written motd=0 oem=yes extra=written");
-  ASSERT_TRUE(second.status.is_object()) << second.line;
-  EXPECT_EQ(second.status["mode"], "active");
-  // GRUB took one try for this boot; the first boot gave its own back (pok8s-agent mark-booted).
-  EXPECT_EQ(second.status["tries"], 2) << second.status.dump();
-  EXPECT_EQ(second.status["fallback"], nullptr) << second.status.dump();
-}
-
 // Where a partition starts in a disk image, by its GPT name.
 std::uint64_t partition_offset(const util::Path& disk, const std::string& name) {
   auto r = util::run_process({"sfdisk", "--json", disk.string()});
@@ -208,11 +181,34 @@ void break_active_and_set_grubenv(const util::Path& disk, const std::vector<std:
   debugfs(disk, "COS_OEM", fmt::format("rm /grubenv\nwrite {} /grubenv\n", env.string()));
 }
 
-TEST_F(DiskImage, ResetFromRecoveryRestoresActiveAndWipesPersistent) {
-  util::Path disk = work_->path() / "reset.raw";
+// One disk through its life: two boots of active (what persists), then a reset from recovery.
+TEST_F(DiskImage, RawBootsActiveKeepsOnlyPersistentPathsAndResetsFromRecovery) {
+  util::Path disk = work_->path() / "boot.raw";
   fs::copy_file(artifact("raw"), disk);
-  EXPECT_EQ(boot(disk).line.rfind("POK8S-DISK root=ro version=v0.1.0 home=none", 0), 0u);
-  // The active image is broken; GRUB is told to boot recovery.
+  Probe first = boot(disk);
+  EXPECT_EQ(first.line,
+            "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes extra=none");
+  ASSERT_TRUE(first.status.is_object()) << first.line;
+  EXPECT_EQ(first.status["mode"], "active");
+  EXPECT_EQ(first.status["entry"], "active");
+  EXPECT_EQ(first.status["version"], "v0.1.0");
+  // The cloud-config's k3s section reached systemd: its arguments and environment.
+  EXPECT_EQ(first.k8s,
+            "POK8S-K8S argv[]=/usr/bin/k3s server --disable=traefik | K3S_NODE_NAME=e2e-node")
+      << first.k8s;
+
+  // /home and /etc/ssh come from COS_PERSISTENT; /etc/motd was in the tmpfs overlay.
+  Probe second = boot(disk);
+  EXPECT_EQ(
+      second.line,
+      "POK8S-DISK root=ro version=v0.1.0 home=written ssh=written motd=0 oem=yes extra=written");
+  ASSERT_TRUE(second.status.is_object()) << second.line;
+  EXPECT_EQ(second.status["mode"], "active");
+  // GRUB took one try for this boot; the first boot gave its own back (pok8s-agent mark-booted).
+  EXPECT_EQ(second.status["tries"], 2) << second.status.dump();
+  EXPECT_EQ(second.status["fallback"], nullptr) << second.status.dump();
+
+  // The active image is broken; GRUB is told to boot recovery, whose boot stage resets.
   break_active_and_set_grubenv(
       disk, {"pok8s_entry=recovery", "pok8s_tries=3", "pok8s_max_tries=3", "pok8s_fallback="});
   {
@@ -225,7 +221,7 @@ TEST_F(DiskImage, ResetFromRecoveryRestoresActiveAndWipesPersistent) {
   ASSERT_TRUE(recovery.status.is_object()) << recovery.line;
   EXPECT_EQ(recovery.status["mode"], "recovery") << recovery.status.dump();
   EXPECT_EQ(recovery.reset.rfind("POK8S-RESET rc=0 ", 0), 0u) << recovery.reset;
-  // Active boots again, and what COS_PERSISTENT held (/home/e2e of the first boot) is gone.
+  // Active boots again, and what COS_PERSISTENT held (written by the boots above) is gone.
   Probe after = boot(disk);
   EXPECT_EQ(after.line,
             "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes extra=none");

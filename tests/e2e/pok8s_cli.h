@@ -1,12 +1,17 @@
 // Running the pok8s binary from end-to-end tests, as a user would.
 #pragma once
 
+#include <sys/file.h>
+
+#include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "pok8s/util/file.h"
 #include "pok8s/util/process.h"
+#include "pok8s/util/sha256.h"
 
 extern char** environ;
 
@@ -44,8 +49,8 @@ inline std::string debian_fixture(std::string& error) {
 // The Debian fixture imported into the OCI layout `layout` (as "base") and converted, as the
 // standard variant with k3s (a fake binary in `work`) and version `version`, in the cache
 // `work`/cache: the converted image's tag, or empty with what failed in `error`.
-inline std::string convert_debian_fixture(const util::Path& work, const util::Path& layout,
-                                          const std::string& version, std::string& error) {
+inline std::string convert_debian_fixture_uncached(const util::Path& work, const util::Path& layout,
+                                                   const std::string& version, std::string& error) {
   std::string tar = debian_fixture(error);
   if (tar.empty()) return {};
   std::string cache = (work / "cache").string();
@@ -64,6 +69,67 @@ inline std::string convert_debian_fixture(const util::Path& work, const util::Pa
     return {};
   }
   return "12-standard-amd64-generic-" + version;
+}
+
+// The same, converted once for all e2e tests: every one of them converted the same fixture with
+// the same binary, which is the same bytes (conversions are reproducible). The converted layout
+// is kept under the fixture cache, named by the sha256 of the pok8s binary, of the fixture and
+// the version, so a rebuilt binary converts again; `pok8s image copy` puts the image in `layout`
+// under its tag. Tests run in parallel: one converts, the others wait on the lock.
+inline std::string convert_debian_fixture(const util::Path& work, const util::Path& layout,
+                                          const std::string& version, std::string& error) {
+  std::string tar = debian_fixture(error);
+  if (tar.empty()) return {};
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  const char* home = std::getenv("HOME");
+  util::Path cache = xdg && *xdg ? util::Path(xdg) : util::Path(home ? home : "/root") / ".cache";
+  cache /= "pok8s-test";
+  util::make_dirs(cache);
+  // What the conversion reads: the fixture, pok8s and the node binaries beside it (they go into
+  // the image), and the data files of the source tree.
+  std::string inputs = util::file_sha256(tar) + version;
+  for (const util::Path& dir : {util::Path(pok8s_binary()).parent_path(),
+                                util::Path(POK8S_TEST_SOURCE_DIR) / "share" / "pok8s"}) {
+    std::vector<util::Path> files;
+    for (const auto& e : std::filesystem::recursive_directory_iterator(dir))
+      if (e.is_regular_file()) files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    for (const auto& f : files) inputs += f.string() + "=" + util::file_sha256(f) + "\n";
+  }
+  std::string key = util::sha256_hex(inputs).substr(0, 16);
+  util::Path kept = cache / ("converted-" + version + "-" + key);
+  util::UniqueFd lock = util::open_file(cache / ".lock-converted", O_RDWR | O_CREAT);
+  if (::flock(lock.get(), LOCK_EX) != 0) {
+    error = "flock " + (cache / ".lock-converted").string() + " failed";
+    return {};
+  }
+  std::string tag;
+  if (!std::filesystem::exists(kept / "tag")) {
+    // Older conversions of this version (other binaries) go.
+    for (const auto& e : std::filesystem::directory_iterator(cache))
+      if (e.path().filename().string().starts_with("converted-" + version + "-"))
+        std::filesystem::remove_all(e.path());
+    util::Path partial = kept.string() + ".partial";
+    std::filesystem::remove_all(partial);  // what a killed run left
+    util::make_dirs(partial);
+    tag = convert_debian_fixture_uncached(partial, partial / "layout", version, error);
+    if (tag.empty()) {
+      std::filesystem::remove_all(partial);
+      return {};
+    }
+    std::filesystem::remove_all(partial / "cache");
+    util::write_file_atomic(partial / "tag", tag);
+    std::filesystem::rename(partial, kept);
+  }
+  tag = util::read_file(kept / "tag");
+  auto r = run_pok8s((work / "cache").string(),
+                     {"image", "copy", "oci:" + (kept / "layout").string() + ":" + tag,
+                      "oci:" + layout.string() + ":" + tag});
+  if (r.status != 0) {
+    error = "copying the converted fixture failed:\n" + r.output;
+    return {};
+  }
+  return tag;
 }
 
 }  // namespace pok8s::testing
