@@ -46,13 +46,12 @@ inline std::string debian_fixture(std::string& error) {
   return util::last_line(r.output);
 }
 
-// The Debian fixture imported into the OCI layout `layout` (as "base") and converted, as the
-// standard variant with k3s (a fake binary in `work`) and version `version`, in the cache
+// The fixture tarball `tar` imported into the OCI layout `layout` (as "base") and converted, as
+// the standard variant with k3s (a fake binary in `work`) and version `version`, in the cache
 // `work`/cache: the converted image's tag, or empty with what failed in `error`.
-inline std::string convert_debian_fixture_uncached(const util::Path& work, const util::Path& layout,
-                                                   const std::string& version, std::string& error) {
-  std::string tar = debian_fixture(error);
-  if (tar.empty()) return {};
+inline std::string convert_fixture(const std::string& tar, const util::Path& work,
+                                   const util::Path& layout, const std::string& version,
+                                   std::string& error) {
   std::string cache = (work / "cache").string();
   std::string oci = "oci:" + layout.string();
   util::write_file_atomic(work / "fake-k3s", "#!/bin/sh\necho 'k3s version v1.31.2+k3s1'\n", 0755);
@@ -71,20 +70,16 @@ inline std::string convert_debian_fixture_uncached(const util::Path& work, const
   return "12-standard-amd64-generic-" + version;
 }
 
-// The same, converted once for all e2e tests: every one of them converted the same fixture with
-// the same binary, which is the same bytes (conversions are reproducible). The converted layout
-// is kept under the fixture cache, named by the sha256 of the pok8s binary, of the fixture and
-// the version, so a rebuilt binary converts again; `pok8s image copy` puts the image in `layout`
-// under its tag. Tests run in parallel: one converts, the others wait on the lock.
+// The Debian fixture converted as `version` (convert_fixture) and put in `layout` under its tag.
+// Every e2e test converted the same fixture with the same binaries, which gives the same bytes
+// (conversions are reproducible), so the converted layout is kept beside the fixture, named by
+// the sha256 of what the conversion reads: a rebuilt binary converts again. `pok8s image copy`
+// puts the image in `layout`. Tests run in parallel: one converts, the others wait on the lock.
 inline std::string convert_debian_fixture(const util::Path& work, const util::Path& layout,
                                           const std::string& version, std::string& error) {
   std::string tar = debian_fixture(error);
   if (tar.empty()) return {};
-  const char* xdg = std::getenv("XDG_CACHE_HOME");
-  const char* home = std::getenv("HOME");
-  util::Path cache = xdg && *xdg ? util::Path(xdg) : util::Path(home ? home : "/root") / ".cache";
-  cache /= "pok8s-test";
-  util::make_dirs(cache);
+  util::Path cache = util::Path(tar).parent_path();
   // What the conversion reads: the fixture, pok8s and the node binaries beside it (they go into
   // the image), and the data files of the source tree.
   std::string inputs = util::file_sha256(tar) + version;
@@ -96,32 +91,28 @@ inline std::string convert_debian_fixture(const util::Path& work, const util::Pa
     std::sort(files.begin(), files.end());
     for (const auto& f : files) inputs += f.string() + "=" + util::file_sha256(f) + "\n";
   }
-  std::string key = util::sha256_hex(inputs).substr(0, 16);
-  util::Path kept = cache / ("converted-" + version + "-" + key);
+  util::Path kept = cache / ("converted-" + version + "-" + util::sha256_hex(inputs).substr(0, 16));
+  std::string tag = "12-standard-amd64-generic-" + version;
   util::UniqueFd lock = util::open_file(cache / ".lock-converted", O_RDWR | O_CREAT);
   if (::flock(lock.get(), LOCK_EX) != 0) {
     error = "flock " + (cache / ".lock-converted").string() + " failed";
     return {};
   }
-  std::string tag;
-  if (!std::filesystem::exists(kept / "tag")) {
+  // `kept` appears only complete, by the rename.
+  if (!std::filesystem::exists(kept)) {
     // Older conversions of this version (other binaries) go.
     for (const auto& e : std::filesystem::directory_iterator(cache))
       if (e.path().filename().string().starts_with("converted-" + version + "-"))
         std::filesystem::remove_all(e.path());
-    util::Path partial = kept.string() + ".partial";
-    std::filesystem::remove_all(partial);  // what a killed run left
+    util::Path partial = kept.string() + ".partial";  // a killed run's went with the others
     util::make_dirs(partial);
-    tag = convert_debian_fixture_uncached(partial, partial / "layout", version, error);
-    if (tag.empty()) {
+    if (convert_fixture(tar, partial, partial / "layout", version, error).empty()) {
       std::filesystem::remove_all(partial);
       return {};
     }
     std::filesystem::remove_all(partial / "cache");
-    util::write_file_atomic(partial / "tag", tag);
     std::filesystem::rename(partial, kept);
   }
-  tag = util::read_file(kept / "tag");
   auto r = run_pok8s((work / "cache").string(),
                      {"image", "copy", "oci:" + (kept / "layout").string() + ":" + tag,
                       "oci:" + layout.string() + ":" + tag});
