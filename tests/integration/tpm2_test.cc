@@ -4,26 +4,19 @@
 // trial session gives.
 #include "pok8s/boot/tpm2.h"
 
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <fmt/format.h>
 
-#include <chrono>
 #include <cstring>
 #include <map>
 #include <memory>
-#include <thread>
 #include <utility>
 
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
 
+#include "integration/swtpm.h"
 #include "pok8s/boot/disk_encryption.h"
 #include "pok8s/boot/pcr_policy.h"
 #include "pok8s/util/error.h"
@@ -34,117 +27,15 @@ using namespace pok8s;
 
 namespace {
 
-// A TCP port on 127.0.0.1 nobody listens on now, or 0.
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  int port = 0;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
-    port = ntohs(a.sin_port);
-  ::close(fd);
-  return port;
-}
-
-bool port_free(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(static_cast<std::uint16_t>(port));
-  bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-  ::close(fd);
-  return ok;
-}
-
-bool accepts(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(static_cast<std::uint16_t>(port));
-  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-  ::close(fd);
-  return ok;
-}
-
-// swtpm serving a TPM on 127.0.0.1: commands on a port, control on the next, as tss2's swtpm
-// TCTI expects. Its state stays in a directory, so reboot() is the same TPM powered up again
-// (its PCRs reset by TPM2_Startup(CLEAR)).
-class Swtpm {
- public:
-  Swtpm() : dir_(util::TempDir::scratch()) { start(); }
-  ~Swtpm() { stop(); }
-  void reboot() {
-    stop();
-    start();
-  }
-  std::string tcti() const { return fmt::format("swtpm:host=127.0.0.1,port={}", port_); }
-  bool up() const { return port_ != 0 && accepts(port_); }
-
- private:
-  // Both ports are chosen free, but another process may take them before swtpm binds: swtpm
-  // then exits, and another pair is tried.
-  void start() {
-    for (int attempt = 0; attempt < 10; ++attempt) {
-      port_ = free_port();
-      if (port_ == 0 || !port_free(port_ + 1)) continue;
-      std::vector<std::string> argv = {
-          "swtpm",
-          "socket",
-          "--tpm2",
-          "--tpmstate",
-          "dir=" + dir_.path().string(),
-          "--server",
-          fmt::format("type=tcp,port={},bindaddr=127.0.0.1", port_),
-          "--ctrl",
-          fmt::format("type=tcp,port={},bindaddr=127.0.0.1", port_ + 1),
-          "--flags",
-          "not-need-init,startup-clear"};
-      pid_ = ::fork();
-      if (pid_ == 0) {
-        std::vector<char*> args;
-        for (auto& a : argv) args.push_back(a.data());
-        args.push_back(nullptr);
-        ::execvp(args[0], args.data());
-        ::_exit(127);
-      }
-      for (int i = 0; i < 200; ++i) {
-        if (accepts(port_)) return;
-        if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
-          pid_ = -1;  // reaped: it could not bind
-          break;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      }
-      stop();
-    }
-    port_ = 0;
-  }
-  void stop() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGTERM);
-    ::waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
-
-  util::TempDir dir_;
-  int port_ = 0;
-  pid_t pid_ = -1;
-};
-
 class Tpm2Test : public ::testing::Test {
  protected:
   void SetUp() override {
     if (util::run_process({"sh", "-c", "command -v swtpm"}).status != 0)
       GTEST_SKIP() << "no swtpm (scripts/install-deps.sh test installs it)";
-    swtpm_ = std::make_unique<Swtpm>();
+    swtpm_ = std::make_unique<pok8s::testing::Swtpm>();
     ASSERT_TRUE(swtpm_->up());
   }
-  std::unique_ptr<Swtpm> swtpm_;
+  std::unique_ptr<pok8s::testing::Swtpm> swtpm_;
 };
 
 TEST_F(Tpm2Test, PcrElevenAfterTheStubAndEachPhaseIsWhatThePcrsigSays) {
@@ -371,7 +262,7 @@ TEST_F(Tpm2Test, ABadPcrOrAnAbsentTpmIsNamed) {
   boot::Tpm2 tpm(swtpm_->tcti());
   EXPECT_THROW(tpm.extend_sha256(24, "x"), Error);
   try {
-    boot::Tpm2 none(fmt::format("swtpm:host=127.0.0.1,port={}", free_port()));
+    boot::Tpm2 none(pok8s::testing::absent_tpm_tcti());
     none.read_sha256(11);
     FAIL() << "an absent TPM answered";
   } catch (const Error& e) {

@@ -4,17 +4,12 @@
 #include "pok8s/boot/pcr_policy.h"
 
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <fmt/format.h>
 
-#include <chrono>
 #include <nlohmann/json.hpp>
-#include <thread>
 
+#include "integration/swtpm.h"
 #include "pok8s/boot/secure_boot_keys.h"
 #include "pok8s/util/process.h"
 
@@ -68,43 +63,20 @@ TEST(PcrPolicy, ValuesAreWhatSystemdMeasureCalculates) {
   EXPECT_EQ(r.output, expected);
 }
 
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 TEST(PcrPolicy, SignedPoliciesAreWhatSystemdMeasureSignsWithTheSameKey) {
   Sections s;
-  util::make_dirs(s.dir.path() / "tpm");
-  int port = free_port();
-  util::Path pid_file = s.dir.path() / "swtpm.pid";
-  auto started =
-      util::run_process({"swtpm", "socket", "--daemon", "--pid", "file=" + pid_file.string(),
-                         "--tpm2", "--tpmstate", "dir=" + (s.dir.path() / "tpm").string(),
-                         "--server", fmt::format("type=tcp,port={},bindaddr=127.0.0.1", port),
-                         "--ctrl", fmt::format("type=tcp,port={},bindaddr=127.0.0.1", port + 1),
-                         "--flags", "not-need-init,startup-clear"});
-  ASSERT_EQ(started.status, 0) << started.output;
-  pid_t swtpm = std::stoi(util::read_file(pid_file));
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  pok8s::testing::Swtpm tpm;
+  ASSERT_TRUE(tpm.up());
   std::vector<std::string> argv = {
       kMeasure,
       "sign",
       "--bank=sha256",
       "--json=short",
-      fmt::format("--tpm2-device=swtpm:host=127.0.0.1,port={}", port),
+      "--tpm2-device=" + tpm.tcti(),
       "--private-key=" + (s.dir.path() / "keys/tpm2-pcr-private.pem").string(),
       "--public-key=" + (s.dir.path() / "keys/tpm2-pcr-public.pem").string()};
   argv.insert(argv.end(), s.args.begin(), s.args.end());
   auto r = util::run_process(argv);
-  ::kill(swtpm, SIGTERM);
   ASSERT_EQ(r.status, 0) << r.output;
   SecureBootKeys k = load_secure_boot_keys(s.dir.path() / "keys");
   auto ours = nlohmann::json::parse(pcr_signature_json(expected_pcr11(s.views()), k.pcr_key.get()));
