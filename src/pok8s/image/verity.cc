@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "pok8s/util/error.h"
+#include "pok8s/util/hex.h"
 #include "pok8s/util/sha256.h"
 
 namespace pok8s::image {
@@ -21,25 +22,8 @@ struct CryptDeleter {
   void operator()(crypt_device* cd) const { crypt_free(cd); }
 };
 
-// Lowercase hex to bytes; empty for anything else.
-std::string decode_hex(std::string_view hex) {
-  auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
-  };
-  std::string out;
-  if (hex.size() % 2 != 0) return out;
-  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
-    int hi = nibble(hex[i]), lo = nibble(hex[i + 1]);
-    if (hi < 0 || lo < 0) return {};
-    out.push_back(static_cast<char>(hi * 16 + lo));
-  }
-  return out;
-}
-
 std::string salt_bytes(std::string_view hex, const util::Path& image) {
-  std::string out = decode_hex(hex);
+  std::string out = util::hex_decode(hex).value_or("");
   if (out.empty() || out.size() > 64)
     throw Error(ErrorKind::kInvalidInput,
                 fmt::format("Failed to use the verity tree of {}: the salt must be 1 to 64 bytes "
@@ -108,7 +92,7 @@ VerityTree append_verity_tree(const util::Path& image, std::string_view salt_hex
 
 void verify_verity_tree(const util::Path& image, const VerityTree& tree) {
   std::string salt = salt_bytes(tree.salt, image);
-  std::string root = decode_hex(tree.root_hash);
+  std::string root = util::hex_decode(tree.root_hash).value_or("");
   if (root.size() != 32)
     throw Error(ErrorKind::kInvalidInput,
                 fmt::format("Failed to verify {}: the root hash {:?} is not 64 hex digits",

@@ -22,6 +22,7 @@
 
 #include "pok8s/util/error.h"
 #include "pok8s/util/file.h"
+#include "pok8s/util/hex.h"
 
 namespace pok8s::node {
 namespace {
@@ -41,16 +42,6 @@ struct DmBuffer {
   }
 };
 
-std::string unhex(std::string_view hex) {
-  std::string out;
-  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
-    unsigned v = 0;
-    if (std::sscanf(std::string(hex.substr(i, 2)).c_str(), "%2x", &v) != 1) return {};
-    out.push_back(static_cast<char>(v));
-  }
-  return out;
-}
-
 }  // namespace
 
 bool verity_root_matches(const util::Path& image, const VerityParams& params) {
@@ -61,16 +52,15 @@ bool verity_root_matches(const util::Path& image, const VerityParams& params) {
       static_cast<ssize_t>(block.size()))
     return false;
   // OpenSSL's low-level SHA-256 (static libcrypto, as netboot.cc): the salt, then the block.
-  std::string salt = unhex(params.salt);
+  std::string salt = util::hex_decode(params.salt).value_or("");
   SHA256_CTX sha;
   SHA256_Init(&sha);
   SHA256_Update(&sha, salt.data(), salt.size());
   SHA256_Update(&sha, block.data(), block.size());
   unsigned char digest[SHA256_DIGEST_LENGTH];
   SHA256_Final(digest, &sha);
-  std::string hex;
-  for (unsigned char c : digest) hex += fmt::format("{:02x}", c);
-  return hex == params.root_hash;
+  return util::hex_encode(std::string_view(reinterpret_cast<const char*>(digest), sizeof digest)) ==
+         params.root_hash;
 }
 
 std::string verity_table(const std::string& device_number, const VerityParams& p) {

@@ -7,6 +7,7 @@
 
 #include "pok8s/node/netboot.h"
 #include "pok8s/util/error.h"
+#include "pok8s/util/hex.h"
 
 namespace pok8s::node {
 namespace {
@@ -88,8 +89,8 @@ VerityParams parse_verity(const std::string& value) {
   }
   if (parts.size() != 4) throw fail();
   auto is_hex = [](const std::string& s) {
-    return !s.empty() && s.size() % 2 == 0 &&
-           s.find_first_not_of("0123456789abcdef") == std::string::npos;
+    auto bytes = util::hex_decode(s);
+    return bytes && !bytes->empty();
   };
   auto number = [&](const std::string& s) {
     std::uint64_t n = 0;

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "pok8s/util/error.h"
+#include "pok8s/util/hex.h"
 
 namespace pok8s::node {
 namespace {
@@ -521,8 +522,8 @@ void http_fetch(const HttpUrl& url, const util::Path& out, std::string_view sha2
                                              *head->content_length));
     unsigned char digest[SHA256_DIGEST_LENGTH];
     SHA256_Final(digest, &sha);
-    std::string got;
-    for (unsigned char b : digest) got += fmt::format("{:02x}", b);
+    std::string got =
+        util::hex_encode(std::string_view(reinterpret_cast<const char*>(digest), sizeof digest));
     if (got != lower(sha256_hex))
       throw fail(ErrorKind::kSignature,
                  fmt::format("its sha256 is {}, the kernel command line says {}", got, sha256_hex));

@@ -13,6 +13,7 @@
 
 #include "pok8s/server/state.h"
 #include "pok8s/util/error.h"
+#include "pok8s/util/hex.h"
 #include "pok8s/util/time.h"
 
 namespace pok8s::server {
@@ -55,8 +56,7 @@ nlohmann::json cert_json(const std::string& file, X509* cert, bool has_key) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   X509_digest(cert, EVP_sha256(), md, &len);
-  std::string fp;
-  for (unsigned i = 0; i < len; ++i) fp += fmt::format("{:02x}", md[i]);
+  std::string fp = util::hex_encode(std::string_view(reinterpret_cast<const char*>(md), len));
   std::tm tm{};
   ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm);
   return {{"file", file},

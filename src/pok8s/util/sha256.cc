@@ -39,17 +39,6 @@ std::string Sha256::digest() {
   return std::string(reinterpret_cast<const char*>(md), len);
 }
 
-std::string hex_encode(std::string_view raw) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(raw.size() * 2);
-  for (unsigned char c : raw) {
-    out += kHex[c >> 4];
-    out += kHex[c & 15];
-  }
-  return out;
-}
-
 std::string sha256_hex(std::string_view data) {
   Sha256 h;
   h.update(data);

@@ -8,11 +8,9 @@
 #include <string_view>
 
 #include "pok8s/util/file.h"
+#include "pok8s/util/hex.h"
 
 namespace pok8s::util {
-
-// `raw` as lowercase hex, two digits a byte.
-std::string hex_encode(std::string_view raw);
 
 class Sha256 {
  public:
