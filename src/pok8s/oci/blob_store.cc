@@ -38,10 +38,7 @@ std::string BlobStore::read(const Digest& digest, std::uint64_t limit) const {
 
 BlobStore::Writer::Writer(const BlobStore& store, Digest expected,
                           std::optional<std::uint64_t> size)
-    : store_(&store),
-      expected_(std::move(expected)),
-      size_(size),
-      tmp_(store.path_for(expected_)) {}
+    : expected_(std::move(expected)), size_(size), tmp_(store.path_for(expected_)) {}
 
 void BlobStore::Writer::write(std::span<const std::byte> data) {
   written_ += data.size();

@@ -41,7 +41,6 @@ class BlobStore {
    private:
     friend class BlobStore;
     Writer(const BlobStore& store, Digest expected, std::optional<std::uint64_t> size);
-    const BlobStore* store_;
     Digest expected_;
     std::optional<std::uint64_t> size_;
     util::TempFile tmp_;
