@@ -46,6 +46,11 @@ inline std::string debian_fixture(std::string& error) {
   return util::last_line(r.output);
 }
 
+// The tag `pok8s convert` gives the Debian fixture converted as `version` (standard, amd64).
+inline std::string converted_tag(const std::string& version) {
+  return "12-standard-amd64-generic-" + version;
+}
+
 // The fixture tarball `tar` imported into the OCI layout `layout` (as "base") and converted, as
 // the standard variant with k3s (a fake binary in `work`) and version `version`, in the cache
 // `work`/cache: the converted image's tag, or empty with what failed in `error`.
@@ -67,7 +72,7 @@ inline std::string convert_fixture(const std::string& tar, const util::Path& wor
     error = "convert failed:\n" + r.output;
     return {};
   }
-  return "12-standard-amd64-generic-" + version;
+  return converted_tag(version);
 }
 
 // The Debian fixture converted as `version` (convert_fixture) and put in `layout` under its tag.
@@ -92,7 +97,7 @@ inline std::string convert_debian_fixture(const util::Path& work, const util::Pa
     for (const auto& f : files) inputs += f.string() + "=" + util::file_sha256(f) + "\n";
   }
   util::Path kept = cache / ("converted-" + version + "-" + util::sha256_hex(inputs).substr(0, 16));
-  std::string tag = "12-standard-amd64-generic-" + version;
+  std::string tag = converted_tag(version);
   util::UniqueFd lock = util::open_file(cache / ".lock-converted", O_RDWR | O_CREAT);
   if (::flock(lock.get(), LOCK_EX) != 0) {
     error = "flock " + (cache / ".lock-converted").string() + " failed";
