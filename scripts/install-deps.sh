@@ -3,9 +3,10 @@
 # tools the tests drive (a registry, skopeo, umoci, mmdebstrap, QEMU with OVMF, clang for the
 # fuzzers, squashfs-tools and xorriso as the reference pipeline and to read what pok8s writes).
 # uidmap's newuidmap/newgidmap let pok8s convert without root, in a user namespace. The service
-# (`pok8s serve`) needs SQLite, libpq and cpp-httplib; its tests a PostgreSQL server, Chromium
-# and Node.js for the web builder, and wrk for its benchmark. Signing with keys kept in a
-# PKCS#11 token needs libengine-pkcs11-openssl; its test uses SoftHSM.
+# (`pok8s serve`) needs SQLite, libpq and Boost.Beast (libboost1.81-dev, headers only); its tests
+# cpp-httplib for their clients, a PostgreSQL server, Chromium and Node.js for the web builder,
+# and wrk for its benchmark. ccache keeps compiled objects between builds and clones. Signing
+# with keys kept in a PKCS#11 token needs libengine-pkcs11-openssl; its test uses SoftHSM.
 set -euo pipefail
 what=${1:-build}
 
@@ -13,7 +14,8 @@ build_pkgs=(build-essential cmake ninja-build pkg-config git ca-certificates
   libarchive-dev libcurl4-openssl-dev libssl-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libzstd-dev libgtest-dev libgmock-dev libyaml-cpp-dev libsquashfs-dev libisofs-dev libblkid-dev
   grub-common grub-efi-amd64-bin grub-pc-bin mtools uidmap libsqlite3-dev libpq-dev libcpp-httplib-dev
-  libfdisk-dev e2fsprogs qemu-utils libcryptsetup-dev libtss2-dev systemd-boot-efi)
+  libfdisk-dev e2fsprogs qemu-utils libcryptsetup-dev libtss2-dev systemd-boot-efi
+  libboost1.81-dev ccache)
 # Booting what the demo builds, and the Debian base it starts from.
 boot_pkgs=(qemu-system-x86 ovmf seabios)
 demo_pkgs=(mmdebstrap mount "${boot_pkgs[@]}")
