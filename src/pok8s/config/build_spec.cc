@@ -361,10 +361,11 @@ void require_utf8(std::string_view text, std::string_view what) {
 // error names the field by its path.
 class SpecReader : private StrictYaml {
  public:
-  SpecReader(std::string_view source, util::Path base_dir)
+  SpecReader(std::string_view source, util::Path base_dir, const SpecParseOptions& options)
       : StrictYaml("build spec", source,
                    {kMaxCloudConfigNodes, kMaxCloudConfigListLength, kMaxCloudConfigDepth}),
-        base_dir_(std::move(base_dir)) {}
+        base_dir_(std::move(base_dir)),
+        options_(options) {}
 
   BuildSpec read(std::string_view text) {
     BuildSpec spec;
@@ -418,7 +419,7 @@ class SpecReader : private StrictYaml {
           } else if (key == "artifacts") {
             spec.artifacts = read_artifacts(value);
           } else if (key == "cloudConfig") {
-            spec.cloud_config = read_optional_file(value, key, kMaxCloudConfigBytes);
+            spec.cloud_config = read_optional_file(value, key, key, kMaxCloudConfigBytes);
           } else if (key == "compression") {
             read_compression(value, spec);
           } else {
@@ -484,42 +485,65 @@ class SpecReader : private StrictYaml {
     return (path.is_relative() ? base_dir_ / path : path).lexically_normal();
   }
 
-  // A local path that must exist; `st` receives what it is.
-  util::Path read_existing_path(const YAML::Node& node, const std::string& path,
-                                struct stat& st) const {
+  // Holds a path as written to the caller's policy, if any, before anything looks at it.
+  void check_path(const YAML::Node& node, const std::string& path, std::string_view field,
+                  const std::string& written) const {
+    if (!options_.check_path) return;
+    std::string why = options_.check_path(field, written);
+    if (!why.empty()) fail(node, fmt::format("{} \"{}\" {}", path, printable(written), why));
+  }
+
+  // A local path, held to the policy and resolved; nothing on disk is looked at yet.
+  util::Path read_local_path(const YAML::Node& node, const std::string& path,
+                             std::string_view field) const {
     std::string s = read_text(node, path);
     if (s.empty()) fail(node, fmt::format("{} must not be empty", path));
-    util::Path resolved = resolve(s);
+    check_path(node, path, field, s);
+    return resolve(s);
+  }
+
+  // How a message names a resolved path.
+  std::string shown(const util::Path& resolved) const {
+    return options_.relative_messages ? resolved.lexically_relative(base_dir_).string()
+                                      : resolved.string();
+  }
+
+  // What `resolved` is on disk; it must exist.
+  struct stat stat_path(const YAML::Node& node, const std::string& path,
+                        const util::Path& resolved) const {
+    struct stat st {};
     if (::stat(resolved.c_str(), &st) != 0) {
       int err = errno;
       if (err == ENOENT || err == ENOTDIR)
-        fail(node, fmt::format("{} {} does not exist", path, resolved.string()));
-      fail(node, fmt::format("{} {} cannot be read: {}", path, resolved.string(),
+        fail(node, fmt::format("{} {} does not exist", path, shown(resolved)));
+      fail(node, fmt::format("{} {} cannot be read: {}", path, shown(resolved),
                              std::system_category().message(err)));
     }
-    return resolved;
+    return st;
   }
 
   // An optional regular file of at most `limit` bytes; "" when not given.
   std::string read_optional_file(const YAML::Node& node, const std::string& path,
-                                 std::uint64_t limit) const {
+                                 std::string_view field, std::uint64_t limit) const {
     if (node.IsNull() || (node.IsScalar() && node.Scalar().empty())) return {};
-    struct stat st {};
-    util::Path file = read_existing_path(node, path, st);
+    util::Path file = read_local_path(node, path, field);
+    if (!options_.check_files) return file.string();
+    struct stat st = stat_path(node, path, file);
     if (!S_ISREG(st.st_mode))
-      fail(node, fmt::format("{} {} is not a regular file", path, file.string()));
+      fail(node, fmt::format("{} {} is not a regular file", path, shown(file)));
     if (static_cast<std::uint64_t>(st.st_size) > limit)
-      fail(node, fmt::format("{} {} is {} bytes, more than the limit of {}", path, file.string(),
+      fail(node, fmt::format("{} {} is {} bytes, more than the limit of {}", path, shown(file),
                              st.st_size, limit));
     return file.string();
   }
 
-  std::string read_optional_directory(const YAML::Node& node, const std::string& path) const {
+  std::string read_optional_directory(const YAML::Node& node, const std::string& path,
+                                      std::string_view field) const {
     if (node.IsNull() || (node.IsScalar() && node.Scalar().empty())) return {};
-    struct stat st {};
-    util::Path dir = read_existing_path(node, path, st);
-    if (!S_ISDIR(st.st_mode))
-      fail(node, fmt::format("{} {} is not a directory", path, dir.string()));
+    util::Path dir = read_local_path(node, path, field);
+    if (!options_.check_files) return dir.string();
+    struct stat st = stat_path(node, path, dir);
+    if (!S_ISDIR(st.st_mode)) fail(node, fmt::format("{} {} is not a directory", path, shown(dir)));
     return dir.string();
   }
 
@@ -533,7 +557,9 @@ class SpecReader : private StrictYaml {
     } catch (const Error& e) {
       fail(node, fmt::format("base is not an image source: {}", e.what()));
     }
-    if (name.transport == oci::Transport::kDocker || name.path.is_absolute()) return text;
+    if (name.transport == oci::Transport::kDocker) return text;
+    check_path(node, "base", "base", text);
+    if (name.path.is_absolute()) return text;
     // parse() took the path as a prefix of what follows the transport.
     std::string transport(oci::transport_name(name.transport));
     std::string_view rest = std::string_view(text).substr(transport.size() + 1);
@@ -545,10 +571,15 @@ class SpecReader : private StrictYaml {
       check = oci::ImageName::parse(resolved);
     } catch (const Error&) {
     }
-    if (check.path != absolute || check.transport != name.transport)
+    if (check.path != absolute || check.transport != name.transport) {
+      if (options_.relative_messages)
+        fail(node, fmt::format("base {} is not a usable source name once its path is resolved "
+                               "(':' in the path)",
+                               printable(text)));
       fail(node, fmt::format("base {} resolves to {}, which is not a usable source name (':' in "
                              "the path); give an absolute path",
                              printable(text), printable(resolved)));
+    }
     return resolved;
   }
 
@@ -588,7 +619,7 @@ class SpecReader : private StrictYaml {
                                       printable(k8s.binary)));
             } else if (!k8s.binary.empty()) {
               k8s.binary =
-                  read_optional_file(value, path, std::numeric_limits<std::uint64_t>::max());
+                  read_optional_file(value, path, path, std::numeric_limits<std::uint64_t>::max());
             }
           } else if (key == "sha256") {
             k8s.sha256 = lowercase(read_text(value, path));
@@ -660,11 +691,11 @@ class SpecReader : private StrictYaml {
   void check_manifest_file(const YAML::Node& at, const std::string& path, const util::Path& file,
                            std::uint64_t size) const {
     if (size > kMaxManifestBytes)
-      fail(at, fmt::format("{} {} is {} bytes, more than the limit of {}", path, file.string(),
-                           size, kMaxManifestBytes));
+      fail(at, fmt::format("{} {} is {} bytes, more than the limit of {}", path, shown(file), size,
+                           kMaxManifestBytes));
     if (!is_utf8(file.filename().string()))
       fail(at,
-           fmt::format("{} {} has a file name that is not UTF-8", path, printable(file.string())));
+           fmt::format("{} {} has a file name that is not UTF-8", path, printable(shown(file))));
   }
 
   std::vector<util::Path> read_manifests(const YAML::Node& node, const std::string& path) {
@@ -676,17 +707,21 @@ class SpecReader : private StrictYaml {
     for (std::size_t i = 0; i < node.size(); ++i) {
       count(node[i]);
       std::string sub = index(path, i);
-      struct stat st {};
-      util::Path manifest = read_existing_path(node[i], sub, st);
+      util::Path manifest = read_local_path(node[i], sub, path);
+      if (!options_.check_files) {
+        out.push_back(std::move(manifest));
+        continue;
+      }
+      struct stat st = stat_path(node[i], sub, manifest);
       if (S_ISDIR(st.st_mode)) {
         std::error_code ec;
         auto listed = list_manifest_dir(manifest, ec);
         if (ec)
           fail(node[i],
-               fmt::format("{} {} cannot be listed: {}", sub, manifest.string(), ec.message()));
+               fmt::format("{} {} cannot be listed: {}", sub, shown(manifest), ec.message()));
         if (listed.empty())
           fail(node[i],
-               fmt::format("{} {} holds no .yaml, .yml or .json file", sub, manifest.string()));
+               fmt::format("{} {} holds no .yaml, .yml or .json file", sub, shown(manifest)));
         for (const auto& file : listed) {
           std::error_code size_ec;
           std::uint64_t size = std::filesystem::file_size(file, size_ec);
@@ -696,12 +731,11 @@ class SpecReader : private StrictYaml {
       } else if (S_ISREG(st.st_mode)) {
         if (!is_manifest_name(manifest))
           fail(node[i],
-               fmt::format("{} {} is not a .yaml, .yml or .json file", sub, manifest.string()));
+               fmt::format("{} {} is not a .yaml, .yml or .json file", sub, shown(manifest)));
         check_manifest_file(node[i], sub, manifest, static_cast<std::uint64_t>(st.st_size));
         ++files;
       } else {
-        fail(node[i],
-             fmt::format("{} {} is neither a file nor a directory", sub, manifest.string()));
+        fail(node[i], fmt::format("{} {} is neither a file nor a directory", sub, shown(manifest)));
       }
       if (files > kMaxManifestFiles)
         fail(node[i], fmt::format("{} adds more than {} manifest files", path, kMaxManifestFiles));
@@ -851,9 +885,9 @@ class SpecReader : private StrictYaml {
                    else if (key == "encryption")
                      security.encryption = read_choice(value, path, kEncryptions, "none");
                    else if (key == "keys")
-                     security.keys = read_optional_directory(value, path);
+                     security.keys = read_optional_directory(value, path, path);
                    else if (key == "splash")
-                     security.splash = read_optional_file(value, path, kMaxSplashBytes);
+                     security.splash = read_optional_file(value, path, path, kMaxSplashBytes);
                    else
                      unknown_key(key_node, key, "security", kSecurityKeys);
                  });
@@ -907,12 +941,18 @@ class SpecReader : private StrictYaml {
   }
 
   util::Path base_dir_;
+  const SpecParseOptions& options_;
 };
 
 }  // namespace
 
 BuildSpec parse_build_spec(std::string_view text, std::string_view source,
                            const util::Path& base_dir) {
+  return parse_build_spec(text, source, base_dir, SpecParseOptions{});
+}
+
+BuildSpec parse_build_spec(std::string_view text, std::string_view source,
+                           const util::Path& base_dir, const SpecParseOptions& options) {
   if (text.size() > kMaxBuildSpecBytes)
     throw Error(ErrorKind::kInvalidInput,
                 fmt::format("Failed to read build spec {}: {} bytes exceeds the limit of {}",
@@ -923,9 +963,11 @@ BuildSpec parse_build_spec(std::string_view text, std::string_view source,
   std::error_code ec;
   util::Path dir = std::filesystem::absolute(base_dir, ec);
   if (ec)
-    throw Error(ErrorKind::kIo, fmt::format("Failed to read build spec {}: no directory {}: {}",
-                                            source, base_dir.string(), ec.message()));
-  return SpecReader(source, dir.lexically_normal()).read(text);
+    throw Error(ErrorKind::kIo,
+                fmt::format("Failed to read build spec {}: no directory {}: {}", source,
+                            options.relative_messages ? "to resolve paths in" : base_dir.string(),
+                            ec.message()));
+  return SpecReader(source, dir.lexically_normal(), options).read(text);
 }
 
 BuildSpec load_build_spec(const util::Path& file) {

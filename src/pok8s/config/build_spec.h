@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -95,10 +96,31 @@ inline constexpr std::size_t kMaxBuildSpecBytes = 1u << 20;
 inline constexpr std::size_t kMaxManifestFiles = 1000;
 inline constexpr std::uint64_t kMaxManifestBytes = 16u << 20;
 
+// How parse_build_spec treats the local paths a spec names: cloudConfig, kubernetes.binary (a
+// file, not a URL), toppings.manifests, security.keys, security.splash, and a local base. The
+// defaults are the CLI's: a spec may name any path, and each is checked on disk.
+struct SpecParseOptions {
+  // Called with each such path as written, before anything on disk is looked at. `field` is the
+  // key: "cloudConfig", "kubernetes.binary", "toppings.manifests", "security.keys",
+  // "security.splash", or "base" (with the whole source name, for every transport but
+  // docker://). A non-empty return refuses the path and is the reason the error gives; the
+  // service holds a request's spec to its own files this way.
+  std::function<std::string(std::string_view field, std::string_view written)> check_path;
+  // Whether each path must exist and be of its kind and size, and manifest directories are
+  // listed. Off, paths are only resolved: nothing on disk is touched, so a spec from a client
+  // learns nothing of the server's files.
+  bool check_files = true;
+  // Messages name paths relative to `base_dir`, as the spec's author knows them, instead of
+  // resolved: the directory the service parses in is no business of its clients.
+  bool relative_messages = false;
+};
+
 // Parses and validates; relative paths resolve against `base_dir`. Every error is one line:
 // "Failed to read build spec SOURCE: line N: FIELD.PATH ..." with did-you-mean for unknown keys.
 BuildSpec parse_build_spec(std::string_view text, std::string_view source,
                            const util::Path& base_dir);
+BuildSpec parse_build_spec(std::string_view text, std::string_view source,
+                           const util::Path& base_dir, const SpecParseOptions& options);
 // Reads (size-limited) and parses; base_dir = the file's directory.
 BuildSpec load_build_spec(const util::Path& file);
 

@@ -3,12 +3,19 @@
 
 #include <fmt/format.h>
 
-#include "pok8s/oci/reference.h"
+#include <algorithm>
+#include <limits>
+#include <optional>
+#include <system_error>
+#include <vector>
+
 #include "pok8s/util/error.h"
 
 namespace pok8s::server {
 namespace fs = std::filesystem;
 namespace {
+
+constexpr std::string_view kSpecSource = "the request's spec";
 
 [[noreturn]] void refuse(const std::string& what) {
   throw Error(ErrorKind::kInvalidInput, "Failed to read the build request: " + what);
@@ -24,6 +31,88 @@ bool is_name_char(char c) {
 bool inside(const util::Path& p, const util::Path& dir) {
   auto rel = p.lexically_normal().lexically_relative(dir.lexically_normal());
   return !rel.empty() && *rel.begin() != ".." && !rel.is_absolute();
+}
+
+// Where a spec's path leads if it is one of the request's own: `written` with "." and empty
+// components dropped and ".." applied, relative to the request's directory; nullopt when it is
+// absolute or climbs out. Lexical: the answer never depends on what the server holds.
+std::optional<std::string> request_relative(std::string_view written) {
+  if (written.empty() || written.front() == '/') return std::nullopt;
+  std::vector<std::string_view> parts;
+  for (std::size_t start = 0; start <= written.size();) {
+    std::size_t end = std::min(written.find('/', start), written.size());
+    std::string_view part = written.substr(start, end - start);
+    start = end + 1;
+    if (part.empty() || part == ".") continue;
+    if (part == "..") {
+      if (parts.empty()) return std::nullopt;
+      parts.pop_back();
+      continue;
+    }
+    parts.push_back(part);
+  }
+  std::string out;
+  for (std::string_view part : parts) {
+    if (!out.empty()) out += '/';
+    out += part;
+  }
+  return out;
+}
+
+constexpr std::string_view kNotOwnFile =
+    "is not one of the request's files (a spec sent to the service names the files it sends, by "
+    "relative path)";
+
+// Why the service refuses the path `written` of the spec's `field`, or "" to accept it. Decided
+// from the request alone, so that a refusal says the same of every path outside it.
+std::string path_refusal(const BuildRequest& request, const RequestPolicy& policy,
+                         std::string_view field, std::string_view written) {
+  if (field == "base")
+    return policy.allow_local_sources ? ""
+                                      : "reads the server's disk; this service only builds from "
+                                        "registries (docker://…)";
+  std::optional<std::string> rel = request_relative(written);
+  if (field == "security.keys") {
+    if (rel && rel->starts_with("keysets/") && policy.keysets.contains(rel->substr(8))) return "";
+    return "is not a key set of the service; name one as keysets/NAME";
+  }
+  if (!rel) return std::string(kNotOwnFile);
+  // keysets/ holds private keys: they sign, they never go into an image.
+  if (*rel == "keysets" || rel->starts_with("keysets/"))
+    return "is in keysets/, which only security.keys may name (key sets sign, they never go "
+           "into an image)";
+  if (request.files.contains(*rel)) return "";
+  if (field == "toppings.manifests" && !rel->empty()) {
+    std::string prefix = *rel + "/";
+    auto it = request.files.lower_bound(prefix);
+    if (it != request.files.end() && it->first.starts_with(prefix)) return "";
+  }
+  return std::string(kNotOwnFile);
+}
+
+// The spec of a request is parsed with its paths held to the policy and named as written.
+config::SpecParseOptions request_parse_options(const BuildRequest& request,
+                                               const RequestPolicy& policy, bool check_files) {
+  config::SpecParseOptions options;
+  options.check_path = [&request, &policy](std::string_view field, std::string_view written) {
+    return path_refusal(request, policy, field, written);
+  };
+  options.check_files = check_files;
+  options.relative_messages = true;
+  return options;
+}
+
+// `message` without the request's directory: a client knows its files by relative path only.
+std::string without_dir(std::string message, const util::Path& dir) {
+  std::string d = dir.lexically_normal().string();
+  while (d.size() > 1 && d.back() == '/') d.pop_back();
+  if (d.size() <= 1) return message;
+  for (const std::string& needle : {d + "/", d}) {
+    for (std::size_t at = message.find(needle); at != std::string::npos;
+         at = message.find(needle, at))
+      message.replace(at, needle.size(), needle == d ? "." : "");
+  }
+  return message;
 }
 
 }  // namespace
@@ -98,47 +187,51 @@ nlohmann::json build_request_json(const BuildRequest& request) {
   return {{"spec", request.spec}, {"files", request.files}};
 }
 
+config::BuildSpec parse_request_spec(const BuildRequest& request, const util::Path& dir,
+                                     const RequestPolicy& policy) {
+  return config::parse_build_spec(request.spec, kSpecSource, dir,
+                                  request_parse_options(request, policy, false));
+}
+
 config::BuildSpec materialize_request(const BuildRequest& request, const util::Path& dir,
                                       const RequestPolicy& policy) {
-  for (const auto& [name, text] : request.files) {
-    util::Path p = dir / name;
-    util::make_dirs(p.parent_path());
-    util::write_file_atomic(p, text, 0644);
-  }
-  if (!policy.keysets.empty()) {
-    util::make_dirs(dir / "keysets");
-    for (const auto& [name, path] : policy.keysets)
-      fs::create_directory_symlink(path, dir / "keysets" / name);
-  }
-  config::BuildSpec spec = config::parse_build_spec(request.spec, "the request's spec", dir);
+  // The names were checked when the request was parsed; a request read back from the database
+  // is held to the same rule before anything is written with it.
+  RequestLimits any_size;
+  any_size.max_name_bytes = any_size.max_depth = std::numeric_limits<std::size_t>::max();
+  for (const auto& [name, _] : request.files) check_request_file_name(name, any_size);
 
-  auto policy_error = [&](std::string_view field, std::string_view why) {
-    throw Error(ErrorKind::kInvalidInput,
-                fmt::format("Failed to read build spec the request's spec: {}: {}", field, why));
-  };
-  auto own_file = [&](std::string_view field, const util::Path& p) {
-    // keysets/ holds private keys: they sign, they never go into an image.
-    if (!inside(p, dir) || inside(p, dir / "keysets"))
-      policy_error(field, fmt::format("{} is not one of the request's files (a spec sent to the "
-                                      "service names the files it sends, by relative path)",
-                                      p.string()));
-  };
-  if (!spec.cloud_config.empty()) own_file("cloudConfig", spec.cloud_config);
-  for (const auto& m : spec.toppings.manifests) own_file("toppings.manifests", m);
-  if (!spec.kubernetes.binary.empty() && !spec.kubernetes.binary.starts_with("http://") &&
-      !spec.kubernetes.binary.starts_with("https://"))
-    own_file("kubernetes.binary", spec.kubernetes.binary);
-  if (!spec.security.keys.empty()) {
-    util::Path keys(spec.security.keys);
-    if (!inside(keys, dir / "keysets") || keys.parent_path() != dir / "keysets")
-      policy_error("security.keys", "name a key set of the service as keysets/NAME");
+  // Every path is held to the policy before anything on disk is touched, and only then are
+  // the files written and looked at: by then they are files the service wrote itself.
+  config::BuildSpec spec = parse_request_spec(request, dir, policy);
+  try {
+    for (const auto& [name, text] : request.files) {
+      util::Path p = dir / name;
+      util::make_dirs(p.parent_path());
+      util::write_file_atomic(p, text, 0644);
+    }
+    if (!spec.security.keys.empty()) {
+      // The policy let through keysets/NAME of a key set it holds, perhaps with a trailing '/'.
+      std::string keys = spec.security.keys;
+      while (keys.ends_with('/')) keys.pop_back();
+      std::string name = util::Path(keys).filename().string();
+      auto target = policy.keysets.find(name);
+      if (target == policy.keysets.end())
+        throw Error(
+            ErrorKind::kInternal,
+            fmt::format("Failed to link key set {}: the policy holds no such key set", name));
+      util::make_dirs(dir / "keysets");
+      std::error_code ec;
+      fs::create_directory_symlink(target->second, dir / "keysets" / name, ec);
+      if (ec)
+        throw Error(ErrorKind::kIo,
+                    fmt::format("Failed to link key set {}: {}", name, ec.message()));
+    }
+    return config::parse_build_spec(request.spec, kSpecSource, dir,
+                                    request_parse_options(request, policy, true));
+  } catch (const Error& e) {
+    throw Error(e.kind(), without_dir(e.what(), dir));
   }
-  auto base = oci::ImageName::parse(spec.base);
-  if (base.transport != oci::Transport::kDocker && !policy.allow_local_sources)
-    policy_error("base", fmt::format("{} reads the server's disk; this service only builds from "
-                                     "registries (docker://…)",
-                                     spec.base));
-  return spec;
 }
 
 std::string relative_spec_yaml(const config::BuildSpec& spec, const util::Path& dir) {

@@ -41,8 +41,19 @@ struct RequestPolicy {
   std::map<std::string, util::Path> keysets;
 };
 
-// Writes the request's files under `dir` (which must exist and be empty), parses the spec
-// relative to it, and enforces `policy`. The spec's paths are absolute under `dir` afterwards.
+// Parses the spec as if its files were under `dir` and holds every path it names to `policy`,
+// touching nothing on disk: a path must be relative and name one of the request's files (or,
+// for toppings.manifests, a directory of them); security.keys must be "keysets/NAME" of a key
+// set in the policy, and nothing else may name keysets/; a local base needs
+// allow_local_sources. Errors name the field and the path as written, never `dir`. The spec's
+// paths are absolute under `dir` afterwards, not yet checked on disk.
+config::BuildSpec parse_request_spec(const BuildRequest& request, const util::Path& dir,
+                                     const RequestPolicy& policy);
+
+// parse_request_spec, then writes the request's files under `dir` (which must exist and be
+// empty) with a link to the key set it names, and checks the files on disk (kinds, sizes,
+// manifest directories). The spec's paths are absolute under `dir` afterwards. No error names
+// `dir` or a path of the server.
 config::BuildSpec materialize_request(const BuildRequest& request, const util::Path& dir,
                                       const RequestPolicy& policy);
 

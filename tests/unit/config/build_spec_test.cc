@@ -4,7 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "pok8s/util/error.h"
 #include "pok8s/util/file.h"
@@ -613,6 +616,87 @@ TEST_F(BuildSpecTest, RefusesABinaryUrlWithSpacesQuotesOrControlCharacters) {
   EXPECT_EQ(error_of(std::string(kMinimal) + k8s +
                      "'https://github.com/k3s-io/k3s/releases/download/v1.31.2%2Bk3s1/k3s?x=1'}\n"),
             "");
+}
+
+// What the service parses a client's spec with: each local path goes to the caller's check as
+// written, before anything on disk is looked at, and messages name paths as the client knows them.
+TEST_F(BuildSpecTest, ACallerMayCheckEachPathBeforeTheDiskIsTouched) {
+  std::vector<std::pair<std::string, std::string>> seen;
+  SpecParseOptions options;
+  options.check_path = [&](std::string_view field, std::string_view written) {
+    seen.emplace_back(field, written);
+    return std::string();
+  };
+  options.check_files = false;
+  std::string text = std::string(R"(apiVersion: pok8s/v1
+kind: Build
+base: oci:./image:v1
+version: "1"
+kubernetes: {distribution: k3s, version: v1.31.2+k3s1, binary: ./bin/k3s}
+toppings:
+  manifests: [m/one.yaml, m]
+security: {keys: keysets/prod, splash: art/splash.bmp}
+cloudConfig: ./nothing-here.yaml
+)");
+  // Nothing named exists: with check_files off, that is no error.
+  util::Path nowhere = dir() / "not-created";
+  BuildSpec s = parse_build_spec(text, "request", nowhere, options);
+  EXPECT_EQ(s.cloud_config, (nowhere / "nothing-here.yaml").string());
+  EXPECT_EQ(s.security.splash, (nowhere / "art/splash.bmp").string());
+  EXPECT_EQ(s.toppings.manifests, (std::vector<util::Path>{nowhere / "m/one.yaml", nowhere / "m"}));
+  EXPECT_FALSE(std::filesystem::exists(nowhere));
+  EXPECT_EQ(seen, (std::vector<std::pair<std::string, std::string>>{
+                      {"base", "oci:./image:v1"},
+                      {"kubernetes.binary", "./bin/k3s"},
+                      {"toppings.manifests", "m/one.yaml"},
+                      {"toppings.manifests", "m"},
+                      {"security.keys", "keysets/prod"},
+                      {"security.splash", "art/splash.bmp"},
+                      {"cloudConfig", "./nothing-here.yaml"}}));
+
+  // A refusal is the error, with the field, the line and the path as written.
+  options.check_path = [](std::string_view field, std::string_view) {
+    return field == "security.splash" ? std::string("is not allowed here") : std::string();
+  };
+  try {
+    parse_build_spec(std::string(kMinimal) + "security: {splash: /etc/shadow}\n", "request",
+                     nowhere, options);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(),
+                 "Failed to read build spec request: line 5: security.splash \"/etc/shadow\" is "
+                 "not allowed here");
+  }
+  // A docker:// base is no local path; it goes to no check.
+  EXPECT_NO_THROW(parse_build_spec(kMinimal, "request", nowhere, options));
+}
+
+TEST_F(BuildSpecTest, RelativeMessagesNameNoDirectoryOfTheParser) {
+  SpecParseOptions options;
+  options.relative_messages = true;
+  auto error = [&](const std::string& extra) {
+    try {
+      parse_build_spec(std::string(kMinimal) + extra, "request", dir(), options);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(error("cloudConfig: ./missing.yaml\n"),
+            "Failed to read build spec request: line 5: cloudConfig missing.yaml does not exist");
+  EXPECT_EQ(
+      error("cloudConfig: manifests\n"),
+      "Failed to read build spec request: line 5: cloudConfig manifests is not a regular file");
+  EXPECT_EQ(error("toppings: {manifests: [manifests/notes.txt]}\n"),
+            "Failed to read build spec request: line 5: toppings.manifests[0] manifests/notes.txt "
+            "is not a .yaml, .yml or .json file");
+  EXPECT_EQ(error("security: {keys: k3s}\n"),
+            "Failed to read build spec request: line 5: security.keys k3s is not a directory");
+  // The files are checked all the same, and what parses is the CLI's spec.
+  BuildSpec s = parse_build_spec(std::string(kMinimal) + "cloudConfig: cloud-config.yaml\n",
+                                 "request", dir(), options);
+  EXPECT_EQ(s, parse_build_spec(std::string(kMinimal) + "cloudConfig: cloud-config.yaml\n",
+                                "request", dir()));
 }
 
 }  // namespace

@@ -2,7 +2,13 @@
 // own files.
 #include "pok8s/server/build_request.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "pok8s/util/error.h"
 
@@ -118,6 +124,145 @@ TEST_F(Materialize, KeySetsAreForSigningOnly) {
                                   other.path(), policy);
             }).find("toppings.manifests"),
             std::string::npos);
+}
+
+// The service's answer must not depend on what the server holds: a path outside the request is
+// refused in the same words whether it exists or not, and is never looked at.
+TEST_F(Materialize, RefusesEveryPathOutsideTheRequestInTheSameWords) {
+  util::TempDir keys = util::TempDir::scratch();
+  util::write_file_atomic(keys.path() / "db.key", "secret");
+  RequestPolicy policy;
+  policy.keysets = {{"prod", keys.path()}};
+  std::map<std::string, std::string> files = {{"cc.yaml", "#cloud-config\n"},
+                                              {"m/a.yaml", "kind: Namespace\n"}};
+  const std::string fields[] = {"cloudConfig: {}\n", "security: {{splash: {}}}\n",
+                                "toppings: {{manifests: [{}]}}\n",
+                                "kubernetes: {{distribution: k3s, version: v1, binary: {}}}\n"};
+  for (const auto& field : fields) {
+    auto message_for = [&](const std::string& path) {
+      util::TempDir scratch = util::TempDir::scratch();
+      std::string m = message_of([&] {
+        materialize_request({spec(fmt::format(fmt::runtime(field), path)), files}, scratch.path(),
+                            policy);
+      });
+      EXPECT_EQ(m.find(scratch.path().string()), std::string::npos) << m;
+      EXPECT_TRUE(std::filesystem::is_empty(scratch.path())) << "wrote files for a refused request";
+      // The path as written stands in for itself, so that two messages compare.
+      auto at = m.find(path);
+      EXPECT_NE(at, std::string::npos) << m;
+      return at == std::string::npos ? m : m.replace(at, path.size(), "PATH");
+    };
+    std::string existing = message_for("/etc/hostname");
+    EXPECT_NE(existing.find("is not one of the request's files"), std::string::npos) << existing;
+    for (const std::string path :
+         {"/nonexistent/x.yaml", "/etc", "/etc/shadow", "../../pok8s.db", "../x.yaml",
+          "m/../../pok8s.db", "missing.yaml", "/proc/self/environ"})
+      EXPECT_EQ(message_for(path), existing) << field << path;
+    // Key sets sign; no other field may reach into them.
+    for (const std::string path : {"keysets/prod/db.key", "keysets/prod", "./keysets/prod/db.key"})
+      EXPECT_NE(message_for(path).find("keysets/, which only security.keys may name"),
+                std::string::npos)
+          << field << path;
+  }
+}
+
+TEST_F(Materialize, SplashIsOneOfTheRequestsFiles) {
+  util::TempDir keys = util::TempDir::scratch();
+  util::write_file_atomic(keys.path() / "db.key", "secret");
+  RequestPolicy policy;
+  policy.keysets = {{"prod", keys.path()}};
+  for (const char* splash : {"/etc/shadow", "keysets/prod/db.key", "../../pok8s.db"}) {
+    util::TempDir scratch = util::TempDir::scratch();
+    std::string m = message_of([&] {
+      materialize_request({spec(fmt::format("security: {{keys: keysets/prod, splash: {}}}\n"
+                                            "artifacts: [uki]\n",
+                                            splash)),
+                           {}},
+                          scratch.path(), policy);
+    });
+    EXPECT_NE(m.find("security.splash"), std::string::npos) << m;
+    EXPECT_EQ(m.find(scratch.path().string()), std::string::npos) << m;
+  }
+  auto s = materialize_request(
+      {spec("security: {keys: keysets/prod, splash: art/splash.bmp}\nartifacts: [uki]\n"),
+       {{"art/splash.bmp", "BM"}}},
+      dir_.path(), policy);
+  EXPECT_EQ(util::Path(s.security.splash), dir_.path() / "art/splash.bmp");
+}
+
+TEST_F(Materialize, KeysNameAKeySetOfTheServiceAndNothingElse) {
+  util::TempDir keys = util::TempDir::scratch();
+  util::write_file_atomic(keys.path() / "db.key", "secret");
+  RequestPolicy policy;
+  policy.keysets = {{"prod", keys.path()}};
+  for (const char* written : {"keysets/nope", "keysets/prod/sub", "keysets", "keys", "/etc",
+                              "keysets/../keysets/../../x", keys.path().c_str()}) {
+    util::TempDir scratch = util::TempDir::scratch();
+    std::string m = message_of([&] {
+      materialize_request(
+          {spec(fmt::format("security: {{keys: \"{}\"}}\n", written)), {{"keys/db.key", "mine"}}},
+          scratch.path(), policy);
+    });
+    EXPECT_NE(m.find("security.keys"), std::string::npos) << written << ": " << m;
+    EXPECT_NE(m.find("keysets/NAME"), std::string::npos) << written << ": " << m;
+  }
+  for (const char* written : {"./keysets/prod", "keysets/prod/"}) {
+    util::TempDir scratch = util::TempDir::scratch();
+    auto s = materialize_request({spec(fmt::format("security: {{keys: {}}}\n", written)), {}},
+                                 scratch.path(), policy);
+    EXPECT_EQ(util::read_file(util::Path(s.security.keys) / "db.key"), "secret") << written;
+  }
+}
+
+TEST_F(Materialize, ManifestsMayNameADirectoryOfTheRequestsFiles) {
+  BuildRequest r{spec("toppings: {manifests: [m, ./n/../m/a.yaml]}\n"),
+                 {{"m/a.yaml", "kind: Namespace\n"}, {"m/b.yaml", "kind: ConfigMap\n"}}};
+  auto s = materialize_request(r, dir_.path(), {});
+  EXPECT_EQ(s.toppings.manifests,
+            (std::vector<util::Path>{dir_.path() / "m", dir_.path() / "m/a.yaml"}));
+  // Checked on disk once written, in the request's own words.
+  util::TempDir other = util::TempDir::scratch();
+  std::string m = message_of([&] {
+    materialize_request({spec("toppings: {manifests: [d]}\n"), {{"d/notes.txt", "x"}}},
+                        other.path(), {});
+  });
+  EXPECT_NE(m.find("toppings.manifests[0] d holds no .yaml, .yml or .json file"), std::string::npos)
+      << m;
+  EXPECT_EQ(m.find(other.path().string()), std::string::npos) << m;
+}
+
+TEST_F(Materialize, TheSpecIsCheckedWithoutTouchingTheDisk) {
+  // No directory at all: parse_request_spec only reads the request.
+  util::Path nowhere = dir_.path() / "not-created";
+  auto s = parse_request_spec({spec("cloudConfig: cc.yaml\n"), {{"cc.yaml", "#cloud-config\n"}}},
+                              nowhere, {});
+  EXPECT_EQ(util::Path(s.cloud_config), nowhere / "cc.yaml");
+  EXPECT_FALSE(std::filesystem::exists(nowhere));
+  EXPECT_NE(message_of([&] {
+              parse_request_spec({spec("cloudConfig: /etc/hostname\n"), {}}, nowhere, {});
+            }).find("cloudConfig \"/etc/hostname\" is not one of the request's files"),
+            std::string::npos);
+}
+
+TEST_F(Materialize, ALocalBaseIsRefusedWithoutNamingTheServersDirectory) {
+  std::string m = message_of([&] {
+    materialize_request(
+        {"apiVersion: pok8s/v1\nkind: Build\nbase: oci:image:v1\nversion: v1\n", {}}, dir_.path(),
+        {});
+  });
+  EXPECT_NE(m.find("base \"oci:image:v1\" reads the server's disk"), std::string::npos) << m;
+  EXPECT_EQ(m.find(dir_.path().string()), std::string::npos) << m;
+}
+
+TEST_F(Materialize, RefusesFileNamesOfARequestNotParsedFromJson) {
+  for (const char* name : {"../escape.yaml", "/abs.yaml", "keysets/x/db.key", "a/./b"}) {
+    std::string m = message_of([&] {
+      materialize_request({spec(""), {{name, "x"}}}, dir_.path(), {});
+    });
+    EXPECT_NE(m.find("files"), std::string::npos) << name << ": " << m;
+  }
+  EXPECT_TRUE(std::filesystem::is_empty(dir_.path()));
+  EXPECT_FALSE(std::filesystem::exists(dir_.path().parent_path() / "escape.yaml"));
 }
 
 }  // namespace
