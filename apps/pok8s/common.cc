@@ -7,9 +7,24 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include "pok8s/oci/outbound.h"
 #include "pok8s/util/error.h"
 
 namespace pok8s::cli {
+
+std::vector<std::string> set_network_policy(const GlobalOptions& g, bool public_only,
+                                            const std::vector<std::string>& more_networks) {
+  oci::OutboundPolicy policy;
+  policy.public_only = public_only || g.public_network_only;
+  std::vector<std::string> networks;
+  for (const auto* list : {&g.allowed_networks, &more_networks})
+    for (const auto& text : *list) {
+      policy.allowed.push_back(oci::parse_cidr(text));
+      networks.push_back(policy.allowed.back().str());
+    }
+  oci::set_outbound_policy(std::move(policy));
+  return networks;
+}
 
 oci::BlobStore open_cache(const GlobalOptions& g) {
   return oci::BlobStore(g.cache_dir.empty() ? util::default_cache_dir() : util::Path(g.cache_dir));

@@ -49,6 +49,13 @@ struct TransportFlags {
   }
 };
 
+// Sets the process-wide outbound policy from --public-network-only and --allow-network, with
+// `public_only` forcing the former and `more_networks` added to the latter (serve, worker).
+// Returns the allowed networks, normalized, to pass on to child processes; throws
+// kInvalidInput naming a network that does not parse.
+std::vector<std::string> set_network_policy(const GlobalOptions& g, bool public_only = false,
+                                            const std::vector<std::string>& more_networks = {});
+
 // The blob cache: --cache, $POK8S_CACHE, or the XDG cache directory.
 oci::BlobStore open_cache(const GlobalOptions& g);
 

@@ -6,6 +6,7 @@
 #include <functional>
 
 #include "build_command.h"
+#include "common.h"
 #include "convert_command.h"
 #include "global_options.h"
 #include "image_commands.h"
@@ -27,6 +28,11 @@ int main(int argc, char** argv) {
   app.add_flag("--json", global.json,
                "Print the result as JSON on stdout (progress as JSON lines on stderr)");
   app.add_flag("-q,--quiet", global.quiet, "Print no progress");
+  app.add_flag("--public-network-only", global.public_network_only,
+               "Fetch only from public addresses: refuse loopback, private, link-local and other "
+               "non-public ones (pok8s serve and worker always do)");
+  app.add_option("--allow-network", global.allowed_networks,
+                 "A network (CIDR) --public-network-only still fetches from (repeatable)");
 
   std::function<int()> run;
   cli::add_image_commands(app, global, run);
@@ -41,6 +47,8 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   try {
+    // Before any command runs: every fetch it makes goes through this policy.
+    cli::set_network_policy(global);
     return run ? run() : 0;
   } catch (const Error& e) {
     std::fprintf(stderr, "pok8s: %s\n", e.what());

@@ -1,4 +1,5 @@
-// libcurl download into a temporary file, hashed while it streams.
+// libcurl download into a temporary file, hashed while it streams, under the outbound policy
+// (oci/outbound.h): the URL is a user's, as is every address its redirects lead to.
 #include "pok8s/convert/download.h"
 
 #include <curl/curl.h>
@@ -11,6 +12,7 @@
 #include <memory>
 #include <vector>
 
+#include "pok8s/oci/outbound.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/sha256.h"
 
@@ -49,12 +51,14 @@ std::string fetch_into(const std::string& url, util::TempFile& tmp, std::uint64_
                 fmt::format("Failed to download {}: only http(s) URLs are supported", url));
   Sink sink{tmp.fd(), {}, 0, limit, nullptr};
   std::unique_ptr<CURL, decltype(&curl_easy_cleanup)> curl(curl_easy_init(), curl_easy_cleanup);
+  if (!curl) throw Error(ErrorKind::kInternal, "Failed to create a libcurl handle");
+  oci::OutboundCheck check;
   char errbuf[CURL_ERROR_SIZE] = {};
   curl_easy_setopt(curl.get(), CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl.get(), CURLOPT_FOLLOWLOCATION, 1L);
   curl_easy_setopt(curl.get(), CURLOPT_MAXREDIRS, 10L);
-  curl_easy_setopt(curl.get(), CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(curl.get(), CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  oci::apply_outbound_policy(curl.get(), check, url);
+  // An error page is never read, so no server's words reach a message.
   curl_easy_setopt(curl.get(), CURLOPT_FAILONERROR, 1L);
   curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT, 30L);
   curl_easy_setopt(curl.get(), CURLOPT_LOW_SPEED_LIMIT, 1024L);
@@ -74,10 +78,14 @@ std::string fetch_into(const std::string& url, util::TempFile& tmp, std::uint64_
     // A server's 4xx is an answer (kNotFound: no use asking again); the rest may pass (kIo).
     long status = 0;
     curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &status);
-    bool client_error = rc == CURLE_HTTP_RETURNED_ERROR && status >= 400 && status < 500;
-    throw Error(
-        client_error ? ErrorKind::kNotFound : ErrorKind::kIo,
-        fmt::format("Failed to download {}: {}", url, *errbuf ? errbuf : curl_easy_strerror(rc)));
+    std::string detail = *errbuf ? errbuf : curl_easy_strerror(rc);
+    // libcurl words an HTTP error itself ("The requested URL returned error: 404").
+    if (rc == CURLE_HTTP_RETURNED_ERROR)
+      throw Error(status >= 400 && status < 500 ? ErrorKind::kNotFound : ErrorKind::kIo,
+                  fmt::format("Failed to download {}: {}", url, detail));
+    throw Error(check.refused(rc) ? ErrorKind::kInvalidInput : ErrorKind::kIo,
+                fmt::format("Failed to download {}: {}", url,
+                            check.failure_reason(curl.get(), rc, detail)));
   }
   return sink.hash.hex_digest();
 }

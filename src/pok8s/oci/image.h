@@ -51,6 +51,9 @@ struct TransportOptions {
   int jobs = 4;                         // concurrent blob transfers
   int retries = 5;                      // attempts on 5xx and connection resets
   int retry_delay_ms = 200;             // first backoff; doubled each retry
+  // The destination is the administrator's choice (the artifact store's registry), not a
+  // user's: the outbound policy (oci/outbound.h) refuses none of its addresses.
+  bool trusted = false;
 };
 
 class ImageSource {

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "pok8s/oci/credentials.h"
+#include "pok8s/oci/outbound.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/parallel.h"
 
@@ -37,6 +38,13 @@ constexpr int kMaxBackoffMs = 30'000;
 
 // Retryable failures: connection resets, timeouts, 5xx and 429. retrying() catches only these.
 class TransientError : public Error {
+ public:
+  using Error::Error;
+};
+
+// An address the outbound policy refused: final, never retried, and never a reason to try
+// plain HTTP instead.
+class RefusedError : public Error {
  public:
   using Error::Error;
 };
@@ -66,9 +74,13 @@ struct CurlStringDeleter {
 using CurlUrl = std::unique_ptr<CURLU, CurlUrlDeleter>;
 
 // One easy handle per thread, reset before each request: concurrent transfers never share a
-// handle, and consecutive requests of a thread reuse its connections.
-CURL* thread_handle() {
-  thread_local std::unique_ptr<CURL, CurlEasyDeleter> handle;
+// handle, and consecutive requests of a thread reuse its connections. Trusted destinations get
+// handles of their own: a connection they opened to an address the policy refuses must never
+// be reused, without a new check, by a request to a user's registry on the same host and port.
+CURL* thread_handle(bool trusted) {
+  thread_local std::unique_ptr<CURL, CurlEasyDeleter> user_handle;
+  thread_local std::unique_ptr<CURL, CurlEasyDeleter> trusted_handle;
+  auto& handle = trusted ? trusted_handle : user_handle;
   if (!handle) {
     curl_global_once();
     handle.reset(curl_easy_init());
@@ -171,6 +183,9 @@ struct Response {
   std::map<std::string, std::string> headers;  // names in lowercase; the last response only
   std::string body;
   std::string url;  // after redirects
+  // Under the outbound policy's public_only: messages carry none of the server's own words
+  // (they could be an internal service's answer, relayed to whoever named it).
+  bool redact = false;
 
   std::string header(const std::string& name) const {
     auto it = headers.find(name);
@@ -266,7 +281,18 @@ bool is_transient(CURLcode code) {
   }
 }
 
-// The registry's own words for a failure: the spec's {"errors":[{"code","message"}]}.
+// The error codes of the OCI distribution spec: a fixed vocabulary, safe to repeat.
+bool is_spec_error_code(std::string_view code) {
+  static constexpr std::string_view kCodes[] = {
+      "BLOB_UNKNOWN",          "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "DIGEST_INVALID",
+      "MANIFEST_BLOB_UNKNOWN", "MANIFEST_INVALID",    "MANIFEST_UNKNOWN",    "NAME_INVALID",
+      "NAME_UNKNOWN",          "SIZE_INVALID",        "UNAUTHORIZED",        "DENIED",
+      "UNSUPPORTED",           "TOOMANYREQUESTS"};
+  return std::find(std::begin(kCodes), std::end(kCodes), code) != std::end(kCodes);
+}
+
+// The registry's own words for a failure: the spec's {"errors":[{"code","message"}]}; when
+// redacted, only a code from the spec's list.
 std::string error_reason(const Response& r) {
   std::string reason;
   try {
@@ -274,13 +300,15 @@ std::string error_reason(const Response& r) {
     if (doc.is_object() && doc.contains("errors") && doc["errors"].is_array()) {
       for (const auto& e : doc["errors"]) {
         if (!e.is_object()) continue;
-        std::string text;
-        if (e.contains("message") && e["message"].is_string()) text = e["message"];
-        if (text.empty() && e.contains("code") && e["code"].is_string())
-          text = lower(e["code"].get<std::string>());
+        std::string code, text;
+        if (e.contains("code") && e["code"].is_string()) code = e["code"];
+        if (!r.redact && e.contains("message") && e["message"].is_string()) text = e["message"];
+        if (text.empty() && (!r.redact || is_spec_error_code(code))) text = lower(code);
         if (text.empty()) continue;
         if (!reason.empty()) reason += "; ";
         reason += text;
+        // One fixed code says enough, and a list of them could still spell something out.
+        if (r.redact) break;
       }
     }
   } catch (const nlohmann::json::exception&) {
@@ -398,11 +426,17 @@ struct RegistryClient::Impl {
     }
   }
 
-  // One HTTP exchange; throws TransientError on the connection failures worth a retry.
+  // Whether messages leave out what the registry said (see Response::redact).
+  bool redact() const { return outbound_policy().public_only && !options.trusted; }
+
+  // One HTTP exchange; throws TransientError on the connection failures worth a retry and
+  // RefusedError when the outbound policy refuses an address on the way.
   Response perform(const Request& req, const std::optional<std::string>& authorization,
                    std::string_view action) {
-    CURL* h = thread_handle();
+    CURL* h = thread_handle(options.trusted);
+    OutboundCheck check(options.trusted);
     Response resp;
+    resp.redact = redact();
     Transfer t;
     t.handle = h;
     t.request = &req;
@@ -410,8 +444,8 @@ struct RegistryClient::Impl {
     char error_buffer[CURL_ERROR_SIZE] = {};
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, error_buffer);
     curl_easy_setopt(h, CURLOPT_URL, req.url.c_str());
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    // Every address on the way, redirects and token realms included, passes the policy.
+    apply_outbound_policy(h, check, req.url);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, kConnectTimeoutSeconds);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
@@ -468,14 +502,22 @@ struct RegistryClient::Impl {
                   fmt::format("Failed to {}: the registry sent more than {} bytes", action,
                               req.body_limit));
     if (code != CURLE_OK) {
-      std::string detail = error_buffer[0] ? error_buffer : curl_easy_strerror(code);
-      std::string message = fmt::format("Failed to {}: {}", action, printable(detail));
-      if (options.tls_verify &&
-          (code == CURLE_SSL_CONNECT_ERROR || code == CURLE_PEER_FAILED_VERIFICATION))
+      std::string detail = check.failure_reason(
+          h, code, printable(error_buffer[0] ? error_buffer : curl_easy_strerror(code)));
+      std::string message = fmt::format("Failed to {}: {}", action, detail);
+      if (check.refused(code)) throw RefusedError(ErrorKind::kInvalidInput, message);
+      // While enforcing, a TLS handshake that failed is "no answer" like any other failure, so
+      // no hint may tell it apart; an untrusted certificate is named as such either way.
+      if (options.tls_verify && (code == CURLE_PEER_FAILED_VERIFICATION ||
+                                 (code == CURLE_SSL_CONNECT_ERROR && !check.enforcing())))
         message +=
             " (for a registry without a trusted certificate or on plain HTTP, use "
             "--tls-verify=false)";
-      if (is_transient(code)) throw TransientError(ErrorKind::kIo, message);
+      // While enforcing, every failure to connect is retried alike: how many attempts were
+      // made must not tell a closed port from an open one either.
+      if (is_transient(code) || (check.enforcing() && code != CURLE_PEER_FAILED_VERIFICATION &&
+                                 code != CURLE_TOO_MANY_REDIRECTS))
+        throw TransientError(ErrorKind::kIo, message);
       throw Error(ErrorKind::kIo, message);
     }
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp.status);
@@ -494,8 +536,10 @@ struct RegistryClient::Impl {
     Request probe;
     probe.url = https + "/v2/";
     try {
-      perform(probe, std::nullopt, "probe " + https);
+      perform(probe, std::nullopt, "reach " + name());
       return base = https;
+    } catch (const RefusedError&) {
+      throw;  // the same address over plain HTTP is refused alike
     } catch (const Error&) {
       // Not TLS (or not reachable over it): try plain HTTP below.
     }
@@ -534,7 +578,15 @@ struct RegistryClient::Impl {
       throw Error(ErrorKind::kAuth, fmt::format("Failed to {}: {} without a WWW-Authenticate "
                                                 "challenge",
                                                 action, error_reason(challenge_response)));
-    std::vector<AuthChallenge> challenges = parse_www_authenticate(header);
+    std::vector<AuthChallenge> challenges;
+    try {
+      challenges = parse_www_authenticate(header);
+    } catch (const Error&) {
+      if (!redact()) throw;
+      throw Error(
+          ErrorKind::kFormat,
+          fmt::format("Failed to {}: the registry's WWW-Authenticate header is malformed", action));
+    }
     const AuthChallenge* bearer = nullptr;
     const AuthChallenge* basic = nullptr;
     for (const auto& c : challenges) {
@@ -556,6 +608,11 @@ struct RegistryClient::Impl {
       mode = AuthMode::kBasic;
       return;
     }
+    if (redact())
+      throw Error(ErrorKind::kUnsupported,
+                  fmt::format("Failed to {}: the registry asks for an authentication scheme other "
+                              "than Bearer and Basic, which pok8s speaks",
+                              action));
     throw Error(ErrorKind::kUnsupported,
                 fmt::format("Failed to {}: the registry asks for \"{}\" authentication; pok8s "
                             "speaks Bearer and Basic",
@@ -565,10 +622,27 @@ struct RegistryClient::Impl {
   std::string fetch_token(const AuthChallenge& challenge, RegistryAccess a,
                           std::string_view action) {
     std::string realm = challenge.param("realm");
-    if (realm.empty() || !url_parts(realm))
+    auto realm_parts = url_parts(realm);
+    if (realm.empty() || !realm_parts) {
+      if (redact())
+        throw Error(
+            ErrorKind::kAuth,
+            fmt::format("Failed to {}: the registry's token realm is not an http(s) URL", action));
       throw Error(ErrorKind::kAuth, fmt::format("Failed to {}: the registry's token realm \"{}\" "
                                                 "is not an http(s) URL",
                                                 action, printable(realm, 200)));
+    }
+    // The realm is a URL the registry names: a registry on the internet could send us to any
+    // host the policy allows for other reasons (an internal mirror), with credentials.
+    auto registry_parts = url_parts(base_url());
+    std::string registry_host = registry_parts ? registry_parts->host : ref.registry;
+    if (!options.trusted &&
+        !realm_host_allowed(outbound_policy(), registry_host, realm_parts->host))
+      throw RefusedError(ErrorKind::kInvalidInput,
+                         fmt::format("Failed to {}: the registry's token realm {} is on another "
+                                     "host than the registry ({}), which this service does not "
+                                     "fetch tokens from",
+                                     action, printable(realm_parts->host, 100), registry_host));
     std::vector<std::string> queries;
     if (auto service = challenge.param("service"); !service.empty())
       queries.push_back("service=" + service);
@@ -670,6 +744,11 @@ struct RegistryClient::Impl {
                               action));
     } else if (!(ct.empty() || ct == "application/json" || ct == "text/plain" ||
                  ct == "application/octet-stream")) {
+      if (r.redact)
+        throw Error(ErrorKind::kFormat,
+                    fmt::format("Failed to {}: the registry answered with something other than "
+                                "a manifest",
+                                action));
       throw Error(ErrorKind::kFormat,
                   fmt::format("Failed to {}: the registry answered with \"{}\", not a manifest",
                               action, printable(ct, 100)));
