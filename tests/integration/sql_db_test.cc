@@ -1,5 +1,7 @@
-// The service's two databases behave alike: every conformance test runs against SQLite in a
-// temporary directory and against a real PostgreSQL 15 server started for this test binary.
+// The service's two databases behave alike: every conformance test, and the service's state on
+// top (revocation, disabled users, who may read which build, sealed secrets, schema upgrades),
+// runs against SQLite in a temporary directory and against a real PostgreSQL 15 server started
+// for this test binary.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -8,6 +10,7 @@
 #include <filesystem>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <set>
 #include <stdexcept>
@@ -16,7 +19,9 @@
 #include <vector>
 
 #include "integration/postgres_harness.h"
+#include "pok8s/server/secret_box.h"
 #include "pok8s/server/sql.h"
+#include "pok8s/server/state.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/file.h"
 
@@ -349,6 +354,217 @@ TEST_P(SqlDb, InsertsFromFourThreadsThroughTransactions) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, SqlDb,
+                         ::testing::Values(SqlDialect::kSqlite, SqlDialect::kPostgres),
+                         [](const ::testing::TestParamInfo<SqlDialect>& info) {
+                           return info.param == SqlDialect::kSqlite ? "Sqlite" : "Postgres";
+                         });
+
+// The service's state on each backend: the queries behind revocation, disabled users, build
+// ownership and sealed secrets, written once for both dialects.
+class StateOn : public ::testing::TestWithParam<SqlDialect> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == SqlDialect::kPostgres) {
+      std::string failure;
+      TestPostgres* postgres = shared_postgres(failure);
+      ASSERT_NE(postgres, nullptr) << failure;
+      url_ = fresh_postgres_database(*postgres);
+    }
+  }
+
+  // A new connection to this test's database: a restart, or a second server.
+  std::unique_ptr<server::SqlDb> open_db() {
+    return GetParam() == SqlDialect::kSqlite ? server::open_sqlite(dir_.path() / "state.db")
+                                             : server::open_postgres(url_);
+  }
+  std::unique_ptr<server::ServiceState> open_state(bool sealed = false) {
+    std::optional<server::SecretBox> box;
+    if (sealed) box = server::SecretBox::load_or_create(dir_.path() / "secret.key");
+    auto state = std::make_unique<server::ServiceState>(open_db(), std::move(box));
+    state->bootstrap_admin();
+    return state;
+  }
+  static server::BuildRecord proposal(const std::string& spec_id, const server::User& owner) {
+    server::BuildRecord r;
+    r.id = server::random_id();
+    r.spec_id = spec_id;
+    r.spec = "apiVersion: pok8s/v1\ncloudConfig: {users: [{passwd: hunter2}]}";
+    r.files = R"({"wg.key":"wireguard-private-key"})";
+    r.base_pinned = "docker://r/x@sha256:00";
+    r.owner = owner.id;
+    r.base = "docker://r/x:1";
+    r.version = "v1";
+    r.kubernetes = "none";
+    r.artifact_kinds = R"(["iso"])";
+    return r;
+  }
+
+  pok8s::util::TempDir dir_ = pok8s::util::TempDir::scratch();
+  std::string url_;
+};
+
+TEST_P(StateOn, RevokingAnApiTokenEndsTheSessionsMadeWithIt) {
+  auto state = open_state();
+  server::User admin = state->users().at(0);
+  auto [bob, login] = state->create_user("bob", "user");
+  server::SessionGrant by_login = state->login(login);
+  server::NewToken own = state->create_api_token(bob, "own");
+  server::NewToken other = state->create_api_token(bob, "other");
+  server::SessionGrant by_own = state->login(own.secret);
+  server::SessionGrant by_other = state->login(other.secret);
+  ASSERT_EQ(state->api_tokens_of(bob.id).size(), 2u);
+  EXPECT_FALSE(state->delete_api_token(admin, own.info.id));
+  EXPECT_TRUE(state->delete_api_token(bob, own.info.id));
+  EXPECT_FALSE(state->authenticate_session(by_own.cookie));
+  EXPECT_TRUE(state->authenticate_session(by_other.cookie));
+  EXPECT_TRUE(state->revoke_token(other.info.id));
+  EXPECT_FALSE(state->authenticate_session(by_other.cookie));
+  EXPECT_FALSE(state->authenticate_token(other.secret));
+  EXPECT_TRUE(state->authenticate_session(by_login.cookie));
+  EXPECT_EQ(count_rows(state->db(), "tokens WHERE parent_id IS NOT NULL"), 0);
+  // A session whose token row went without it is refused all the same.
+  server::NewToken third = state->create_api_token(bob, "third");
+  server::SessionGrant by_third = state->login(third.secret);
+  state->db().query("DELETE FROM tokens WHERE id = $1", {third.info.id});
+  EXPECT_FALSE(state->authenticate_session(by_third.cookie));
+}
+
+TEST_P(StateOn, DisablingAUserStopsThemAndKeepsTheLastAdmin) {
+  auto state = open_state();
+  server::User admin = state->users().at(0);
+  auto [bob, login] = state->create_user("bob", "user");
+  server::SessionGrant session = state->login(login);
+  server::NewToken token = state->create_api_token(bob, "ci");
+  EXPECT_TRUE(state->set_user_disabled(bob.id, true, admin).disabled);
+  EXPECT_TRUE(state->user_by_id(bob.id)->disabled);
+  EXPECT_FALSE(state->authenticate_session(session.cookie));
+  EXPECT_FALSE(state->authenticate_token(token.secret));
+  EXPECT_EQ(error_from([&] { state->login(token.secret); }).kind(), ErrorKind::kAuth);
+  EXPECT_FALSE(state->set_user_disabled(bob.id, false, admin).disabled);
+  EXPECT_TRUE(state->authenticate_token(token.secret));
+  auto status = [&](const std::string& id, const server::User& by) {
+    try {
+      state->set_user_disabled(id, true, by);
+    } catch (const server::ApiError& e) {
+      return e.status();
+    }
+    return 0;
+  };
+  EXPECT_EQ(status(admin.id, admin), 409);
+  EXPECT_EQ(status(admin.id, bob), 403);
+  auto [second, unused] = state->create_user("second", "admin");
+  EXPECT_EQ(status(second.id, admin), 0);
+  EXPECT_EQ(status(admin.id, *state->user_by_name("second")), 403) << "a disabled admin";
+}
+
+TEST_P(StateOn, ListsTheBuildsEachUserMayRead) {
+  auto state = open_state();
+  server::User admin = state->users().at(0);
+  server::User bob = state->create_user("bob", "user").first;
+  server::User carol = state->create_user("carol", "user").first;
+  server::User dave = state->create_user("dave", "user").first;
+  auto bob1 = state->submit_build(proposal("b1", bob)).build;
+  auto bob2 = state->submit_build(proposal("b2", bob)).build;
+  auto carol1 = state->submit_build(proposal("c1", carol)).build;
+  server::Submission again = state->submit_build(proposal("b1", carol));
+  EXPECT_TRUE(again.reused);
+  state->submit_build(proposal("b1", carol));  // granted once, not twice
+  EXPECT_EQ(state->access_to_build(bob1, carol), server::BuildAccess::kGranted);
+  EXPECT_EQ(state->access_to_build(bob1, dave), server::BuildAccess::kNone);
+  EXPECT_TRUE(state->set_build_shared(bob2.id, true));
+  EXPECT_EQ(state->access_to_build(*state->build(bob2.id), dave), server::BuildAccess::kShared);
+  auto ids = [&](const server::User& viewer, std::int64_t limit, std::int64_t offset) {
+    std::int64_t total = -1;
+    std::vector<std::string> out;
+    for (const auto& b : state->builds(std::nullopt, limit, offset, &total, viewer))
+      out.push_back(b.id);
+    out.push_back(std::to_string(total));
+    return out;
+  };
+  using Ids = std::vector<std::string>;
+  EXPECT_EQ(ids(bob, 50, 0), (Ids{bob2.id, bob1.id, "2"}));
+  EXPECT_EQ(ids(carol, 50, 0), (Ids{carol1.id, bob2.id, bob1.id, "3"}));
+  EXPECT_EQ(ids(carol, 1, 2), (Ids{bob1.id, "3"}));
+  EXPECT_EQ(ids(dave, 50, 0), (Ids{bob2.id, "1"}));
+  EXPECT_EQ(ids(admin, 2, 0), (Ids{carol1.id, bob2.id, "3"}));
+  std::int64_t total = 0;
+  ASSERT_TRUE(state->claim_build("w1"));
+  EXPECT_EQ(state->builds(server::BuildState::kRunning, 10, 0, &total, dave).size(), 0u);
+  EXPECT_EQ(total, 0);
+  EXPECT_EQ(state->builds(server::BuildState::kRunning, 10, 0, &total, carol).at(0).id, bob1.id);
+}
+
+TEST_P(StateOn, SealsSpecsAtRestAndStillReadsRowsFromBefore) {
+  server::BuildRecord old;
+  {
+    auto plain = open_state();
+    old = proposal("old", plain->users().at(0));
+    plain->submit_build(old);
+  }
+  auto state = open_state(true);
+  server::BuildRecord fresh = proposal("fresh", state->users().at(0));
+  EXPECT_EQ(state->submit_build(fresh).build.spec, fresh.spec);
+  auto raw = state->db().query("SELECT spec, files FROM builds WHERE id = $1", {fresh.id});
+  for (std::size_t i : {0u, 1u}) {
+    EXPECT_TRUE(server::SecretBox::is_sealed(raw.at(0).text(i))) << raw.at(0).text(i);
+    EXPECT_EQ(raw.at(0).text(i).find("hunter2"), std::string::npos);
+    EXPECT_EQ(raw.at(0).text(i).find("wireguard-private-key"), std::string::npos);
+  }
+  EXPECT_EQ(state->claim_build("w1")->spec, old.spec);
+  auto claimed = state->claim_build("w1");
+  ASSERT_TRUE(claimed);
+  EXPECT_EQ(claimed->files, fresh.files);
+  // A second server (or worker) with the key reads them; one without is refused at once.
+  EXPECT_EQ(open_state(true)->build(fresh.id)->spec, fresh.spec);
+  EXPECT_EQ(error_from([&] { open_state(false); }).kind(), ErrorKind::kInvalidInput);
+}
+
+TEST_P(StateOn, UpgradesADatabaseOfTheFirstRelease) {
+  const char* serial = GetParam() == SqlDialect::kPostgres ? "BIGSERIAL PRIMARY KEY"
+                                                           : "INTEGER PRIMARY KEY AUTOINCREMENT";
+  open_db()->exec_script(std::string(R"(
+CREATE TABLE users (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL, created_at BIGINT NOT NULL);
+CREATE TABLE tokens (
+  id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id), kind TEXT NOT NULL,
+  name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, csrf TEXT, created_at BIGINT NOT NULL,
+  expires_at BIGINT, last_used_at BIGINT);
+CREATE TABLE builds (
+  id TEXT PRIMARY KEY, spec_id TEXT NOT NULL, spec TEXT NOT NULL, files TEXT NOT NULL,
+  base_pinned TEXT NOT NULL, owner TEXT NOT NULL REFERENCES users(id), state TEXT NOT NULL,
+  base TEXT NOT NULL, version TEXT NOT NULL, kubernetes TEXT NOT NULL, artifact_kinds TEXT NOT NULL,
+  created_at BIGINT NOT NULL, started_at BIGINT, finished_at BIGINT, heartbeat_at BIGINT,
+  attempts BIGINT NOT NULL DEFAULT 0, cancel_requested BIGINT NOT NULL DEFAULT 0,
+  progress BIGINT NOT NULL DEFAULT 0, step TEXT, error TEXT, worker TEXT, artifacts TEXT,
+  queue_seq BIGINT NOT NULL);
+CREATE TABLE events (
+  seq )") + serial + R"(, build_id TEXT NOT NULL, at BIGINT NOT NULL, kind TEXT NOT NULL,
+  data TEXT NOT NULL);
+INSERT INTO users VALUES ('00000000000000aa', 'admin', 'admin', 1);
+INSERT INTO builds (id, spec_id, spec, files, base_pinned, owner, state, base, version,
+  kubernetes, artifact_kinds, created_at, queue_seq)
+  VALUES ('00000000000000bb', 'old', 'apiVersion: pok8s/v1', '{}', 'b', '00000000000000aa',
+  'succeeded', 'b', 'v1', 'none', '[]', 1, 1);
+)");
+  for (int opening = 0; opening < 2; ++opening) {  // the second finds nothing to add
+    auto state = open_state(true);
+    server::User admin = state->users().at(0);
+    EXPECT_FALSE(admin.disabled);
+    auto old = state->build("00000000000000bb");
+    ASSERT_TRUE(old);
+    EXPECT_EQ(old->spec, "apiVersion: pok8s/v1");
+    EXPECT_EQ(old->shared, opening == 1);
+    state->set_build_shared(old->id, true);
+    std::int64_t total = 0;
+    EXPECT_EQ(state->builds(std::nullopt, 10, 0, &total, admin).size(), 1u);
+    server::NewToken t = state->create_api_token(admin, "ci");
+    server::SessionGrant g = state->login(t.secret);
+    EXPECT_TRUE(state->revoke_token(t.info.id));
+    EXPECT_FALSE(state->authenticate_session(g.cookie));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, StateOn,
                          ::testing::Values(SqlDialect::kSqlite, SqlDialect::kPostgres),
                          [](const ::testing::TestParamInfo<SqlDialect>& info) {
                            return info.param == SqlDialect::kSqlite ? "Sqlite" : "Postgres";

@@ -760,7 +760,7 @@ struct Service::Impl {
          });
 
     get("/api/v1/builds", Access::kUser,
-        [this](const httplib::Request& req, httplib::Response& res, const Caller&) {
+        [this](const httplib::Request& req, httplib::Response& res, const Caller& c) {
           std::optional<BuildState> filter;
           if (req.has_param("state")) {
             filter = parse_build_state(req.get_param_value("state"));
@@ -783,7 +783,7 @@ struct Service::Impl {
           std::int64_t total = 0;
           json list = json::array();
           for (const auto& b : state->builds(filter, number("limit", 50, 1, 500),
-                                             number("offset", 0, 0, 1LL << 40), &total))
+                                             number("offset", 0, 0, 1LL << 40), &total, c.user))
             list.push_back(build_json(b));
           send_json(res, 200, {{"builds", list}, {"total", total}});
         });

@@ -1,7 +1,11 @@
 // The embedded backend: one SQLite connection in WAL mode, shared by all threads under a mutex
 // (the service's state is small), with its prepared statements cached by SQL text.
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <climits>
 #include <mutex>
 #include <unordered_map>
@@ -10,6 +14,7 @@
 #include "pok8s/server/sql.h"
 #include "pok8s/server/sql_detail.h"
 #include "pok8s/util/error.h"
+#include "pok8s/util/file.h"
 
 namespace pok8s::server {
 
@@ -43,6 +48,37 @@ using StatementPtr = std::unique_ptr<sqlite3_stmt, StatementFinalizer>;
     throw Error(ErrorKind::kInvalidInput,
                 failed_to_run(sql) + "a row with this key already exists (" + reason + ")");
   throw Error(ErrorKind::kIo, failed_to_run(sql) + reason);
+}
+
+// The database holds password hashes, session secrets and build specs: only its owner may read
+// it, whatever the umask. SQLite gives a new -wal and -shm the mode of the database file, so
+// creating that file 0600 is enough for new ones; files left from before (a crash, an older
+// pok8s, a chmod by hand) are narrowed here. A file someone else owns is left as they set it.
+void restrict_to_owner(const util::Path& file, bool create) {
+  // The database itself may be a symlink (the admin's choice); its -wal and -shm are opened
+  // the way SQLite opens them, without following one. O_NONBLOCK: a FIFO there must not hang us.
+  int flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | (create ? O_CREAT : O_NOFOLLOW);
+  util::UniqueFd fd(::open(file.c_str(), flags, 0600));
+  if (!fd.valid() && !create && (errno == ENOENT || errno == ELOOP)) return;
+  if (!fd.valid()) throw_errno("Failed to open SQLite database " + file.string(), errno);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0)
+    throw_errno("Failed to stat SQLite database " + file.string(), errno);
+  if (!S_ISREG(st.st_mode) || st.st_uid != ::geteuid() || (st.st_mode & 077) == 0) return;
+  if (::fchmod(fd.get(), st.st_mode & 0700) != 0)
+    throw_errno("Failed to make SQLite database " + file.string() + " private to its owner", errno);
+}
+
+// ":memory:" and "" are SQLite's names for databases that are no file.
+bool is_file_name(const util::Path& file) {
+  return !file.empty() && file != ":memory:";
+}
+
+void restrict_database_files(const util::Path& file, bool create) {
+  if (!is_file_name(file)) return;
+  restrict_to_owner(file, create);
+  restrict_to_owner(file.string() + "-wal", false);
+  restrict_to_owner(file.string() + "-shm", false);
 }
 
 struct CachedStatement {
@@ -90,6 +126,7 @@ SqlValue column_value(sqlite3_stmt* stmt, int i) {
 class SqliteConnection {
  public:
   explicit SqliteConnection(const util::Path& file) {
+    restrict_database_files(file, true);
     sqlite3* raw = nullptr;
     int rc =
         sqlite3_open_v2(file.c_str(), &raw,
@@ -113,6 +150,9 @@ class SqliteConnection {
       sqlite3_free(message);
       fail(reason);
     }
+    // WAL mode made the -wal and -shm files (with the database's mode, unless another process
+    // made them first).
+    restrict_database_files(file, false);
   }
 
   bool in_transaction() const { return sqlite3_get_autocommit(db_.get()) == 0; }

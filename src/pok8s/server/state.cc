@@ -1,11 +1,12 @@
 // The SQL behind the service's state. Statements are written once for both dialects; only the
-// schema's auto-increment column and the queue's row lock differ.
+// schema's auto-increment column, how a missing column is found and the row locks differ.
 #include "pok8s/server/state.h"
 
 #include <fmt/format.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include <algorithm>
 #include <chrono>
 #include <nlohmann/json.hpp>
 
@@ -18,16 +19,19 @@ namespace {
 constexpr std::int64_t kLoginTokenLifetimeMs = 24LL * 3600 * 1000;
 constexpr std::int64_t kSessionLifetimeMs = 7LL * 24 * 3600 * 1000;
 
+// The tables as a new database gets them. A database made by an older pok8s gets the columns
+// added since from kAddedColumns, and the indexes on them after that.
 std::string schema(SqlDialect d) {
   const char* serial =
       d == SqlDialect::kPostgres ? "BIGSERIAL PRIMARY KEY" : "INTEGER PRIMARY KEY AUTOINCREMENT";
   return fmt::format(R"(
 CREATE TABLE IF NOT EXISTS users (
-  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL, created_at BIGINT NOT NULL);
+  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL, created_at BIGINT NOT NULL,
+  disabled BIGINT NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS tokens (
   id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id), kind TEXT NOT NULL,
   name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, csrf TEXT, created_at BIGINT NOT NULL,
-  expires_at BIGINT, last_used_at BIGINT);
+  expires_at BIGINT, last_used_at BIGINT, parent_id TEXT);
 CREATE TABLE IF NOT EXISTS builds (
   id TEXT PRIMARY KEY, spec_id TEXT NOT NULL, spec TEXT NOT NULL, files TEXT NOT NULL,
   base_pinned TEXT NOT NULL, owner TEXT NOT NULL REFERENCES users(id), state TEXT NOT NULL,
@@ -35,23 +39,68 @@ CREATE TABLE IF NOT EXISTS builds (
   created_at BIGINT NOT NULL, started_at BIGINT, finished_at BIGINT, heartbeat_at BIGINT,
   attempts BIGINT NOT NULL DEFAULT 0, cancel_requested BIGINT NOT NULL DEFAULT 0,
   progress BIGINT NOT NULL DEFAULT 0, step TEXT, error TEXT, worker TEXT, artifacts TEXT,
-  queue_seq BIGINT NOT NULL);
+  queue_seq BIGINT NOT NULL, shared BIGINT NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS builds_by_state ON builds(state, queue_seq);
 CREATE INDEX IF NOT EXISTS builds_by_spec ON builds(spec_id, state);
 CREATE UNIQUE INDEX IF NOT EXISTS builds_one_active_per_spec ON builds(spec_id)
   WHERE state IN ('queued', 'running');
+CREATE TABLE IF NOT EXISTS build_access (
+  build_id TEXT NOT NULL REFERENCES builds(id), user_id TEXT NOT NULL REFERENCES users(id),
+  granted_at BIGINT NOT NULL, PRIMARY KEY (build_id, user_id));
 CREATE TABLE IF NOT EXISTS events (
   seq {}, build_id TEXT NOT NULL, at BIGINT NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_build ON events(build_id, seq);
+CREATE TABLE IF NOT EXISTS service_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 )",
                      serial);
 }
+
+struct AddedColumn {
+  const char* table;
+  const char* column;
+  const char* declaration;
+};
+// Columns added after the first release: `CREATE TABLE IF NOT EXISTS` leaves an existing table
+// as it is. A declaration must hold for existing rows (nullable, or NOT NULL with a default).
+constexpr AddedColumn kAddedColumns[] = {
+    {"users", "disabled", "BIGINT NOT NULL DEFAULT 0"},
+    {"tokens", "parent_id", "TEXT"},
+    {"builds", "shared", "BIGINT NOT NULL DEFAULT 0"},
+};
+
+constexpr const char* kIndexesOnAddedColumns = R"(
+CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens(user_id, kind);
+CREATE INDEX IF NOT EXISTS tokens_by_parent ON tokens(parent_id);
+CREATE INDEX IF NOT EXISTS builds_by_owner ON builds(owner, queue_seq);
+CREATE INDEX IF NOT EXISTS build_access_by_user ON build_access(user_id);
+)";
+
+// Looks before it alters: ALTER TABLE locks the table (in PostgreSQL against every reader too),
+// which every start of every server and worker would otherwise do.
+void add_missing_column(SqlDb& db, const AddedColumn& c) {
+  bool postgres = db.dialect() == SqlDialect::kPostgres;
+  const char* look = postgres
+                         ? "SELECT count(*) FROM information_schema.columns WHERE table_schema = "
+                           "current_schema() AND table_name = $1 AND column_name = $2"
+                         : "SELECT count(*) FROM pragma_table_info($1) WHERE name = $2";
+  if (db.query(look, {std::string(c.table), std::string(c.column)}).at(0).integer(0) > 0) return;
+  // SQLite has no ADD COLUMN IF NOT EXISTS, and needs none: the schema's write transaction
+  // keeps other processes out between the look and the change. PostgreSQL's guards against
+  // a second server adding the column meanwhile.
+  db.query(fmt::format("ALTER TABLE {} ADD COLUMN {}{} {}", c.table,
+                       postgres ? "IF NOT EXISTS " : "", c.column, c.declaration));
+}
+
+// A row the database keeps once any SecretBox has been used with it: sealed with that box's key,
+// it tells a worker or server with another key (or none) to stop before it fails every build.
+constexpr const char* kSecretBoxCheck = "secret_box_check";
+constexpr std::string_view kSecretBoxCheckText = "pok8s: the build secrets of this database";
 
 constexpr const char* kBuildColumns =
     "b.id, b.spec_id, b.spec, b.files, b.base_pinned, b.owner, u.name, b.state, b.base, "
     "b.version, b.kubernetes, b.artifact_kinds, b.created_at, b.started_at, b.finished_at, "
     "b.heartbeat_at, b.attempts, b.cancel_requested, b.progress, b.step, b.error, b.worker, "
-    "b.artifacts";
+    "b.artifacts, b.shared";
 
 BuildRecord build_from_row(const SqlRow& r) {
   BuildRecord b;
@@ -79,6 +128,7 @@ BuildRecord build_from_row(const SqlRow& r) {
   b.error = r.text(i++);
   b.worker = r.text(i++);
   b.artifacts = r.text(i++);
+  b.shared = r.integer(i++) != 0;
   return b;
 }
 
@@ -94,8 +144,17 @@ std::string select_build_summaries(std::string_view where) {
   return fmt::format("SELECT {} FROM builds b JOIN users u ON u.id = b.owner {}", columns, where);
 }
 
+// The columns user_from_row() reads, in its order, for a users table named `u`.
+constexpr const char* kUserColumns = "u.id, u.name, u.role, u.created_at, u.disabled";
+constexpr std::size_t kUserColumnCount = 5;
+
 User user_from_row(const SqlRow& r, std::size_t i = 0) {
-  return User{r.text(i), r.text(i + 1), r.text(i + 2), r.integer(i + 3)};
+  return User{r.text(i), r.text(i + 1), r.text(i + 2), r.integer(i + 3), r.integer(i + 4) != 0};
+}
+
+// Where each build column is sealed: the context binds a sealed value to its row and column.
+std::string seal_context(std::string_view build_id, std::string_view column) {
+  return fmt::format("builds/{}/{}", build_id, column);
 }
 
 std::string hash_secret(std::string_view secret) {
@@ -190,8 +249,66 @@ bool secrets_equal(std::string_view a, std::string_view b) {
   return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
-ServiceState::ServiceState(std::unique_ptr<SqlDb> db) : db_(std::move(db)) {
-  db_->exec_script(schema(db_->dialect()));
+ServiceState::ServiceState(std::unique_ptr<SqlDb> db, std::optional<SecretBox> box)
+    : db_(std::move(db)), box_(std::move(box)) {
+  create_schema();
+  check_secret_box();
+}
+
+void ServiceState::create_schema() {
+  // One transaction: an older pok8s or a second server never sees half a schema.
+  db_->transaction([&](SqlDb& db) {
+    db.exec_script(schema(db.dialect()));
+    for (const AddedColumn& c : kAddedColumns) add_missing_column(db, c);
+    db.exec_script(kIndexesOnAddedColumns);
+  });
+}
+
+void ServiceState::check_secret_box() {
+  std::optional<std::string> sealed;
+  db_->transaction([&](SqlDb& db) {
+    if (box_)
+      // A concurrent first start with another key may win this insert; the check below then
+      // refuses the loser.
+      db.query(
+          "INSERT INTO service_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+          {std::string(kSecretBoxCheck), box_->seal(kSecretBoxCheckText, kSecretBoxCheck)});
+    auto rows =
+        db.query("SELECT value FROM service_meta WHERE name = $1", {std::string(kSecretBoxCheck)});
+    if (!rows.empty()) sealed = rows[0].text(0);
+  });
+  if (!sealed) return;
+  std::string sealed_with = SecretBox::sealed_key_id(*sealed).value_or("?");
+  if (!box_)
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to open the service's state: its build secrets are sealed "
+                            "with key {}, and no secret key file was given (give this process "
+                            "the key file of pok8s serve)",
+                            sealed_with));
+  if (sealed_with != box_->key_id())
+    throw Error(
+        ErrorKind::kSignature,
+        fmt::format("Failed to open the service's state: its build secrets are sealed "
+                    "with key {}, and the secret key {} is key {} (give this process the "
+                    "key file of pok8s serve; if that key is lost, so are the sealed "
+                    "specs: delete the row '{}' of table service_meta to start afresh)",
+                    sealed_with, box_->key_file().string(), box_->key_id(), kSecretBoxCheck));
+  if (box_->open(*sealed, kSecretBoxCheck) != kSecretBoxCheckText)
+    throw Error(ErrorKind::kSignature,
+                "Failed to open the service's state: its secret key check holds other text");
+}
+
+BuildRecord ServiceState::opened(BuildRecord b) const {
+  for (auto [column, value] : {std::pair{"spec", &b.spec}, std::pair{"files", &b.files}}) {
+    if (!SecretBox::is_sealed(*value)) continue;  // stored before sealing, or a list's ''
+    if (!box_)
+      throw Error(ErrorKind::kInvalidInput,
+                  fmt::format("Failed to open the {} of build {}: it is sealed, and this "
+                              "process has no secret key",
+                              column, b.id));
+    *value = box_->open(*value, seal_context(b.id, column));
+  }
+  return b;
 }
 
 // --- users and tokens -------------------------------------------------------------------
@@ -247,24 +364,86 @@ std::pair<User, std::string> ServiceState::create_user(std::string_view name,
 
 std::vector<User> ServiceState::users() {
   std::vector<User> out;
-  for (const auto& r : db_->query("SELECT id, name, role, created_at FROM users ORDER BY name"))
+  for (const auto& r :
+       db_->query(fmt::format("SELECT {} FROM users u ORDER BY u.name", kUserColumns)))
     out.push_back(user_from_row(r));
   return out;
 }
 
+std::optional<User> ServiceState::user_by_id(std::string_view id) {
+  auto rows = db_->query(fmt::format("SELECT {} FROM users u WHERE u.id = $1", kUserColumns),
+                         {std::string(id)});
+  if (rows.empty()) return std::nullopt;
+  return user_from_row(rows[0]);
+}
+
+std::optional<User> ServiceState::user_by_name(std::string_view name) {
+  auto rows = db_->query(fmt::format("SELECT {} FROM users u WHERE u.name = $1", kUserColumns),
+                         {std::string(name)});
+  if (rows.empty()) return std::nullopt;
+  return user_from_row(rows[0]);
+}
+
+User ServiceState::set_user_disabled(std::string_view user_id, bool disabled, const User& by) {
+  std::string verb = disabled ? "disable" : "enable";
+  // PostgreSQL: lock the enabled admins, so two admins disabling each other at once cannot
+  // both see the other as the one left. SQLite's write lock is already exclusive.
+  const char* lock = db_->dialect() == SqlDialect::kPostgres ? " FOR UPDATE" : "";
+  User user;
+  db_->transaction([&](SqlDb& db) {
+    auto rows = db.query(fmt::format("SELECT {} FROM users u WHERE u.id = $1", kUserColumns),
+                         {std::string(user_id)});
+    if (rows.empty())
+      throw Error(ErrorKind::kNotFound,
+                  fmt::format("Failed to {} user {}: there is no such user", verb, user_id));
+    user = user_from_row(rows[0]);
+    auto admins =
+        db.query(fmt::format("SELECT id FROM users WHERE role = 'admin' AND disabled = 0{}", lock));
+    bool by_is_admin = std::any_of(admins.begin(), admins.end(),
+                                   [&](const SqlRow& r) { return r.text(0) == by.id; });
+    if (!by_is_admin)
+      throw ApiError(
+          403, "forbidden",
+          fmt::format("Failed to {} user {}: only an enabled admin may, and {} is not one", verb,
+                      user.name, by.name));
+    if (disabled && user.id == by.id)
+      throw ApiError(
+          409, "conflict",
+          fmt::format("Failed to disable user {}: admins cannot disable themselves", user.name));
+    if (disabled && user.role == "admin" && !user.disabled && admins.size() <= 1)
+      throw ApiError(
+          409, "conflict",
+          fmt::format("Failed to disable user {}: it is the last enabled admin", user.name));
+    db.query("UPDATE users SET disabled = $2 WHERE id = $1",
+             {user.id, std::int64_t{disabled ? 1 : 0}});
+    // Sessions end now; API tokens stay for when the user is enabled again (every use of one
+    // checks the user).
+    if (disabled) db.query("DELETE FROM tokens WHERE user_id = $1 AND kind = 'session'", {user.id});
+    user.disabled = disabled;
+  });
+  return user;
+}
+
 std::optional<Caller> ServiceState::caller_for(std::string_view kind, std::string_view secret) {
-  auto rows = db_->query(
-      "SELECT u.id, u.name, u.role, u.created_at, t.id, t.csrf, t.expires_at, t.last_used_at "
-      "FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = $1 AND t.kind = $2",
-      {hash_secret(secret), std::string(kind)});
+  // A session made with an API token lives only as long as that token (the deletion that
+  // revokes a token takes its sessions too; this join is the second line).
+  auto rows = db_->query(fmt::format("SELECT {}, t.id, t.csrf, t.expires_at, t.last_used_at "
+                                     "FROM tokens t JOIN users u ON u.id = t.user_id "
+                                     "LEFT JOIN tokens p ON p.id = t.parent_id AND p.kind = 'api' "
+                                     "WHERE t.hash = $1 AND t.kind = $2 AND u.disabled = 0 "
+                                     "AND (t.parent_id IS NULL OR p.id IS NOT NULL)",
+                                     kUserColumns),
+                         {hash_secret(secret), std::string(kind)});
   if (rows.empty()) return std::nullopt;
   const auto& r = rows[0];
+  constexpr std::size_t t = kUserColumnCount;
   std::int64_t now = now_ms();
-  if (!r.is_null(6) && r.integer(6) < now) return std::nullopt;
+  if (!r.is_null(t + 2) && r.integer(t + 2) < now) return std::nullopt;
   // last_used_at is for the tokens page; writing it at most once a minute keeps status polls cheap.
-  if (r.integer(7) < now - 60'000)
-    db_->query("UPDATE tokens SET last_used_at = $2 WHERE id = $1", {r.text(4), now});
-  return Caller{user_from_row(r), kind == "session" ? "session" : "token", r.text(4), r.text(5)};
+  if (r.integer(t + 3) < now - 60'000)
+    db_->query("UPDATE tokens SET last_used_at = $2 WHERE id = $1", {r.text(t), now});
+  return Caller{user_from_row(r), kind == "session" ? "session" : "token", r.text(t),
+                r.text(t + 1)};
 }
 
 std::optional<Caller> ServiceState::authenticate_token(std::string_view secret) {
@@ -279,26 +458,36 @@ SessionGrant ServiceState::login(std::string_view secret) {
   SessionGrant grant;
   db_->transaction([&](SqlDb& db) {
     auto rows = db.query(
-        "SELECT u.id, u.name, u.role, u.created_at, t.id, t.kind, t.expires_at "
-        "FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = $1 AND t.kind IN "
-        "('login', 'api')",
+        fmt::format("SELECT {}, t.id, t.kind, t.expires_at "
+                    "FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = $1 AND t.kind "
+                    "IN ('login', 'api')",
+                    kUserColumns),
         {hash_secret(secret)});
-    if (rows.empty() || (!rows[0].is_null(6) && rows[0].integer(6) < now_ms()))
+    constexpr std::size_t t = kUserColumnCount;
+    if (rows.empty() || (!rows[0].is_null(t + 2) && rows[0].integer(t + 2) < now_ms()))
       throw Error(ErrorKind::kAuth,
                   "Failed to log in: the token is unknown, used or expired (ask an admin for a "
                   "new login token, or run `pok8s serve --login-token`)");
     const auto& r = rows[0];
-    // A login token works once.
-    if (r.text(5) == "login") db.query("DELETE FROM tokens WHERE id = $1", {r.text(4)});
     grant.user = user_from_row(r);
+    // Refused before a login token is spent: it works once the user is enabled again.
+    if (grant.user.disabled)
+      throw Error(
+          ErrorKind::kAuth,
+          fmt::format("Failed to log in: user {} is disabled (ask an admin)", grant.user.name));
+    bool with_api_token = r.text(t + 1) == "api";
+    // A login token works once.
+    if (!with_api_token) db.query("DELETE FROM tokens WHERE id = $1", {r.text(t)});
     grant.cookie = random_secret("");
     grant.csrf = random_secret("");
     grant.expires_at = now_ms() + kSessionLifetimeMs;
+    // A session made with an API token is bound to it, and dies with it; one made with a login
+    // token (now gone) is bound to the user only.
     db.query(
-        "INSERT INTO tokens (id, user_id, kind, name, hash, csrf, created_at, expires_at) "
-        "VALUES ($1, $2, 'session', 'session', $3, $4, $5, $6)",
+        "INSERT INTO tokens (id, user_id, kind, name, hash, csrf, created_at, expires_at, "
+        "parent_id) VALUES ($1, $2, 'session', 'session', $3, $4, $5, $6, $7)",
         {random_id(), grant.user.id, hash_secret(grant.cookie), grant.csrf, now_ms(),
-         grant.expires_at});
+         grant.expires_at, with_api_token ? SqlValue{r.text(t)} : SqlValue{}});
     db.query("DELETE FROM tokens WHERE kind IN ('session', 'login') AND expires_at < $1",
              {now_ms()});
   });
@@ -311,7 +500,7 @@ void ServiceState::logout(std::string_view session_id) {
 
 NewToken ServiceState::create_api_token(const User& user, std::string_view name) {
   NewToken t;
-  t.info = TokenInfo{random_id(), std::string(name), now_ms(), 0};
+  t.info = TokenInfo{random_id(), std::string(name), now_ms(), 0, user.id};
   t.secret = random_secret("pok8s_");
   db_->query(
       "INSERT INTO tokens (id, user_id, kind, name, hash, created_at) "
@@ -320,21 +509,40 @@ NewToken ServiceState::create_api_token(const User& user, std::string_view name)
   return t;
 }
 
-std::vector<TokenInfo> ServiceState::api_tokens(const User& user) {
+std::vector<TokenInfo> ServiceState::api_tokens_of(std::string_view user_id) {
   std::vector<TokenInfo> out;
   for (const auto& r : db_->query(
-           "SELECT id, name, created_at, last_used_at FROM tokens WHERE user_id = $1 AND kind = "
-           "'api' ORDER BY created_at",
-           {user.id}))
-    out.push_back({r.text(0), r.text(1), r.integer(2), r.integer(3)});
+           "SELECT id, name, created_at, last_used_at, user_id FROM tokens WHERE user_id = $1 "
+           "AND kind = 'api' ORDER BY created_at, id",
+           {std::string(user_id)}))
+    out.push_back({r.text(0), r.text(1), r.integer(2), r.integer(3), r.text(4)});
   return out;
 }
 
+// `user_id` empty: whoever's token it is.
+bool ServiceState::delete_token_and_sessions(std::string_view token_id, std::string_view user_id) {
+  bool deleted = false;
+  db_->transaction([&](SqlDb& db) {
+    deleted = !db.query(
+                     "DELETE FROM tokens WHERE id = $1 AND kind = 'api' AND ($2 = '' OR user_id "
+                     "= $2) RETURNING id",
+                     {std::string(token_id), std::string(user_id)})
+                   .empty();
+    if (deleted)
+      db.query("DELETE FROM tokens WHERE parent_id = $1 AND kind = 'session'",
+               {std::string(token_id)});
+  });
+  return deleted;
+}
+
 bool ServiceState::delete_api_token(const User& user, std::string_view token_id) {
-  return !db_->query(
-                 "DELETE FROM tokens WHERE id = $1 AND user_id = $2 AND kind = 'api' RETURNING id",
-                 {std::string(token_id), user.id})
-              .empty();
+  // An empty id would mean "anyone's" below.
+  if (user.id.empty()) return false;
+  return delete_token_and_sessions(token_id, user.id);
+}
+
+bool ServiceState::revoke_token(std::string_view token_id) {
+  return delete_token_and_sessions(token_id, "");
 }
 
 // --- builds ------------------------------------------------------------------------------
@@ -352,25 +560,38 @@ Submission ServiceState::submit_build(BuildRecord proposed) {
                      {proposed.spec_id});
         if (!rows.empty()) {
           result = Submission{build_from_row(rows[0]), true};
+          // The submitter knows the whole spec, secrets included (it hashes to the same id), so
+          // they may read the build that answers it.
+          if (result->build.owner != proposed.owner)
+            db.query(
+                "INSERT INTO build_access (build_id, user_id, granted_at) VALUES ($1, $2, $3) "
+                "ON CONFLICT (build_id, user_id) DO NOTHING",
+                {result->build.id, proposed.owner, now_ms()});
           return;
         }
         proposed.state = BuildState::kQueued;
         proposed.created_at = now_ms();
+        std::string spec = proposed.spec;
+        std::string files = proposed.files;
+        if (box_) {
+          spec = box_->seal(spec, seal_context(proposed.id, "spec"));
+          files = box_->seal(files, seal_context(proposed.id, "files"));
+        }
         db.query(
             "INSERT INTO builds (id, spec_id, spec, files, base_pinned, owner, state, base, "
             "version, kubernetes, artifact_kinds, created_at, queue_seq) "
             "VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, "
             "(SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM builds))",
-            {proposed.id, proposed.spec_id, proposed.spec, proposed.files, proposed.base_pinned,
-             proposed.owner, proposed.base, proposed.version, proposed.kubernetes,
-             proposed.artifact_kinds, proposed.created_at});
+            {proposed.id, proposed.spec_id, spec, files, proposed.base_pinned, proposed.owner,
+             proposed.base, proposed.version, proposed.kubernetes, proposed.artifact_kinds,
+             proposed.created_at});
         record_state(db, proposed.id, proposed.created_at, "queued");
       });
     } catch (const Error& e) {
       if (e.kind() == ErrorKind::kInvalidInput && attempt == 0) continue;
       throw;
     }
-    if (result) return *result;
+    if (result) return Submission{opened(std::move(result->build)), true};
     return Submission{*build(proposed.id), false};
   }
 }
@@ -378,22 +599,54 @@ Submission ServiceState::submit_build(BuildRecord proposed) {
 std::optional<BuildRecord> ServiceState::build(std::string_view id) {
   auto rows = db_->query(select_builds("WHERE b.id = $1"), {std::string(id)});
   if (rows.empty()) return std::nullopt;
-  return build_from_row(rows[0]);
+  return opened(build_from_row(rows[0]));
 }
 
 std::vector<BuildRecord> ServiceState::builds(std::optional<BuildState> state, std::int64_t limit,
-                                              std::int64_t offset, std::int64_t* total) {
+                                              std::int64_t offset, std::int64_t* total,
+                                              const User& viewer) {
   std::string filter = state ? std::string(build_state_name(*state)) : "";
+  // $1 the state ('' for any), $2 the viewer, $3 whether they see everything (an admin).
+  // A disabled viewer sees nothing, like an unknown one.
+  constexpr const char* kReadable =
+      "WHERE ($1 = '' OR b.state = $1) AND $2 <> '' AND ($3 = 1 OR b.owner = $2 OR b.shared = 1 "
+      "OR EXISTS (SELECT 1 FROM build_access a WHERE a.build_id = b.id AND a.user_id = $2))";
+  std::string viewer_id = viewer.disabled ? "" : viewer.id;
+  std::int64_t sees_all = viewer.role == "admin" && !viewer.disabled ? 1 : 0;
   if (total)
-    *total = db_->query("SELECT count(*) FROM builds WHERE $1 = '' OR state = $1", {filter})
+    *total = db_->query(fmt::format("SELECT count(*) FROM builds b {}", kReadable),
+                        {filter, viewer_id, sees_all})
                  .at(0)
                  .integer(0);
   std::vector<BuildRecord> out;
-  for (const auto& r : db_->query(select_build_summaries("WHERE $1 = '' OR b.state = $1 ORDER BY "
-                                                         "b.queue_seq DESC LIMIT $2 OFFSET $3"),
-                                  {filter, limit, offset}))
+  for (const auto& r :
+       db_->query(select_build_summaries(
+                      fmt::format("{} ORDER BY b.queue_seq DESC LIMIT $4 OFFSET $5", kReadable)),
+                  {filter, viewer_id, sees_all, limit, offset}))
     out.push_back(build_from_row(r));
   return out;
+}
+
+BuildAccess ServiceState::access_to_build(const BuildRecord& build, const User& user) {
+  if (user.disabled || user.id.empty()) return BuildAccess::kNone;
+  if (build.owner == user.id) return BuildAccess::kOwner;
+  if (user.role == "admin") return BuildAccess::kAdmin;
+  if (!db_->query("SELECT 1 FROM build_access WHERE build_id = $1 AND user_id = $2",
+                  {build.id, user.id})
+           .empty())
+    return BuildAccess::kGranted;
+  if (build.shared) return BuildAccess::kShared;
+  return BuildAccess::kNone;
+}
+
+bool ServiceState::can_manage_build(const BuildRecord& build, const User& user) {
+  return !user.disabled && !user.id.empty() && (build.owner == user.id || user.role == "admin");
+}
+
+bool ServiceState::set_build_shared(std::string_view id, bool shared) {
+  return !db_->query("UPDATE builds SET shared = $2 WHERE id = $1 RETURNING id",
+                     {std::string(id), std::int64_t{shared ? 1 : 0}})
+              .empty();
 }
 
 QueueCounts ServiceState::queue_counts() {
@@ -426,7 +679,16 @@ std::optional<BuildRecord> ServiceState::claim_build(std::string_view worker) {
     record_state(db, *id, now, "running", worker);
   });
   if (!id) return std::nullopt;
-  return build(*id);
+  auto rows = db_->query(select_builds("WHERE b.id = $1"), {*id});
+  if (rows.empty()) return std::nullopt;
+  try {
+    return opened(build_from_row(rows[0]));
+  } catch (const Error& e) {
+    // A spec this worker cannot open (another key, altered) would only come back to it after
+    // every heartbeat timeout; the build fails now, saying why, and the worker reports it.
+    finish_build(*id, worker, BuildState::kFailed, e.what(), "");
+    throw;
+  }
 }
 
 std::optional<bool> ServiceState::heartbeat(std::string_view id, std::string_view worker) {
