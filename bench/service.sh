@@ -50,7 +50,7 @@ for _ in $(seq 300); do
 done
 [ -n "$port" ] || { echo "pok8s serve did not start listening:" >&2; cat "$work/serve.log" >&2; exit 1; }
 url=http://127.0.0.1:$port
-login=$(sed -n '/one-time token:$/{n;p;q}' "$work/serve.out")
+login=$(cat "$work/data/login-token")
 
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 # Log in with the one-time token, then make an API token; everything after uses the token.

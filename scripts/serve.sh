@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job, from a fresh Debian 12 machine: install what is missing, build, and start the
 # factory — the web builder and the HTTP API (`pok8s serve`) on http://127.0.0.1:8080/, with its
-# state in an embedded SQLite database under out/serve. On the first start it prints a one-time
-# login token for the admin. Stop it with Ctrl-C; builds in progress continue at the next start.
+# state in an embedded SQLite database under out/serve. On the first start it writes a one-time
+# admin login token to out/serve/login-token (readable by you alone) and says so. Stop it with
+# Ctrl-C; builds in progress continue at the next start.
 #   POK8S_LISTEN  HOST:PORT (default 127.0.0.1:8080)
 #   POK8S_SERVE_DIR  the state directory (default out/serve)
 #   Further arguments go to `pok8s serve` (see docs/man/pok8s-serve.md).

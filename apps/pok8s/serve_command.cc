@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include "pok8s/server/artifact_store.h"
 #include "pok8s/server/runner.h"
+#include "pok8s/server/secret_box.h"
 #include "pok8s/server/service.h"
 #include "pok8s/server/state.h"
 #include "pok8s/util/error.h"
@@ -40,7 +41,23 @@ struct ServeFlags {
   bool login_token = false;
   bool once = false;  // worker: run one build (if any) and exit
   std::string worker_id;
+  std::vector<std::string> allow_network;  // CIDRs fetched from despite the public-only policy
+  std::string secret_key;                  // the key that seals builds' secrets at rest
+  std::size_t max_connections = 4096;
+  std::size_t max_connections_per_client = 256;
+  std::string head_timeout = "15s";
+  std::string body_timeout = "60s";
 };
+
+// The service is a public door: it fetches only from public addresses, in its own process and
+// in the builds it starts, except from the networks the administrator allows. Sets the policy
+// for this process and returns the global arguments that give a child `pok8s` the same.
+std::vector<std::string> set_public_network_policy(const GlobalOptions& g, const ServeFlags& f) {
+  std::vector<std::string> args = {"--public-network-only"};
+  for (const auto& cidr : set_network_policy(g, true, f.allow_network))
+    args.insert(args.end(), {"--allow-network", cidr});
+  return args;
+}
 
 util::Path default_data_dir() {
   if (const char* x = std::getenv("XDG_DATA_HOME"); x && *x) return util::Path(x) / "pok8s";
@@ -59,15 +76,16 @@ util::Path self_exe() {
   return std::filesystem::read_symlink("/proc/self/exe");
 }
 
-// "90s", "30m", "2h", or minutes alone.
-std::chrono::seconds parse_duration(const std::string& text) {
+// "90s", "30m", "2h", or minutes alone; `flag` names the option in the message.
+std::chrono::seconds parse_duration(const std::string& text,
+                                    std::string_view flag = "--build-timeout") {
   long n = 0;
   auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
   std::string_view unit(p, static_cast<std::size_t>(text.data() + text.size() - p));
   long scale = unit.empty() || unit == "m" ? 60 : unit == "s" ? 1 : unit == "h" ? 3600 : 0;
   if (ec != std::errc() || n <= 0 || scale == 0 || n > 7L * 24 * 3600)
     throw Error(ErrorKind::kInvalidInput,
-                fmt::format("Failed to read --build-timeout {:?}: give e.g. 90s, 30m or 2h", text));
+                fmt::format("Failed to read {} {:?}: give e.g. 90s, 30m or 2h", flag, text));
   return std::chrono::seconds(n * scale);
 }
 
@@ -89,6 +107,7 @@ void stop_on_signal(std::function<void()> stop) {
 
 int run_serve(const GlobalOptions& g, const ServeFlags& f) {
   server::ServiceOptions o;
+  o.build_global_args = set_public_network_policy(g, f);
   o.listen = f.listen;
   o.data_dir = f.data.empty() ? default_data_dir() : util::Path(f.data);
   o.database = f.db;
@@ -100,8 +119,13 @@ int run_serve(const GlobalOptions& g, const ServeFlags& f) {
   o.version = POK8S_VERSION;
   o.jobs = f.jobs;
   o.build_timeout = parse_duration(f.timeout);
-  o.heartbeat_timeout = parse_duration(f.heartbeat_timeout);
+  o.heartbeat_timeout = parse_duration(f.heartbeat_timeout, "--heartbeat-timeout");
   o.max_body = static_cast<std::size_t>(parse_size(f.max_body, "--max-body"));
+  o.secret_key_file = f.secret_key;
+  o.http_limits.max_connections = f.max_connections;
+  o.http_limits.max_connections_per_client = f.max_connections_per_client;
+  o.http_limits.head_timeout = parse_duration(f.head_timeout, "--head-timeout");
+  o.http_limits.body_timeout = parse_duration(f.body_timeout, "--body-timeout");
   for (const auto& t : f.templates) o.templates.push_back(server::parse_template(t));
   if (!o.templates.empty())
     for (const auto& d : server::default_templates()) {
@@ -119,9 +143,12 @@ int run_serve(const GlobalOptions& g, const ServeFlags& f) {
   stop_on_signal([&service] { service.stop(); });
   std::string host = f.listen.substr(0, f.listen.rfind(':'));
   if (const auto& token = service.login_token()) {
-    // The only time this secret is shown: it is stored hashed.
-    std::printf("pok8s: log in as admin at http://%s:%d/ with this one-time token:\n%s\n",
-                host.c_str(), port, token->c_str());
+    // The only time this secret exists outside its hash: a file only this user may read, never
+    // the terminal or a log that others collect.
+    util::Path file = o.data_dir / "login-token";
+    util::write_file_atomic(file, *token + "\n", 0600);
+    std::printf("pok8s: the one-time login token is in %s (log in as admin at http://%s:%d/)\n",
+                file.c_str(), host.c_str(), port);
     std::fflush(stdout);
   }
   log_line(fmt::format("pok8s {} serving http://{}:{}/ (data {}, {} build{} at once)",
@@ -146,8 +173,15 @@ int run_worker(const GlobalOptions& g, const ServeFlags& f) {
         ErrorKind::kInvalidInput,
         "Failed to start the worker: --store must name the artifact store pok8s serve reads "
         "(dir:/shared/path)");
+  std::vector<std::string> policy_args = set_public_network_policy(g, f);
   util::Path data = f.data.empty() ? default_data_dir() : util::Path(f.data);
-  server::ServiceState state(server::open_database(f.db, data));
+  if (f.secret_key.empty())
+    throw Error(ErrorKind::kInvalidInput,
+                "Failed to start the worker: --secret-key must name the key file of the pok8s "
+                "serve it works for (its --secret-key, or DATA/secret.key): builds' secrets are "
+                "sealed with it");
+  server::ServiceState state(server::open_database(f.db, data),
+                             server::SecretBox::load(f.secret_key));
   auto store = server::open_artifact_store(f.store, data, f.tls_verify);
   server::RunnerOptions r;
   char host[256] = {};
@@ -158,9 +192,10 @@ int run_worker(const GlobalOptions& g, const ServeFlags& f) {
   r.global_args = {
       "--cache",
       (g.cache_dir.empty() ? util::default_cache_dir() : util::Path(g.cache_dir)).string()};
+  r.global_args.insert(r.global_args.end(), policy_args.begin(), policy_args.end());
   if (!f.tls_verify) r.build_args.push_back("--tls-verify=false");
   r.timeout = parse_duration(f.timeout);
-  r.stale_after = parse_duration(f.heartbeat_timeout);
+  r.stale_after = parse_duration(f.heartbeat_timeout, "--heartbeat-timeout");
   r.policy = [] { return server::RequestPolicy{}; };
   r.log = log_line;
   server::BuildRunner runner(state, *store, r);
@@ -214,6 +249,28 @@ void add_serve_commands(CLI::App& app, GlobalOptions& g, std::function<int()>& r
   serve->add_flag("--allow-local-sources", f->allow_local_sources,
                   "Let specs name bases on this host's disk (oci:, oci-archive:, dir:, …)");
   serve->add_flag("--login-token", f->login_token, "Print a new one-time admin login token");
+  serve
+      ->add_option("--secret-key", f->secret_key,
+                   "The key file that seals builds' passwords, tokens and keys in the database "
+                   "(made on first start; workers need the same file)")
+      ->default_str("DATA/secret.key");
+  serve->add_option("--max-connections", f->max_connections, "Open connections at most")
+      ->default_val(4096)
+      ->check(CLI::Range(16, 1 << 20));
+  serve
+      ->add_option("--max-connections-per-client", f->max_connections_per_client,
+                   "Open connections one client address (an IPv6 /64) may hold")
+      ->default_val(256)
+      ->check(CLI::Range(2, 1 << 20));
+  serve
+      ->add_option("--head-timeout", f->head_timeout,
+                   "Time for a request's head, idle keep-alive included (e.g. 15s)")
+      ->default_str("15s");
+  serve->add_option("--body-timeout", f->body_timeout, "Time for a request's whole body (60s)")
+      ->default_str("60s");
+  serve->add_option("--allow-network", f->allow_network,
+                    "A network (CIDR) to fetch from although it is not public, e.g. a registry "
+                    "mirror on 10.0.0.0/8 (repeatable; everything else non-public is refused)");
   serve->callback([&run, &g, f] { run = [&g, f] { return run_serve(g, *f); }; });
 
   CLI::App* worker = app.add_subcommand(
@@ -236,6 +293,13 @@ void add_serve_commands(CLI::App& app, GlobalOptions& g, std::function<int()>& r
   worker->add_option("--id", f->worker_id,
                      "The worker's name in the queue (default HOST:PID:worker)");
   worker->add_flag("--once", f->once, "Run one queued build, if any, and exit");
+  worker
+      ->add_option("--secret-key", f->secret_key,
+                   "The key file of the pok8s serve this worker works for (DATA/secret.key)")
+      ->required();
+  worker->add_option("--allow-network", f->allow_network,
+                     "A network (CIDR) builds fetch from although it is not public (repeatable; "
+                     "everything else non-public is refused)");
   worker->callback([&run, &g, f] { run = [&g, f] { return run_worker(g, *f); }; });
 }
 

@@ -29,6 +29,7 @@ class ChildProcess {
   ~ChildProcess() { stop(); }
 
   bool running();
+  pid_t pid() const { return pid_; }
   void stop();
   // SIGKILL to the group at once, like a crash, and reaps the process.
   void crash();

@@ -61,7 +61,11 @@ class ScaleOut : public ::testing::Test {
     util::make_dirs(dir);
     return ChildProcess({pok8s_binary(), "--cache", (dir / "cache").string(), "worker", "--db",
                          postgres_->url(), "--store", store_, "--data", (dir / "data").string(),
-                         "--id", name, "--tls-verify=false", "--heartbeat-timeout", "5s"},
+                         "--id", name, "--tls-verify=false", "--heartbeat-timeout", "5s",
+                         // The server's key, which seals the builds' secrets in the database.
+                         "--secret-key", (work_->path() / "server/secret.key").string(),
+                         // The registry is on loopback, which workers do not fetch from unasked.
+                         "--allow-network", "127.0.0.0/8"},
                         work_->path() / (name + ".log"));
   }
   static std::string worker_log(const std::string& name) {

@@ -37,6 +37,7 @@ class ApiClient {
     return post(path, body.dump());
   }
   HttpReply del(const std::string& path);
+  HttpReply patch(const std::string& path, const nlohmann::json& body);
   // Follows the SSE stream of a build until it ends (or `timeout`): the events in order.
   std::vector<std::pair<std::string, nlohmann::json>> events(const std::string& build_id,
                                                              int timeout_s);
@@ -51,10 +52,15 @@ class TestService {
  public:
   // Starts `pok8s --cache CACHE --json serve --listen 127.0.0.1:0 --data DATA ARGS...` and waits
   // until it listens. Throws with its log if it does not.
+  // The registry and file servers of the tests are on loopback, so the service may fetch from
+  // 127.0.0.0/8 (--allow-network) unless `allow_loopback` is false.
   TestService(const util::Path& data_dir, const util::Path& cache_dir,
-              std::vector<std::string> args = {});
+              std::vector<std::string> args = {}, bool allow_loopback = true);
   int port() const { return port_; }
+  pid_t pid() const { return process_.pid(); }
+  // The one-time admin login token, read from the file the service names in its output.
   const std::string& login_token() const { return login_token_; }
+  const util::Path& login_token_file() const { return login_token_file_; }
   std::string log() const;
   // SIGKILL, like a crash: nothing is cleaned up.
   void kill();
@@ -65,6 +71,7 @@ class TestService {
   ChildProcess process_;
   int port_ = 0;
   std::string login_token_;
+  util::Path login_token_file_;
 };
 
 // $XDG_CACHE_HOME/pok8s-test/NAME: a blob cache kept between runs, so the conversion of the

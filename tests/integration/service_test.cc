@@ -123,6 +123,8 @@ TEST_F(ServiceApi, TheOpenApiDocumentDescribesEveryRoute) {
                                         "delete /api/v1/session",
                                         "get /api/v1/users",
                                         "post /api/v1/users",
+                                        "patch /api/v1/users/{id}",
+                                        "get /api/v1/users/{id}/tokens",
                                         "get /api/v1/tokens",
                                         "post /api/v1/tokens",
                                         "delete /api/v1/tokens/{id}",
@@ -133,6 +135,7 @@ TEST_F(ServiceApi, TheOpenApiDocumentDescribesEveryRoute) {
                                         "get /api/v1/builds",
                                         "post /api/v1/builds",
                                         "get /api/v1/builds/{id}",
+                                        "patch /api/v1/builds/{id}",
                                         "post /api/v1/builds/{id}/cancel",
                                         "get /api/v1/builds/{id}/spec",
                                         "get /api/v1/builds/{id}/log",
@@ -424,6 +427,36 @@ TEST_F(ServiceApi, ABuildStreamsItsProgressAndServesItsArtifactsWithRanges) {
   EXPECT_EQ(tail.body, file.body.substr(file.body.size() - 100));
   auto beyond = api_->get(iso["url"], {{"Range", fmt::format("bytes={}-", file.body.size() + 10)}});
   EXPECT_EQ(beyond.status, 416);
+  EXPECT_EQ(beyond.header("Content-Range"), fmt::format("bytes */{}", file.body.size()));
+  // RFC 9110 §14: what a hostile client asks of ranges.
+  std::string size = std::to_string(file.body.size());
+  std::string overlapping = "bytes=0-4095";
+  for (int i = 0; i < 15; ++i) overlapping += ",0-4095";
+  auto merged = api_->get(iso["url"], {{"Range", overlapping}});
+  EXPECT_EQ(merged.status, 206);
+  EXPECT_EQ(merged.body, file.body.substr(0, 4096)) << "overlapping ranges are sent once";
+  std::string many = "bytes=0-0";
+  for (int i = 1; i <= 700; ++i) many += fmt::format(",{}-{}", i * 2, i * 2);
+  auto too_many = api_->get(iso["url"], {{"Range", many}});
+  EXPECT_EQ(too_many.status, 416);
+  EXPECT_LT(too_many.body.size(), 4096u);
+  auto clamped = api_->get(iso["url"], {{"Range", "bytes=0-99999999999"}});
+  EXPECT_EQ(clamped.status, 206);
+  EXPECT_EQ(clamped.header("Content-Length"), size);
+  EXPECT_EQ(clamped.header("Content-Range"),
+            fmt::format("bytes 0-{}/{}", file.body.size() - 1, size));
+  EXPECT_EQ(clamped.body, file.body);
+  auto empty_suffix = api_->get(iso["url"], {{"Range", "bytes=-0"}});
+  EXPECT_EQ(empty_suffix.status, 416);
+  EXPECT_EQ(empty_suffix.headers.count("Content-Range"), 1u);
+  auto parts = api_->get(iso["url"], {{"Range", "bytes=0-9,100-109"}});
+  EXPECT_EQ(parts.status, 206);
+  EXPECT_TRUE(parts.header("Content-Type").starts_with("multipart/byteranges; boundary="));
+  EXPECT_EQ(parts.header("Content-Length"), std::to_string(parts.body.size()));
+  EXPECT_NE(parts.body.find(fmt::format("Content-Range: bytes 0-9/{}", size)), std::string::npos);
+  EXPECT_NE(parts.body.find(fmt::format("Content-Range: bytes 100-109/{}", size)),
+            std::string::npos);
+  EXPECT_NE(parts.body.find(file.body.substr(100, 10)), std::string::npos);
 
   for (const char* name : {"..%2Fpok8s.db", "..", "%2E%2E%2F%2E%2E%2Fserve.lock", "x.iso",
                            "..%2F..%2Fdata%2Fpok8s.db"})
@@ -434,7 +467,9 @@ TEST_F(ServiceApi, ABuildStreamsItsProgressAndServesItsArtifactsWithRanges) {
   auto log = api_->get("/api/v1/builds/" + id + "/log");
   EXPECT_NE(log.body.find("== Fetching"), std::string::npos) << log.body;
   auto spec = api_->get("/api/v1/builds/" + id + "/spec").json();
-  EXPECT_EQ(spec, quick_request("first"));
+  EXPECT_EQ(spec["spec"], quick_request("first")["spec"]);
+  EXPECT_EQ(spec["files"], quick_request("first")["files"]);
+  EXPECT_FALSE(spec["masked"].get<bool>()) << "its owner sees the request as sent";
   auto listed = api_->get("/api/v1/builds?state=succeeded").json();
   EXPECT_NE(listed.dump().find(id), std::string::npos);
   expect_error(api_->get("/api/v1/builds?state=sideways"), 400, "invalid-input", "state");
@@ -481,12 +516,12 @@ TEST_F(ServiceApi, CancelStopsARunningBuildAndAQueuedOne) {
   ASSERT_EQ(queued.status, 201) << queued.body;
   std::string queued_id = queued.json()["id"];
 
-  // bob may not cancel the admin's build.
-  auto bob_token = api_->post("/api/v1/users", json{{"name", "carol"}}).json()["loginToken"];
+  // carol may not cancel the admin's build: to her, it does not exist.
+  auto carol_token = api_->post("/api/v1/users", json{{"name", "carol"}}).json()["loginToken"];
   ApiClient carol(service_->port());
-  ASSERT_EQ(carol.login(bob_token).status, 200);
-  expect_error(carol.post("/api/v1/builds/" + queued_id + "/cancel", std::string()), 403,
-               "forbidden", "admin");
+  ASSERT_EQ(carol.login(carol_token).status, 200);
+  expect_error(carol.post("/api/v1/builds/" + queued_id + "/cancel", std::string()), 404,
+               "not-found", "no such build");
 
   auto c = api_->post("/api/v1/builds/" + queued_id + "/cancel", std::string());
   EXPECT_EQ(c.status, 202);
@@ -602,6 +637,169 @@ TEST_F(ServiceApi, AServiceKilledDuringABuildLosesNoBuildAndServesNoPartialArtif
     auto file = api.get(a["url"]);
     EXPECT_EQ(util::sha256_hex(file.body), a["sha256"]) << a;
   }
+}
+
+// A user logged in with a fresh account: the admin makes it, it logs in with its one-time
+// token and keeps an API token for the calls after.
+struct TestUser {
+  std::string id;
+  std::string token;
+  std::unique_ptr<ApiClient> api;
+};
+
+TestUser make_user(ApiClient& admin, int port, const std::string& name) {
+  auto created = admin.post("/api/v1/users", json{{"name", name}});
+  if (created.status != 201) throw std::runtime_error("user: " + created.body);
+  ApiClient browser(port);
+  if (browser.login(created.json()["loginToken"]).status != 200)
+    throw std::runtime_error("login failed for " + name);
+  auto token = browser.post("/api/v1/tokens", json{{"name", name}});
+  if (token.status != 201) throw std::runtime_error("token: " + token.body);
+  TestUser u{created.json()["user"]["id"], token.json()["token"],
+             std::make_unique<ApiClient>(port)};
+  u.api->bearer(u.token);
+  return u;
+}
+
+TEST_F(ServiceApi, BuildsArePrivateToTheirOwnerAndTheirSecretsSealedAndMasked) {
+  TestUser alice = make_user(*api_, service_->port(), "alice");
+  TestUser dave = make_user(*api_, service_->port(), "dave");
+  const std::string password = "alice-password-7f3k";
+  const std::string join_token = "K10alice-join-token-9q2w";
+  json request = {
+      {"spec", base_yaml() + "cloudConfig: cloud-config.yaml\n"},
+      {"files",
+       {{"cloud-config.yaml",
+         fmt::format("#cloud-config\nhostname: private\nusers:\n- name: kairos\n  passwd: {}\n"
+                     "k3s:\n  env:\n    K3S_TOKEN: {}\n",
+                     password, join_token)}}}};
+  auto created = alice.api->post("/api/v1/builds", request);
+  ASSERT_EQ(created.status, 201) << created.body;
+  std::string id = created.json()["id"];
+  std::string base = "/api/v1/builds/" + id;
+
+  // To another user the build does not exist: not in a list, not by id, not its parts.
+  EXPECT_EQ(dave.api->get("/api/v1/builds").body.find(id), std::string::npos);
+  for (const std::string& path :
+       {base, base + "/spec", base + "/log", base + "/events", base + "/artifacts/x.iso"})
+    expect_error(dave.api->get(path), 404, "not-found", "no such build");
+  expect_error(dave.api->post(base + "/cancel", std::string()), 404, "not-found", "no such build");
+  EXPECT_NE(alice.api->get("/api/v1/builds").body.find(id), std::string::npos);
+
+  // Its owner sees the request as sent; an admin sees it with the secrets masked.
+  auto own = alice.api->get(base + "/spec");
+  EXPECT_NE(own.body.find(password), std::string::npos) << own.body;
+  auto admin_view = api_->get(base + "/spec");
+  ASSERT_EQ(admin_view.status, 200) << admin_view.body;
+  EXPECT_TRUE(admin_view.json()["masked"].get<bool>());
+  EXPECT_EQ(admin_view.body.find(password), std::string::npos) << admin_view.body;
+  EXPECT_EQ(admin_view.body.find(join_token), std::string::npos) << admin_view.body;
+  EXPECT_NE(admin_view.body.find("hostname: private"), std::string::npos) << admin_view.body;
+
+  // Shared, it is readable by every user, masked; only its owner or an admin may share it.
+  expect_error(dave.api->patch(base, json{{"shared", true}}), 404, "not-found", "no such build");
+  auto shared = alice.api->patch(base, json{{"shared", true}});
+  ASSERT_EQ(shared.status, 200) << shared.body;
+  EXPECT_TRUE(shared.json()["shared"].get<bool>());
+  auto dave_view = dave.api->get(base + "/spec");
+  ASSERT_EQ(dave_view.status, 200) << dave_view.body;
+  EXPECT_EQ(dave_view.body.find(password), std::string::npos);
+  expect_error(dave.api->patch(base, json{{"shared", false}}), 403, "forbidden", "alice");
+  expect_error(dave.api->post(base + "/cancel", std::string()), 403, "forbidden", "alice");
+  EXPECT_EQ(alice.api->patch(base, json{{"shared", false}}).status, 200);
+  expect_error(dave.api->get(base), 404, "not-found", "no such build");
+
+  // Someone who sends the very same request (secrets included) gets the same build, and with it
+  // the right to read it.
+  auto same = dave.api->post("/api/v1/builds", request);
+  ASSERT_EQ(same.status, 200) << same.body;
+  EXPECT_EQ(same.json()["id"], id);
+  EXPECT_EQ(dave.api->get(base).status, 200);
+
+  auto b = wait_for_build(*alice.api, id, {"succeeded", "failed"}, 900);
+  EXPECT_EQ(b["state"], "succeeded") << b;
+  for (const auto& reply : {alice.api->get(base + "/log"), api_->get(base + "/log")}) {
+    EXPECT_EQ(reply.body.find(password), std::string::npos);
+    EXPECT_EQ(reply.body.find(join_token), std::string::npos);
+  }
+  EXPECT_EQ(service_->log().find(password), std::string::npos);
+  // At rest, the database holds the secrets sealed only.
+  for (const char* file : {"pok8s.db", "pok8s.db-wal"}) {
+    util::Path p = work_->path() / "data" / file;
+    if (!fs::exists(p)) continue;
+    std::string bytes = util::read_file(p, 256u << 20);
+    EXPECT_EQ(bytes.find(password), std::string::npos) << file;
+    EXPECT_EQ(bytes.find(join_token), std::string::npos) << file;
+  }
+}
+
+TEST_F(ServiceApi, RevokingACredentialEndsWhatItOpenedAndAdminsCanRevokeAndDisable) {
+  TestUser erin = make_user(*api_, service_->port(), "erin");
+  // A browser session opened with an API token dies with the token.
+  auto second = erin.api->post("/api/v1/tokens", json{{"name", "browser"}});
+  ASSERT_EQ(second.status, 201) << second.body;
+  ApiClient browser(service_->port());
+  ASSERT_EQ(browser.login(second.json()["token"]).status, 200);
+  EXPECT_EQ(browser.get("/api/v1/builds").status, 200);
+  EXPECT_EQ(erin.api->del("/api/v1/tokens/" + second.json()["id"].get<std::string>()).status, 204);
+  expect_error(browser.get("/api/v1/builds"), 401, "auth", "log in");
+
+  // An admin sees and revokes anyone's tokens.
+  auto tokens = api_->get("/api/v1/users/" + erin.id + "/tokens");
+  ASSERT_EQ(tokens.status, 200) << tokens.body;
+  ASSERT_EQ(tokens.json()["tokens"].size(), 1u) << tokens.body;
+  EXPECT_EQ(tokens.body.find(erin.token), std::string::npos);
+  std::string token_id = tokens.json()["tokens"][0]["id"];
+  expect_error(erin.api->get("/api/v1/users/" + erin.id + "/tokens"), 403, "forbidden", "admins");
+  EXPECT_EQ(api_->del("/api/v1/tokens/" + token_id).status, 204);
+  expect_error(erin.api->get("/api/v1/builds"), 401, "auth", "Bearer");
+
+  // A disabled user's every credential stops at once, and works again once enabled.
+  TestUser frank = make_user(*api_, service_->port(), "frank");
+  ApiClient frank_browser(service_->port());
+  ASSERT_EQ(frank_browser.login(frank.token).status, 200);
+  auto disabled = api_->patch("/api/v1/users/" + frank.id, json{{"disabled", true}});
+  ASSERT_EQ(disabled.status, 200) << disabled.body;
+  EXPECT_TRUE(disabled.json()["user"]["disabled"].get<bool>());
+  expect_error(frank.api->get("/api/v1/builds"), 401, "auth", "Bearer");
+  expect_error(frank_browser.get("/api/v1/builds"), 401, "auth", "log in");
+  ApiClient again(service_->port());
+  EXPECT_EQ(again.login(frank.token).status, 401);
+  ASSERT_EQ(api_->patch("/api/v1/users/" + frank.id, json{{"disabled", false}}).status, 200);
+  EXPECT_EQ(frank.api->get("/api/v1/builds").status, 200);
+  // No admin can lock the service out of its last admin.
+  auto me = api_->get("/api/v1/session").json()["user"]["id"].get<std::string>();
+  expect_error(api_->patch("/api/v1/users/" + me, json{{"disabled", true}}), 409, "conflict", "");
+  expect_error(frank.api->patch("/api/v1/users/" + me, json{{"disabled", true}}), 403, "forbidden",
+               "admins");
+}
+
+TEST_F(ServiceApi, ARequestNamesOnlyItsOwnFilesAndNeverLearnsAServerPath) {
+  util::Path data = work_->path() / "data";
+  auto verdict = [&](const std::string& extra) {
+    auto r = api_->post("/api/v1/specs/validate", spec_request(base_yaml() + extra));
+    EXPECT_EQ(r.status, 200) << r.body;
+    json v = r.json();
+    EXPECT_FALSE(v["valid"].get<bool>()) << extra << v;
+    std::string error = v.value("error", "");
+    EXPECT_EQ(error.find(data.string()), std::string::npos) << error;
+    EXPECT_EQ(error.find(work_->path().string()), std::string::npos) << error;
+    return error;
+  };
+  EXPECT_NE(verdict("security: {splash: /etc/shadow}\n").find("security.splash"),
+            std::string::npos);
+  EXPECT_NE(verdict("security: {splash: keysets/prod/db.key}\n").find("security.splash"),
+            std::string::npos);
+  EXPECT_NE(verdict("cloudConfig: ../../pok8s.db\n").find("cloudConfig"), std::string::npos);
+  // Whether a server path exists or not, the answer is the same.
+  std::string missing = verdict("toppings: {manifests: [/no/such/file.yaml]}\n");
+  std::string present = verdict("toppings: {manifests: [/etc/hostname]}\n");
+  auto strip = [](std::string text, const std::string& path) {
+    auto at = text.find(path);
+    if (at != std::string::npos) text.erase(at, path.size());
+    return text;
+  };
+  EXPECT_EQ(strip(missing, "/no/such/file.yaml"), strip(present, "/etc/hostname"));
 }
 
 }  // namespace

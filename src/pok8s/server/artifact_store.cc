@@ -31,7 +31,11 @@ namespace {
 
 class DirStore : public ArtifactStore {
  public:
-  explicit DirStore(util::Path root) : root_(std::move(root)) { util::make_dirs(root_); }
+  // The store is the service user's alone, like its data directory, whatever the umask.
+  explicit DirStore(util::Path root) : root_(std::move(root)) {
+    util::make_dirs(root_);
+    fs::permissions(root_, fs::perms::owner_all, fs::perm_options::replace);
+  }
 
   void put(std::string_view build_id, const util::Path& dir,
            const std::vector<StoredArtifact>& artifacts) override {
@@ -42,6 +46,9 @@ class DirStore : public ArtifactStore {
       std::error_code ec;
       fs::rename(from, to, ec);
       if (ec == std::errc::cross_device_link) fs::copy_file(from, to, ec);
+      if (!ec)
+        fs::permissions(to, fs::perms::owner_read | fs::perms::owner_write,
+                        fs::perm_options::replace, ec);
       if (ec)
         throw Error(ErrorKind::kIo, fmt::format("Failed to store artifact {} of build {}: {}",
                                                 a.name, build_id, ec.message()));

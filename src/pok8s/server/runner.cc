@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "pok8s/config/secrets.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/sha256.h"
 
@@ -32,7 +34,7 @@ constexpr auto kKillGrace = std::chrono::seconds(10);
 // managers in a sandbox, mksquashfs) goes with it.
 class BuildProcess {
  public:
-  explicit BuildProcess(const std::vector<std::string>& argv) {
+  BuildProcess(const std::vector<std::string>& argv, unsigned child_umask) {
     int out[2], err[2];
     if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0)
       throw_errno("Failed to start the build: pipe", errno);
@@ -45,6 +47,7 @@ class BuildProcess {
       ::setpgid(0, 0);
       // When the service dies (even by SIGKILL) its builds die with it; a restart requeues them.
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      ::umask(static_cast<mode_t>(child_umask));
       int devnull = ::open("/dev/null", O_RDONLY);
       ::dup2(devnull, 0);
       ::dup2(out[1], 1);
@@ -258,7 +261,7 @@ void BuildRunner::loop(bool build) {
                                                    "its worker stopped sending heartbeats")) {
           if (options_.log)
             options_.log(fmt::format("Took back build {}: its worker went silent", id));
-          if (options_.on_event) options_.on_event();
+          if (options_.on_event) options_.on_event(id);
         }
       }
       if (build && run_one()) continue;
@@ -273,7 +276,7 @@ bool BuildRunner::run_one() {
   if (stopping_) return false;
   auto build = state_.claim_build(options_.worker_id);
   if (!build) return false;
-  if (options_.on_event) options_.on_event();
+  if (options_.on_event) options_.on_event(build->id);
   if (options_.log)
     options_.log(fmt::format("Building {} (spec {}, attempt {})", build->id, build->spec_id,
                              build->attempts));
@@ -282,14 +285,18 @@ bool BuildRunner::run_one() {
   } catch (const std::exception& e) {
     state_.finish_build(build->id, options_.worker_id, BuildState::kFailed, e.what(), "");
   }
-  if (options_.on_event) options_.on_event();
+  if (options_.on_event) options_.on_event(build->id);
   return true;
 }
 
-void BuildRunner::event(const BuildRecord& build, std::string_view kind,
-                        const nlohmann::json& data) {
-  state_.append_event(build.id, kind, data.dump());
-  if (options_.on_event) options_.on_event();
+void BuildRunner::event(const BuildRecord& build, std::string_view kind, const nlohmann::json& data,
+                        std::span<const std::string> secrets) {
+  nlohmann::json scrubbed = data;
+  for (auto& value : scrubbed)
+    if (value.is_string()) value = config::scrub(value.get<std::string>(), secrets);
+  state_.append_event(build.id, kind,
+                      scrubbed.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  if (options_.on_event) options_.on_event(build.id);
 }
 
 void BuildRunner::run(const BuildRecord& build) {
@@ -313,10 +320,15 @@ void BuildRunner::run(const BuildRecord& build) {
   nlohmann::json files = nlohmann::json::parse(build.files);
   for (const auto& [name, text] : files.items())
     request.files.emplace(name, text.get<std::string>());
+  // What the build prints may quote its cloud-config; no password or token reaches the log.
+  const std::vector<std::string> secrets = config::secret_values(request.spec, request.files);
+  auto event = [&](const BuildRecord& b, std::string_view kind, const nlohmann::json& data) {
+    this->event(b, kind, data, secrets);
+  };
   config::BuildSpec spec = materialize_request(
       request, work / "request", options_.policy ? options_.policy() : RequestPolicy{});
   spec.base = build.base_pinned;
-  util::write_file_atomic(work / "spec.yaml", config::to_yaml(spec));
+  util::write_file_atomic(work / "spec.yaml", config::to_yaml(spec), 0600);
 
   std::vector<std::string> argv = {options_.pok8s_binary.string()};
   argv.insert(argv.end(), options_.global_args.begin(), options_.global_args.end());
@@ -324,7 +336,7 @@ void BuildRunner::run(const BuildRecord& build) {
                            (work / "out").string()});
   argv.insert(argv.end(), options_.build_args.begin(), options_.build_args.end());
 
-  BuildProcess child(argv);
+  BuildProcess child(argv, options_.child_umask);
   {
     std::lock_guard lock(children_mutex_);
     children_.insert(child.pgid());
@@ -412,10 +424,10 @@ void BuildRunner::run(const BuildRecord& build) {
     return;
   }
   if (status != 0) {
-    state_.finish_build(
-        build.id, worker, BuildState::kFailed,
-        last_error.empty() ? fmt::format("the build exited with status {}", status) : last_error,
-        "");
+    state_.finish_build(build.id, worker, BuildState::kFailed,
+                        last_error.empty() ? fmt::format("the build exited with status {}", status)
+                                           : config::scrub(last_error, secrets),
+                        "");
     return;
   }
 

@@ -10,6 +10,7 @@
 #include <functional>
 #include <mutex>
 #include <set>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -26,6 +27,9 @@ struct RunnerOptions {
   util::Path pok8s_binary;               // the pok8s executable that builds
   std::vector<std::string> global_args;  // e.g. --cache DIR
   std::vector<std::string> build_args;   // e.g. --tls-verify=false
+  // The umask builds run with: the service keeps its own files private (umask 077), while what
+  // a build writes into an image must not be (a package manager's files follow the umask).
+  unsigned child_umask = 022;
   std::chrono::seconds timeout{2 * 3600};
   std::chrono::milliseconds poll_interval{500};
   std::chrono::seconds heartbeat_interval{2};
@@ -33,7 +37,8 @@ struct RunnerOptions {
   std::int64_t max_attempts = 2;
   std::function<RequestPolicy()> policy;      // read per build: key sets come and go
   std::function<void(std::string_view)> log;  // the runner's own log lines
-  std::function<void()> on_event;             // wakes event streams in this process
+  // Wakes the event streams of a build in this process: its id.
+  std::function<void(std::string_view)> on_event;
 };
 
 class BuildRunner {
@@ -55,7 +60,9 @@ class BuildRunner {
  private:
   void loop(bool build);
   void run(const BuildRecord& build);
-  void event(const BuildRecord& build, std::string_view kind, const nlohmann::json& data);
+  // Records an event of `build`; its strings are scrubbed of the build's secrets first.
+  void event(const BuildRecord& build, std::string_view kind, const nlohmann::json& data,
+             std::span<const std::string> secrets);
 
   ServiceState& state_;
   ArtifactStore& store_;

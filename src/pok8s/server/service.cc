@@ -4,14 +4,13 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
-#include <httplib.h>
 #include <openssl/evp.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <charconv>
-#include <condition_variable>
 #include <filesystem>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -19,12 +18,16 @@
 #include "pok8s/build/spec_build.h"
 #include "pok8s/config/build_spec.h"
 #include "pok8s/config/cloud_config.h"
+#include "pok8s/config/secrets.h"
 #include "pok8s/oci/image.h"
 #include "pok8s/oci/reference.h"
 #include "pok8s/server/artifact_store.h"
 #include "pok8s/server/build_request.h"
+#include "pok8s/server/http.h"
 #include "pok8s/server/keysets.h"
+#include "pok8s/server/rate_limit.h"
 #include "pok8s/server/runner.h"
+#include "pok8s/server/secret_box.h"
 #include "pok8s/server/state.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/time.h"
@@ -36,7 +39,8 @@ namespace {
 
 constexpr const char* kSessionCookie = "pok8s_session";
 constexpr std::int64_t kMaxAttempts = 2;
-constexpr const char* kIdPattern = "([0-9a-f]{16})";
+// Tokens a user may hold at once: each is a row, and creating them is cheap for a client.
+constexpr std::size_t kMaxTokensPerUser = 100;
 
 enum class Access { kPublic, kUser, kAdmin };
 
@@ -46,7 +50,11 @@ json time_json(std::int64_t ms) {
 }
 
 json user_json(const User& u) {
-  return {{"id", u.id}, {"name", u.name}, {"role", u.role}, {"createdAt", time_json(u.created_at)}};
+  return {{"id", u.id},
+          {"name", u.name},
+          {"role", u.role},
+          {"disabled", u.disabled},
+          {"createdAt", time_json(u.created_at)}};
 }
 
 json build_json(const BuildRecord& b) {
@@ -74,12 +82,12 @@ json build_json(const BuildRecord& b) {
           {"step", b.step},
           {"error", b.error.empty() ? json(nullptr) : json(b.error)},
           {"cancelRequested", b.cancel_requested},
+          {"shared", b.shared},
           {"artifacts", artifacts}};
 }
 
-std::string cookie_value(const httplib::Request& req, std::string_view name) {
-  std::string header = req.get_header_value("Cookie");
-  std::string_view rest = header;
+std::string cookie_value(const HttpRequest& req, std::string_view name) {
+  std::string_view rest = req.header("cookie").value_or("");
   while (!rest.empty()) {
     std::size_t end = rest.find(';');
     std::string_view part = rest.substr(0, end);
@@ -118,12 +126,77 @@ std::string content_type_for(std::string_view name) {
   return "application/octet-stream";
 }
 
-json parse_body(const httplib::Request& req) {
+// Only application/json is read: a cross-site HTML form can send text/plain or a form encoding
+// without asking, but not JSON (login CSRF).
+void require_json(const HttpRequest& req) {
+  std::string_view type = req.header("content-type").value_or("");
+  type = type.substr(0, type.find(';'));
+  while (!type.empty() && type.back() == ' ') type.remove_suffix(1);
+  std::string lower_type(type);
+  for (char& c : lower_type)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  if (lower_type != "application/json")
+    throw ApiError(415, "invalid-input",
+                   "Failed to read the request: send the body as JSON with Content-Type: "
+                   "application/json");
+}
+
+// A request body as a JSON object.
+json parse_body(const HttpRequest& req) {
+  require_json(req);
   json j = json::parse(req.body, nullptr, false);
   if (j.is_discarded() || !j.is_object())
     throw Error(ErrorKind::kInvalidInput,
                 "Failed to read the request: the body is not a JSON object");
   return j;
+}
+
+bool bool_field(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_boolean())
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to read the request: {} must be true or false", key));
+  return it->get<bool>();
+}
+
+// A build or token id from a URL: 16 hex digits, or nothing the service has.
+bool is_id(std::string_view id) {
+  if (id.size() != 16) return false;
+  for (char c : id)
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  return true;
+}
+
+// What a message may quote of an id from a URL.
+std::string quoted_id(std::string_view id) {
+  return is_id(id) ? std::string(id) : fmt::format("{:?}", std::string(id.substr(0, 40)));
+}
+
+// Sequence numbers from Last-Event-ID or ?after=: a non-negative integer.
+std::int64_t event_cursor(std::string_view text, std::string_view what) {
+  std::int64_t n = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (ec != std::errc() || p != text.data() + text.size() || n < 0)
+    throw Error(ErrorKind::kInvalidInput,
+                fmt::format("Failed to follow the build's events: {} must be an event number "
+                            "(a non-negative integer)",
+                            what));
+  return n;
+}
+
+std::string dump(const json& j) {
+  // Client text (paths, names) may hold any bytes; they are replaced, never thrown on.
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+std::string web_content_type(std::string_view name) {
+  if (name.ends_with(".html")) return "text/html; charset=utf-8";
+  if (name.ends_with(".js") || name.ends_with(".mjs")) return "text/javascript; charset=utf-8";
+  if (name.ends_with(".css")) return "text/css; charset=utf-8";
+  if (name.ends_with(".svg")) return "image/svg+xml";
+  if (name.ends_with(".png")) return "image/png";
+  if (name.ends_with(".json")) return "application/json";
+  return "application/octet-stream";
 }
 
 std::string string_field(const json& j, const char* key, bool required = true) {
@@ -186,6 +259,87 @@ json capabilities(bool local_sources, const RequestLimits& limits, std::size_t m
             {"maxFileBytes", limits.max_file_bytes}}}};
 }
 
+// Wakes the event streams of a build when this process records one of its events.
+class EventHub {
+ public:
+  std::uint64_t add(const std::string& build_id, std::function<void()> wake) {
+    std::lock_guard lock(mutex_);
+    std::uint64_t id = ++next_;
+    wakers_.emplace(build_id, std::make_pair(id, std::move(wake)));
+    return id;
+  }
+  void remove(const std::string& build_id, std::uint64_t id) {
+    std::lock_guard lock(mutex_);
+    auto [begin, end] = wakers_.equal_range(build_id);
+    for (auto it = begin; it != end; ++it)
+      if (it->second.first == id) {
+        wakers_.erase(it);
+        return;
+      }
+  }
+  void wake(std::string_view build_id) {
+    std::lock_guard lock(mutex_);
+    auto [begin, end] = wakers_.equal_range(std::string(build_id));
+    for (auto it = begin; it != end; ++it) it->second.second();
+  }
+  void wake_all() {
+    std::lock_guard lock(mutex_);
+    for (auto& [_, w] : wakers_) w.second();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::uint64_t next_ = 0;
+  std::multimap<std::string, std::pair<std::uint64_t, std::function<void()>>> wakers_;
+};
+
+// The server-sent events of one build: what the database has after the cursor, then an `end`
+// event once the build has finished.
+class BuildEventStream : public EventSource {
+ public:
+  BuildEventStream(ServiceState& state, EventHub& hub, std::string build_id, std::int64_t after,
+                   std::chrono::milliseconds poll, const std::atomic<bool>& stopping)
+      : state_(state),
+        hub_(hub),
+        id_(std::move(build_id)),
+        cursor_(after),
+        poll_(poll),
+        stopping_(stopping) {}
+  ~BuildEventStream() override {
+    if (registered_) hub_.remove(id_, registration_);
+  }
+  void set_waker(std::function<void()> wake) override {
+    registration_ = hub_.add(id_, std::move(wake));
+    registered_ = true;
+  }
+  std::chrono::milliseconds poll_interval() const override { return poll_; }
+  Chunk next() override {
+    if (stopping_) return {{}, true};
+    auto events = state_.events(id_, cursor_, 500);
+    std::string out;
+    for (const auto& e : events) {
+      out += fmt::format("id: {}\nevent: {}\ndata: {}\n\n", e.seq, e.kind, e.data);
+      cursor_ = e.seq;
+    }
+    if (!events.empty()) return {std::move(out), false};
+    auto b = state_.build(id_);
+    if (b && (b->state == BuildState::kQueued || b->state == BuildState::kRunning)) return {};
+    return {fmt::format("event: end\ndata: {}\n\n",
+                        dump(json{{"state", b ? build_state_name(b->state) : "gone"}})),
+            true};
+  }
+
+ private:
+  ServiceState& state_;
+  EventHub& hub_;
+  std::string id_;
+  std::int64_t cursor_;
+  std::chrono::milliseconds poll_;
+  const std::atomic<bool>& stopping_;
+  std::uint64_t registration_ = 0;
+  bool registered_ = false;
+};
+
 }  // namespace
 
 std::vector<Template> default_templates() {
@@ -226,33 +380,54 @@ Template parse_template(std::string_view text) {
 
 struct Service::Impl {
   ServiceOptions o;
+  std::unique_ptr<SecretBox> secrets;
   std::unique_ptr<ServiceState> state;
   std::unique_ptr<ArtifactStore> store;
   std::unique_ptr<KeySetStore> keysets;
   std::unique_ptr<BuildRunner> runner;
   std::unique_ptr<oci::BlobStore> blobs;
-  httplib::Server http;
   std::optional<std::string> login_token;
   std::string openapi;
   std::vector<Template> templates;
   RequestLimits limits;
   util::UniqueFd lock_fd;
-  std::mutex event_mutex;
-  std::condition_variable event_cv;
-  std::uint64_t event_generation = 0;
+  std::map<std::string, std::string> web_files;  // URL path -> content
+  EventHub hub;
   std::atomic<bool> stopping{false};
+  // Logging in and making tokens are what a client can repeat cheaply to fill the database or
+  // guess secrets: each is limited per client address and per user.
+  RateLimiter logins_by_address{1.0 / 6, 10};
+  RateLimiter sessions_by_user{1.0 / 6, 20};
+  RateLimiter tokens_by_user{1.0 / 6, 10};
+  RateLimiter tokens_by_address{1.0 / 3, 20};
+  // Last: destroyed first, so no handler runs on what is destroyed after it.
+  std::unique_ptr<HttpServer> http;
+
+  // The umask the service was started with, which its builds run with.
+  mode_t started_umask = 022;
 
   explicit Impl(ServiceOptions options) : o(std::move(options)) {
+    // The data directory holds the database, the key sets and the secret key: the service's
+    // user alone may read what it writes there, whatever the umask it was started with.
+    started_umask = ::umask(077);
     util::make_dirs(o.data_dir);
+    fs::permissions(o.data_dir, fs::perms::owner_all, fs::perm_options::replace);
+    for (const char* sub : {"tmp", "work", "keysets"}) {
+      util::make_dirs(o.data_dir / sub);
+      fs::permissions(o.data_dir / sub, fs::perms::owner_all, fs::perm_options::replace);
+    }
+    secrets = std::make_unique<SecretBox>(SecretBox::load_or_create(
+        o.secret_key_file.empty() ? o.data_dir / "secret.key" : o.secret_key_file));
     auto db = open_database(o.database, o.data_dir);
     if (db->dialect() == SqlDialect::kSqlite) lock_data_dir();
-    state = std::make_unique<ServiceState>(std::move(db));
+    state = std::make_unique<ServiceState>(std::move(db), secrets.get());
     store = open_artifact_store(o.store, o.data_dir, o.tls_verify);
     keysets = std::make_unique<KeySetStore>(o.data_dir / "keysets");
     blobs = std::make_unique<oci::BlobStore>(o.cache_dir);
     openapi = util::read_file(o.openapi_file, 4u << 20);
     templates = o.templates.empty() ? default_templates() : o.templates;
     limits.max_file_bytes = std::min<std::size_t>(limits.max_file_bytes, o.max_body);
+    load_web_files();
 
     login_token = state->bootstrap_admin();
     if (!login_token && o.new_login_token) login_token = state->new_login_token("admin");
@@ -264,11 +439,10 @@ struct Service::Impl {
         log(fmt::format("Build {} was interrupted by a restart: queued again or failed", id));
     }
     if (o.jobs == 0 && state->dialect() == SqlDialect::kSqlite)
-      throw Error(ErrorKind::kInvalidInput,
-                  "Failed to start the service: --jobs 0 leaves the builds to `pok8s worker`s, "
-                  "which share the queue only in PostgreSQL (--db postgres://…)");
+      log("Builds are queued and wait: --jobs 0 runs none here, and `pok8s worker`s share a "
+          "queue only in PostgreSQL (--db postgres://…)");
     runner = std::make_unique<BuildRunner>(*state, *store, runner_options());
-    routes();
+    http = std::make_unique<HttpServer>(server_options());
   }
 
   void log(const std::string& line) const {
@@ -286,6 +460,17 @@ struct Service::Impl {
                       o.data_dir.string()));
   }
 
+  // The web builder's files, read once: a request can only ever get one of them.
+  void load_web_files() {
+    if (o.web_dir.empty() || !fs::is_directory(o.web_dir)) return;
+    for (const auto& entry : fs::directory_iterator(o.web_dir)) {
+      if (!entry.is_regular_file()) continue;
+      std::string name = entry.path().filename().string();
+      web_files["/" + name] = util::read_file(entry.path(), 4u << 20);
+    }
+    if (auto it = web_files.find("/index.html"); it != web_files.end()) web_files["/"] = it->second;
+  }
+
   RequestPolicy policy() const {
     RequestPolicy p;
     p.allow_local_sources = o.allow_local_sources;
@@ -301,105 +486,129 @@ struct Service::Impl {
     r.work_dir = o.data_dir / "work";
     r.pok8s_binary = o.pok8s_binary;
     r.global_args = {"--cache", o.cache_dir.string()};
+    r.global_args.insert(r.global_args.end(), o.build_global_args.begin(),
+                         o.build_global_args.end());
     if (!o.tls_verify) r.build_args.push_back("--tls-verify=false");
+    r.child_umask = started_umask;
     r.timeout = o.build_timeout;
     r.stale_after = o.heartbeat_timeout;
     r.max_attempts = kMaxAttempts;
     r.policy = [this] { return policy(); };
     r.log = o.log;
-    r.on_event = [this] { notify(); };
+    r.on_event = [this](std::string_view build_id) { hub.wake(build_id); };
     return r;
-  }
-
-  void notify() {
-    {
-      std::lock_guard lock(event_mutex);
-      ++event_generation;
-    }
-    event_cv.notify_all();
   }
 
   // --- plumbing --------------------------------------------------------------------------
 
-  static void send_json(httplib::Response& res, int status, const json& body) {
+  static void send_json(HttpResponse& res, int status, const json& body) {
     res.status = status;
-    res.set_content(body.dump(), "application/json");
+    res.set_body(dump(body), "application/json");
   }
-  static void send_error(httplib::Response& res, int status, std::string_view kind,
-                         std::string_view message) {
+  static HttpResponse error_response(int status, std::string_view kind, std::string_view message) {
+    HttpResponse res;
     send_json(res, status, {{"error", {{"kind", kind}, {"message", message}}}});
+    return res;
   }
 
-  std::optional<Caller> authenticate(const httplib::Request& req) {
-    std::string auth = req.get_header_value("Authorization");
-    if (!auth.empty()) {
-      if (!auth.starts_with("Bearer ")) return std::nullopt;
-      return state->authenticate_token(auth.substr(7));
+  std::optional<Caller> authenticate(const HttpRequest& req) {
+    if (auto auth = req.header("authorization")) {
+      if (!auth->starts_with("Bearer ")) return std::nullopt;
+      return state->authenticate_token(auth->substr(7));
     }
     std::string cookie = cookie_value(req, kSessionCookie);
     if (!cookie.empty()) return state->authenticate_session(cookie);
     return std::nullopt;
   }
 
-  using ApiHandler =
-      std::function<void(const httplib::Request&, httplib::Response&, const Caller&)>;
+  // One check of a rate limit: ApiError 429 with when to try again.
+  static void limit(RateLimiter& limiter, const std::string& key, std::string_view what) {
+    auto now = std::chrono::steady_clock::now();
+    if (limiter.allow(key, now)) return;
+    auto wait = limiter.retry_after(key, now);
+    throw ApiError(
+        429, "rate-limited",
+        fmt::format("Failed to {}: too many attempts; try again in {} s", what, wait.count()));
+  }
 
-  httplib::Server::Handler wrap(Access access, ApiHandler handler) {
-    return [this, access, handler](const httplib::Request& req, httplib::Response& res) {
+  using ApiHandler = std::function<void(HttpRequest&, HttpResponse&, const Caller&)>;
+
+  HttpHandler wrap(Access access, ApiHandler handler) {
+    return [this, access, handler = std::move(handler)](HttpRequest& req) {
+      HttpResponse res;
       try {
         Caller anonymous;
         std::optional<Caller> caller;
         if (access != Access::kPublic) {
           caller = authenticate(req);
           if (!caller)
-            return send_error(res, 401, "auth",
-                              "Failed to authenticate: send 'Authorization: Bearer TOKEN' with an "
-                              "API token, or log in (POST /api/v1/session)");
+            return error_response(401, "auth",
+                                  "Failed to authenticate: send 'Authorization: Bearer TOKEN' "
+                                  "with an API token, or log in (POST /api/v1/session)");
           if (caller->via == "session" && is_unsafe(req.method)) {
             // A cookie rides along with any cross-site form; the CSRF token does not.
-            if (!secrets_equal(req.get_header_value("X-CSRF-Token"), caller->csrf))
-              return send_error(res, 403, "forbidden",
-                                "Failed to authorize: a request made with the session cookie "
-                                "must send the session's X-CSRF-Token header");
+            if (!secrets_equal(req.header("x-csrf-token").value_or(""), caller->csrf))
+              return error_response(403, "forbidden",
+                                    "Failed to authorize: a request made with the session "
+                                    "cookie must send the session's X-CSRF-Token header");
           }
           if (access == Access::kAdmin && caller->user.role != "admin")
-            return send_error(
-                res, 403, "forbidden",
-                fmt::format("Failed to authorize: {} {} is for admins, and {} is not one",
-                            req.method, req.path, caller->user.name));
+            return error_response(
+                403, "forbidden",
+                fmt::format("Failed to authorize: this route is for admins, and {} is not one",
+                            caller->user.name));
         }
         handler(req, res, caller ? *caller : anonymous);
+        return res;
       } catch (const ApiError& e) {
-        send_error(res, e.status(), e.kind_name(), e.what());
+        HttpResponse r = error_response(e.status(), e.kind_name(), e.what());
+        if (e.status() == 429) r.set_header("Retry-After", retry_after_of(e.what()));
+        return r;
       } catch (const Error& e) {
-        send_error(res, http_status(e.kind()), error_kind_name(e.kind()), e.what());
+        return error_response(http_status(e.kind()), error_kind_name(e.kind()), e.what());
       } catch (const json::exception& e) {
-        send_error(res, 400, "invalid-input",
-                   fmt::format("Failed to read the request: {}", e.what()));
-      } catch (const std::exception& e) {
-        log(fmt::format("internal error in {} {}: {}", req.method, req.path, e.what()));
-        send_error(
-            res, 500, "internal",
-            fmt::format("Failed to {} {}: internal error: {}", req.method, req.path, e.what()));
+        return error_response(400, "invalid-input",
+                              fmt::format("Failed to read the request: {}", e.what()));
       }
+      // Anything else is a bug: the server logs it and answers 500 without the details.
     };
   }
 
-  void get(const std::string& pattern, Access a, ApiHandler h) {
-    http.Get(pattern, wrap(a, std::move(h)));
-  }
-  void post(const std::string& pattern, Access a, ApiHandler h) {
-    http.Post(pattern, wrap(a, std::move(h)));
-  }
-  void del(const std::string& pattern, Access a, ApiHandler h) {
-    http.Delete(pattern, wrap(a, std::move(h)));
+  // The seconds a 429's message names, for its Retry-After header.
+  static std::string retry_after_of(std::string_view message) {
+    auto at = message.rfind("in ");
+    std::string digits;
+    for (std::size_t i = at == std::string_view::npos ? message.size() : at + 3;
+         i < message.size() && message[i] >= '0' && message[i] <= '9'; ++i)
+      digits += message[i];
+    return digits.empty() ? "1" : digits;
   }
 
-  BuildRecord find_build(const std::string& id) {
-    auto b = state->build(id);
-    if (!b)
-      throw Error(ErrorKind::kNotFound, fmt::format("Failed to find build {}: no such build", id));
+  std::vector<HttpRoute> routes_;
+
+  void add(std::string method, std::string pattern, Access a, ApiHandler h,
+           HandlerPool pool = HandlerPool::kLight) {
+    routes_.push_back({std::move(method), std::move(pattern), pool, wrap(a, std::move(h))});
+  }
+
+  // A build the caller may see; anyone else's is "no such build", so ids cannot be probed.
+  BuildRecord readable_build(const std::string& id, const Caller& c) {
+    std::optional<BuildRecord> b;
+    if (is_id(id)) b = state->build(id);
+    if (!b || !state->can_read_build(*b, c.user))
+      throw Error(ErrorKind::kNotFound,
+                  fmt::format("Failed to find build {}: no such build", quoted_id(id)));
     return *b;
+  }
+
+  // The build's secret values, to scrub from what others than its owner see.
+  static std::vector<std::string> secrets_of(const BuildRecord& b) {
+    std::map<std::string, std::string> files;
+    json j = json::parse(b.files, nullptr, false);
+    if (j.is_object())
+      for (const auto& [name, text] : j.items())
+        if (text.is_string()) files.emplace(name, text.get<std::string>());
+    return config::secret_values(b.spec, files);
   }
 
   // --- builds ----------------------------------------------------------------------------
@@ -415,11 +624,29 @@ struct Service::Impl {
   // service's policy, the engine can build it, the base resolves (pinned by digest), and the
   // conversion it implies is valid. The build id comes out of it.
   Prepared prepare(const BuildRequest& request, bool check_buildable) {
-    util::make_dirs(o.data_dir / "tmp");
     auto dir = util::TempDir::scratch(o.data_dir / "tmp");
+    try {
+      return prepare_in(request, check_buildable, dir.path());
+    } catch (const ApiError&) {
+      throw;
+    } catch (const Error& e) {
+      // A message about a file of the request names it as the request does, never where the
+      // service keeps it.
+      std::string message = e.what();
+      std::string prefix = dir.path().string() + "/";
+      for (auto at = message.find(prefix); at != std::string::npos; at = message.find(prefix))
+        message.erase(at, prefix.size());
+      for (auto at = message.find(o.data_dir.string()); at != std::string::npos;
+           at = message.find(o.data_dir.string()))
+        message.replace(at, o.data_dir.string().size(), "the service's data directory");
+      throw Error(e.kind(), message);
+    }
+  }
+
+  Prepared prepare_in(const BuildRequest& request, bool check_buildable, const util::Path& dir) {
     Prepared p;
-    p.spec = materialize_request(request, dir.path(), policy());
-    p.yaml = relative_spec_yaml(p.spec, dir.path());
+    p.spec = materialize_request(request, dir, policy());
+    p.yaml = relative_spec_yaml(p.spec, dir);
     if (check_buildable) build::check_buildable(p.spec);
     oci::TransportOptions transport;
     transport.tls_verify = o.tls_verify;
@@ -439,7 +666,8 @@ struct Service::Impl {
     return p;
   }
 
-  void create_build(const httplib::Request& req, httplib::Response& res, const Caller& caller) {
+  void create_build(const HttpRequest& req, HttpResponse& res, const Caller& caller) {
+    require_json(req);
     BuildRequest request = parse_build_request(req.body, limits);
     Prepared p = prepare(request, true);
     BuildRecord r;
@@ -461,7 +689,7 @@ struct Service::Impl {
     if (!s.reused) {
       log(fmt::format("Queued build {} (spec {}) for {}", s.build.id, s.build.spec_id,
                       caller.user.name));
-      notify();
+      hub.wake_all();
     }
     json body = build_json(s.build);
     body["reused"] = s.reused;
@@ -476,7 +704,8 @@ struct Service::Impl {
     return true;
   }
 
-  void validate_spec(const httplib::Request& req, httplib::Response& res) {
+  void validate_spec(const HttpRequest& req, HttpResponse& res) {
+    require_json(req);
     BuildRequest request = parse_build_request(req.body, limits);
     json verdict = {{"valid", false}};
     try {
@@ -493,142 +722,86 @@ struct Service::Impl {
     send_json(res, 200, verdict);
   }
 
-  void stream_events(const httplib::Request& req, httplib::Response& res, const std::string& id) {
-    find_build(id);
+  void stream_events(const HttpRequest& req, HttpResponse& res, const Caller& c) {
+    BuildRecord b = readable_build(req.params[0], c);
     std::int64_t after = 0;
-    if (req.has_param("after")) after = std::stoll(req.get_param_value("after"));
-    if (req.has_header("Last-Event-ID")) after = std::stoll(req.get_header_value("Last-Event-ID"));
-    res.set_header("Cache-Control", "no-cache");
-    res.set_header("X-Accel-Buffering", "no");
-    auto last_write =
-        std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
-    auto cursor = std::make_shared<std::int64_t>(after);
-    res.set_chunked_content_provider(
-        "text/event-stream", [this, id, cursor, last_write](std::size_t, httplib::DataSink& sink) {
-          if (stopping) return false;
-          std::uint64_t generation;
-          {
-            std::lock_guard lock(event_mutex);
-            generation = event_generation;
-          }
-          auto events = state->events(id, *cursor, 500);
-          std::string out;
-          for (const auto& e : events) {
-            out += fmt::format("id: {}\nevent: {}\ndata: {}\n\n", e.seq, e.kind, e.data);
-            *cursor = e.seq;
-          }
-          if (events.empty()) {
-            auto b = state->build(id);
-            if (!b || (b->state != BuildState::kQueued && b->state != BuildState::kRunning)) {
-              std::string end =
-                  fmt::format("event: end\ndata: {}\n\n",
-                              json{{"state", b ? build_state_name(b->state) : "gone"}}.dump());
-              sink.write(end.data(), end.size());
-              sink.done();
-              return true;
-            }
-            std::unique_lock lock(event_mutex);
-            event_cv.wait_for(lock, std::chrono::seconds(1),
-                              [&] { return event_generation != generation || stopping; });
-            if (std::chrono::steady_clock::now() - *last_write > std::chrono::seconds(15))
-              out = ": keep-alive\n\n";
-          }
-          if (!out.empty()) {
-            *last_write = std::chrono::steady_clock::now();
-            if (!sink.write(out.data(), out.size())) return false;
-          }
-          return true;
-        });
+    if (auto v = req.query_value("after")) after = event_cursor(*v, "after");
+    if (auto v = req.header("last-event-id")) after = event_cursor(*v, "Last-Event-ID");
+    // Builds of other processes (workers sharing PostgreSQL) wake no one here: poll for them.
+    auto poll = state->dialect() == SqlDialect::kSqlite ? std::chrono::milliseconds(5000)
+                                                        : std::chrono::milliseconds(1000);
+    res.events = std::make_shared<BuildEventStream>(*state, hub, b.id, after, poll, stopping);
   }
 
-  void download(const httplib::Request& req, httplib::Response& res, const std::string& id,
-                const std::string& name) {
-    BuildRecord b = find_build(id);
+  void download(const HttpRequest& req, HttpResponse& res, const Caller& c) {
+    BuildRecord b = readable_build(req.params[0], c);
+    const std::string& name = req.params[1];
+    std::string shown = fmt::format("{:?}", name.substr(0, 100));
     if (b.state != BuildState::kSucceeded)
       throw Error(ErrorKind::kNotFound,
                   fmt::format("Failed to find artifact {} of build {}: the build is {}, only a "
                               "succeeded build has artifacts",
-                              name, id, build_state_name(b.state)));
+                              shown, b.id, build_state_name(b.state)));
     std::optional<StoredArtifact> found;
     for (const auto& a : json::parse(b.artifacts))
       if (a.value("name", "") == name)
         found = StoredArtifact{name, a.value("size", std::uint64_t{0}), a.value("sha256", "")};
     if (!found)
       throw Error(ErrorKind::kNotFound,
-                  fmt::format("Failed to find artifact {:?} of build {}: it has no such artifact",
-                              name.substr(0, 100), id));
-    auto path = store->locate(id, *found);
-    if (!path)
-      throw Error(
-          ErrorKind::kNotFound,
-          fmt::format("Failed to find artifact {} of build {}: it is gone from the store {}", name,
-                      id, store->describe()));
-    // httplib answers a range past the end with an empty 206; RFC 9110 says 416.
-    for (const auto& [first, last] : req.ranges)
-      if (first >= 0 && static_cast<std::uint64_t>(first) >= found->size) {
-        res.set_header("Content-Range", fmt::format("bytes */{}", found->size));
-        throw ApiError(416, "invalid-input",
-                       fmt::format("Failed to serve artifact {} of build {}: the range starts at "
-                                   "byte {}, past its {} bytes",
-                                   name, id, first, found->size));
-      }
+                  fmt::format("Failed to find artifact {} of build {}: it has no such artifact",
+                              shown, b.id));
+    auto path = store->locate(b.id, *found);
+    if (!path) {
+      log(fmt::format("Artifact {} of build {} is gone from the store {}", name, b.id,
+                      store->describe()));
+      throw Error(ErrorKind::kNotFound,
+                  fmt::format("Failed to find artifact {} of build {}: it is gone from the store",
+                              shown, b.id));
+    }
     auto fd = std::make_shared<util::UniqueFd>(util::open_file(*path, O_RDONLY | O_CLOEXEC));
     res.set_header("X-Checksum-Sha256", found->sha256);
     res.set_header("Digest", "sha-256=" + base64(hex_to_bytes(found->sha256)));
     res.set_header("Content-Disposition", fmt::format("attachment; filename=\"{}\"", name));
-    res.set_header("Accept-Ranges", "bytes");
-    res.set_content_provider(found->size, content_type_for(name),
-                             [fd](std::size_t offset, std::size_t length, httplib::DataSink& sink) {
-                               std::vector<char> buf(std::min<std::size_t>(length, 256u << 10));
-                               ssize_t n = ::pread(fd->get(), buf.data(), buf.size(),
-                                                   static_cast<off_t>(offset));
-                               if (n <= 0) return false;
-                               return sink.write(buf.data(), static_cast<std::size_t>(n));
-                             });
+    res.file = HttpResponse::File{fd, found->size, content_type_for(name)};
+  }
+
+  // --- the server ------------------------------------------------------------------------
+
+  HttpServerOptions server_options() {
+    routes();
+    HttpServerOptions s;
+    s.limits = o.http_limits;
+    s.limits.max_body_bytes = o.max_body;
+    s.routes = std::move(routes_);
+    s.error = [](int status, std::string_view kind, std::string message) {
+      return error_response(status, kind, message);
+    };
+    s.fallback = [this](const HttpRequest& req) -> std::optional<HttpResponse> {
+      auto it = web_files.find(req.path);
+      if (it == web_files.end()) return std::nullopt;
+      HttpResponse r;
+      r.set_body(it->second, web_content_type(it->first == "/" ? "index.html" : it->first));
+      return r;
+    };
+    s.common_headers = {{"X-Content-Type-Options", "nosniff"},
+                        {"X-Frame-Options", "DENY"},
+                        {"Referrer-Policy", "no-referrer"},
+                        {"Content-Security-Policy",
+                         "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+                         "script-src 'self'; connect-src 'self'; frame-ancestors 'none'"}};
+    s.log = o.log;
+    return s;
   }
 
   // --- routes ----------------------------------------------------------------------------
 
   void routes() {
-    http.new_task_queue = [] { return new httplib::ThreadPool(64); };
-    // Without it a response's body waits for the client's delayed ACK of its headers (~40 ms).
-    http.set_tcp_nodelay(true);
-    http.set_payload_max_length(o.max_body);
-    http.set_read_timeout(30, 0);
-    http.set_keep_alive_max_count(1000);
-    http.set_post_routing_handler([](const httplib::Request&, httplib::Response& res) {
-      res.set_header("X-Content-Type-Options", "nosniff");
-      res.set_header("X-Frame-Options", "DENY");
-      res.set_header("Referrer-Policy", "no-referrer");
-      res.set_header("Content-Security-Policy",
-                     "default-src 'self'; img-src 'self' data:; style-src 'self'; "
-                     "script-src 'self'; connect-src 'self'; frame-ancestors 'none'");
-    });
-    http.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
-      if (!res.body.empty()) return;
-      if (res.status == 413)
-        send_error(res, 413, "too-large",
-                   fmt::format("Failed to read the request: the body is larger than the service's "
-                               "limit of {} bytes (--max-body)",
-                               o.max_body));
-      else if (res.status == 404)
-        send_error(res, 404, "not-found",
-                   fmt::format("Failed to find {}: no such page or API route", req.path));
-      else if (res.status == 416)
-        send_error(res, 416, "invalid-input", "Failed to serve the range: it is outside the file");
-      else
-        send_error(res, res.status, "invalid-input",
-                   fmt::format("Failed to serve {} {}", req.method, req.path));
-    });
-    if (!o.web_dir.empty() && fs::is_directory(o.web_dir))
-      http.set_mount_point("/", o.web_dir.string());
-
-    get("/api/v1/openapi.json", Access::kPublic,
-        [this](const httplib::Request&, httplib::Response& res, const Caller&) {
-          res.set_content(openapi, "application/json");
+    add("GET", "/api/v1/openapi.json", Access::kPublic,
+        [this](HttpRequest&, HttpResponse& res, const Caller&) {
+          res.set_body(openapi, "application/json");
         });
-    get("/api/v1/health", Access::kPublic,
-        [this](const httplib::Request&, httplib::Response& res, const Caller&) {
+    add("GET", "/api/v1/health", Access::kPublic,
+        [this](HttpRequest&, HttpResponse& res, const Caller&) {
           auto counts = state->queue_counts();
           send_json(res, 200,
                     {{"status", "ok"},
@@ -638,23 +811,25 @@ struct Service::Impl {
                      {"running", counts.running}});
         });
 
-    post("/api/v1/session", Access::kPublic,
-         [this](const httplib::Request& req, httplib::Response& res, const Caller&) {
-           std::string token = string_field(parse_body(req), "token");
-           SessionGrant g = state->login(token);
-           res.set_header("Set-Cookie",
-                          fmt::format("{}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-                                      kSessionCookie, g.cookie, (g.expires_at - now_ms()) / 1000));
-           send_json(res, 200, {{"user", user_json(g.user)}, {"csrfToken", g.csrf}});
-         });
-    get("/api/v1/session", Access::kUser,
-        [](const httplib::Request&, httplib::Response& res, const Caller& c) {
+    add("POST", "/api/v1/session", Access::kPublic,
+        [this](HttpRequest& req, HttpResponse& res, const Caller&) {
+          std::string token = string_field(parse_body(req), "token");
+          limit(logins_by_address, req.client, "log in");
+          SessionGrant g = state->login(token);
+          limit(sessions_by_user, g.user.id, "log in");
+          res.set_header("Set-Cookie",
+                         fmt::format("{}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+                                     kSessionCookie, g.cookie, (g.expires_at - now_ms()) / 1000));
+          send_json(res, 200, {{"user", user_json(g.user)}, {"csrfToken", g.csrf}});
+        });
+    add("GET", "/api/v1/session", Access::kUser,
+        [](HttpRequest&, HttpResponse& res, const Caller& c) {
           send_json(res, 200,
                     {{"user", user_json(c.user)},
                      {"csrfToken", c.via == "session" ? json(c.csrf) : json(nullptr)}});
         });
-    del("/api/v1/session", Access::kUser,
-        [this](const httplib::Request&, httplib::Response& res, const Caller& c) {
+    add("DELETE", "/api/v1/session", Access::kUser,
+        [this](HttpRequest&, HttpResponse& res, const Caller& c) {
           if (c.via == "session") state->logout(c.session_id);
           res.set_header(
               "Set-Cookie",
@@ -662,119 +837,146 @@ struct Service::Impl {
           res.status = 204;
         });
 
-    get("/api/v1/users", Access::kAdmin,
-        [this](const httplib::Request&, httplib::Response& res, const Caller&) {
+    add("GET", "/api/v1/users", Access::kAdmin,
+        [this](HttpRequest&, HttpResponse& res, const Caller&) {
           json users = json::array();
           for (const auto& u : state->users()) users.push_back(user_json(u));
           send_json(res, 200, {{"users", users}});
         });
-    post("/api/v1/users", Access::kAdmin,
-         [this](const httplib::Request& req, httplib::Response& res, const Caller&) {
-           json body = parse_body(req);
-           std::string name = string_field(body, "name");
-           std::string role = string_field(body, "role", false);
-           bool ok = !name.empty() && name.size() <= 32 && name[0] >= 'a' && name[0] <= 'z';
-           for (char c : name)
-             ok = ok && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
-                         c == '-');
-           if (!ok)
-             throw Error(ErrorKind::kInvalidInput,
-                         "Failed to create the user: name must be 1-32 of a-z 0-9 _ . - starting "
-                         "with a letter");
-           auto [user, token] = state->create_user(name, role.empty() ? "user" : role);
-           send_json(res, 201, {{"user", user_json(user)}, {"loginToken", token}});
-         });
-
-    get("/api/v1/tokens", Access::kUser,
-        [this](const httplib::Request&, httplib::Response& res, const Caller& c) {
-          json tokens = json::array();
-          for (const auto& t : state->api_tokens(c.user))
-            tokens.push_back({{"id", t.id},
-                              {"name", t.name},
-                              {"createdAt", time_json(t.created_at)},
-                              {"lastUsedAt", time_json(t.last_used_at)}});
-          send_json(res, 200, {{"tokens", tokens}});
+    add("POST", "/api/v1/users", Access::kAdmin,
+        [this](HttpRequest& req, HttpResponse& res, const Caller&) {
+          json body = parse_body(req);
+          std::string name = string_field(body, "name");
+          std::string role = string_field(body, "role", false);
+          bool ok = !name.empty() && name.size() <= 32 && name[0] >= 'a' && name[0] <= 'z';
+          for (char c : name)
+            ok = ok && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
+                        c == '-');
+          if (!ok)
+            throw Error(ErrorKind::kInvalidInput,
+                        "Failed to create the user: name must be 1-32 of a-z 0-9 _ . - starting "
+                        "with a letter");
+          auto [user, token] = state->create_user(name, role.empty() ? "user" : role);
+          send_json(res, 201, {{"user", user_json(user)}, {"loginToken", token}});
         });
-    post("/api/v1/tokens", Access::kUser,
-         [this](const httplib::Request& req, httplib::Response& res, const Caller& c) {
-           std::string name = string_field(parse_body(req), "name");
-           if (name.empty() || name.size() > 64)
-             throw Error(ErrorKind::kInvalidInput,
-                         "Failed to create the token: name must be 1-64 characters");
-           for (unsigned char ch : name)
-             if (ch < 0x20 || ch == 0x7f)
-               throw Error(ErrorKind::kInvalidInput,
-                           "Failed to create the token: name holds a control character");
-           NewToken t = state->create_api_token(c.user, name);
-           send_json(res, 201,
-                     {{"id", t.info.id},
-                      {"name", t.info.name},
-                      {"createdAt", time_json(t.info.created_at)},
-                      {"lastUsedAt", nullptr},
-                      {"token", t.secret}});
-         });
-    del(fmt::format("/api/v1/tokens/{}", kIdPattern), Access::kUser,
-        [this](const httplib::Request& req, httplib::Response& res, const Caller& c) {
-          if (!state->delete_api_token(c.user, req.matches[1].str()))
+    add("PATCH", "/api/v1/users/:id", Access::kAdmin,
+        [this](HttpRequest& req, HttpResponse& res, const Caller& c) {
+          bool disabled = bool_field(parse_body(req), "disabled");
+          const std::string& id = req.params[0];
+          if (!is_id(id) || !state->user_by_id(id))
             throw Error(ErrorKind::kNotFound,
-                        fmt::format("Failed to revoke token {}: you have no such token",
-                                    req.matches[1].str()));
+                        fmt::format("Failed to change user {}: no such user", quoted_id(id)));
+          User u = state->set_user_disabled(id, disabled, c.user);
+          log(fmt::format("{} {} user {}", c.user.name, disabled ? "disabled" : "enabled", u.name));
+          hub.wake_all();
+          send_json(res, 200, {{"user", user_json(u)}});
+        });
+    add("GET", "/api/v1/users/:id/tokens", Access::kAdmin,
+        [this](HttpRequest& req, HttpResponse& res, const Caller&) {
+          const std::string& id = req.params[0];
+          if (!is_id(id) || !state->user_by_id(id))
+            throw Error(
+                ErrorKind::kNotFound,
+                fmt::format("Failed to list the tokens of user {}: no such user", quoted_id(id)));
+          send_json(res, 200, {{"tokens", tokens_json(state->api_tokens_of(id))}});
+        });
+
+    add("GET", "/api/v1/tokens", Access::kUser,
+        [this](HttpRequest&, HttpResponse& res, const Caller& c) {
+          send_json(res, 200, {{"tokens", tokens_json(state->api_tokens_of(c.user.id))}});
+        });
+    add("POST", "/api/v1/tokens", Access::kUser,
+        [this](HttpRequest& req, HttpResponse& res, const Caller& c) {
+          std::string name = string_field(parse_body(req), "name");
+          if (name.empty() || name.size() > 64)
+            throw Error(ErrorKind::kInvalidInput,
+                        "Failed to create the token: name must be 1-64 characters");
+          for (unsigned char ch : name)
+            if (ch < 0x20 || ch == 0x7f)
+              throw Error(ErrorKind::kInvalidInput,
+                          "Failed to create the token: name holds a control character");
+          limit(tokens_by_address, req.client, "create a token");
+          limit(tokens_by_user, c.user.id, "create a token");
+          if (state->api_tokens_of(c.user.id).size() >= kMaxTokensPerUser)
+            throw ApiError(409, "conflict",
+                           fmt::format("Failed to create the token: you have {} tokens, the most "
+                                       "a user may hold; revoke one first",
+                                       kMaxTokensPerUser));
+          NewToken t = state->create_api_token(c.user, name);
+          send_json(res, 201,
+                    {{"id", t.info.id},
+                     {"name", t.info.name},
+                     {"createdAt", time_json(t.info.created_at)},
+                     {"lastUsedAt", nullptr},
+                     {"token", t.secret}});
+        });
+    add("DELETE", "/api/v1/tokens/:id", Access::kUser,
+        [this](HttpRequest& req, HttpResponse& res, const Caller& c) {
+          const std::string& id = req.params[0];
+          // An admin revokes anyone's token; a user only their own.
+          bool done = is_id(id) && (c.user.role == "admin" ? state->revoke_token(id)
+                                                           : state->delete_api_token(c.user, id));
+          if (!done)
+            throw Error(
+                ErrorKind::kNotFound,
+                fmt::format("Failed to revoke token {}: {}", quoted_id(id),
+                            c.user.role == "admin" ? "no such token" : "you have no such token"));
           res.status = 204;
         });
 
-    get("/api/v1/templates", Access::kUser,
-        [this](const httplib::Request&, httplib::Response& res, const Caller&) {
+    add("GET", "/api/v1/templates", Access::kUser,
+        [this](HttpRequest&, HttpResponse& res, const Caller&) {
           json list = json::array();
           for (const auto& t : templates)
             list.push_back(
                 {{"name", t.name}, {"title", t.title}, {"family", t.family}, {"base", t.base}});
           send_json(res, 200, {{"templates", list}});
         });
-    get("/api/v1/capabilities", Access::kUser,
-        [this](const httplib::Request&, httplib::Response& res, const Caller&) {
+    add("GET", "/api/v1/capabilities", Access::kUser,
+        [this](HttpRequest&, HttpResponse& res, const Caller&) {
           send_json(res, 200, capabilities(o.allow_local_sources, limits, o.max_body));
         });
-    post("/api/v1/specs/validate", Access::kUser,
-         [this](const httplib::Request& req, httplib::Response& res, const Caller&) {
-           validate_spec(req, res);
-         });
-    post("/api/v1/cloud-config/validate", Access::kUser,
-         [](const httplib::Request& req, httplib::Response& res, const Caller&) {
-           std::string text = string_field(parse_body(req), "text");
-           json verdict = {{"valid", true}};
-           try {
-             if (!config::has_cloud_config_header(text))
-               throw Error(
-                   ErrorKind::kInvalidInput,
-                   "Failed to read cloud-config cloud-config.yaml: line 1: the first line must be "
-                   "#cloud-config");
-             config::parse_cloud_config(text, "cloud-config.yaml");
-           } catch (const Error& e) {
-             verdict["valid"] = false;
-             verdict["error"] = e.what();
-             std::string_view m = e.what();
-             if (auto at = m.find(": line "); at != std::string_view::npos)
-               verdict["line"] = std::atoi(std::string(m.substr(at + 7)).c_str());
-           }
-           send_json(res, 200, verdict);
-         });
+    add(
+        "POST", "/api/v1/specs/validate", Access::kUser,
+        [this](HttpRequest& req, HttpResponse& res, const Caller&) { validate_spec(req, res); },
+        HandlerPool::kHeavy);
+    add("POST", "/api/v1/cloud-config/validate", Access::kUser,
+        [](HttpRequest& req, HttpResponse& res, const Caller&) {
+          std::string text = string_field(parse_body(req), "text");
+          json verdict = {{"valid", true}};
+          try {
+            if (!config::has_cloud_config_header(text))
+              throw Error(
+                  ErrorKind::kInvalidInput,
+                  "Failed to read cloud-config cloud-config.yaml: line 1: the first line must be "
+                  "#cloud-config");
+            config::parse_cloud_config(text, "cloud-config.yaml");
+          } catch (const Error& e) {
+            verdict["valid"] = false;
+            verdict["error"] = e.what();
+            std::string_view m = e.what();
+            if (auto at = m.find(": line "); at != std::string_view::npos)
+              verdict["line"] = std::atoi(std::string(m.substr(at + 7)).c_str());
+          }
+          send_json(res, 200, verdict);
+        });
 
-    get("/api/v1/builds", Access::kUser,
-        [this](const httplib::Request& req, httplib::Response& res, const Caller& c) {
+    add("GET", "/api/v1/builds", Access::kUser,
+        [this](HttpRequest& req, HttpResponse& res, const Caller& c) {
           std::optional<BuildState> filter;
-          if (req.has_param("state")) {
-            filter = parse_build_state(req.get_param_value("state"));
+          if (auto v = req.query_value("state")) {
+            filter = parse_build_state(*v);
             if (!filter)
               throw Error(ErrorKind::kInvalidInput,
                           "Failed to list builds: state must be queued, running, succeeded, failed "
                           "or canceled");
           }
           auto number = [&](const char* key, std::int64_t def, std::int64_t lo, std::int64_t hi) {
-            if (!req.has_param(key)) return def;
-            std::string v = req.get_param_value(key);
+            auto v = req.query_value(key);
+            if (!v) return def;
             std::int64_t n = 0;
-            auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
-            if (ec != std::errc() || p != v.data() + v.size() || n < lo || n > hi)
+            auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), n);
+            if (ec != std::errc() || p != v->data() + v->size() || n < lo || n > hi)
               throw Error(ErrorKind::kInvalidInput,
                           fmt::format("Failed to list builds: {} must be a number from {} to {}",
                                       key, lo, hi));
@@ -787,37 +989,63 @@ struct Service::Impl {
             list.push_back(build_json(b));
           send_json(res, 200, {{"builds", list}, {"total", total}});
         });
-    post("/api/v1/builds", Access::kUser,
-         [this](const httplib::Request& req, httplib::Response& res, const Caller& c) {
-           create_build(req, res, c);
-         });
-    get(fmt::format("/api/v1/builds/{}", kIdPattern), Access::kUser,
-        [this](const httplib::Request& req, httplib::Response& res, const Caller&) {
-          send_json(res, 200, build_json(find_build(req.matches[1].str())));
+    add(
+        "POST", "/api/v1/builds", Access::kUser,
+        [this](HttpRequest& req, HttpResponse& res, const Caller& c) { create_build(req, res, c); },
+        HandlerPool::kHeavy);
+    add("GET", "/api/v1/builds/:id", Access::kUser,
+        [this](HttpRequest& req, HttpResponse& res, const Caller& c) {
+          send_json(res, 200, build_json(readable_build(req.params[0], c)));
         });
-    post(fmt::format("/api/v1/builds/{}/cancel", kIdPattern), Access::kUser,
-         [this](const httplib::Request& req, httplib::Response& res, const Caller& c) {
-           BuildRecord b = find_build(req.matches[1].str());
-           if (b.owner != c.user.id && c.user.role != "admin")
-             throw ApiError(403, "forbidden",
-                            fmt::format("Failed to cancel build {}: it is {}'s, and only they or "
-                                        "an admin may cancel it",
-                                        b.id, b.owner_name));
-           BuildRecord after = state->cancel_build(b.id);
-           notify();
-           send_json(res, 202, build_json(after));
-         });
-    get(fmt::format("/api/v1/builds/{}/spec", kIdPattern), Access::kUser,
-        [this](const httplib::Request& req, httplib::Response& res, const Caller&) {
-          BuildRecord b = find_build(req.matches[1].str());
-          send_json(res, 200, {{"spec", b.spec}, {"files", json::parse(b.files)}});
+    add("PATCH", "/api/v1/builds/:id", Access::kUser,
+        [this](HttpRequest& req, HttpResponse& res, const Caller& c) {
+          BuildRecord b = readable_build(req.params[0], c);
+          bool shared = bool_field(parse_body(req), "shared");
+          if (b.owner != c.user.id && c.user.role != "admin")
+            throw ApiError(403, "forbidden",
+                           fmt::format("Failed to share build {}: it is {}'s, and only they or "
+                                       "an admin may share it",
+                                       b.id, b.owner_name));
+          state->set_build_shared(b.id, shared);
+          send_json(res, 200, build_json(*state->build(b.id)));
         });
-    get(fmt::format("/api/v1/builds/{}/log", kIdPattern), Access::kUser,
-        [this](const httplib::Request& req, httplib::Response& res, const Caller&) {
-          std::string id = find_build(req.matches[1].str()).id;
+    add("POST", "/api/v1/builds/:id/cancel", Access::kUser,
+        [this](HttpRequest& req, HttpResponse& res, const Caller& c) {
+          BuildRecord b = readable_build(req.params[0], c);
+          if (b.owner != c.user.id && c.user.role != "admin")
+            throw ApiError(403, "forbidden",
+                           fmt::format("Failed to cancel build {}: it is {}'s, and only they or "
+                                       "an admin may cancel it",
+                                       b.id, b.owner_name));
+          BuildRecord after = state->cancel_build(b.id);
+          hub.wake(b.id);
+          send_json(res, 202, build_json(after));
+        });
+    add("GET", "/api/v1/builds/:id/spec", Access::kUser,
+        [this](HttpRequest& req, HttpResponse& res, const Caller& c) {
+          BuildRecord b = readable_build(req.params[0], c);
+          json files = json::parse(b.files, nullptr, false);
+          if (!files.is_object()) files = json::object();
+          // Its owner sees the request as sent; an admin or a user it is shared with sees it
+          // with passwords, tokens and keys masked.
+          if (b.owner == c.user.id) {
+            send_json(res, 200, {{"spec", b.spec}, {"files", files}, {"masked", false}});
+            return;
+          }
+          json masked = json::object();
+          for (const auto& [name, text] : files.items())
+            masked[name] = config::mask_secrets_in_cloud_config(text.get<std::string>());
+          send_json(res, 200,
+                    {{"spec", config::mask_secrets_in_spec(b.spec)},
+                     {"files", masked},
+                     {"masked", true}});
+        });
+    add("GET", "/api/v1/builds/:id/log", Access::kUser,
+        [this](HttpRequest& req, HttpResponse& res, const Caller& c) {
+          BuildRecord b = readable_build(req.params[0], c);
           std::string text;
           for (std::int64_t after = 0;;) {
-            auto events = state->events(id, after, 5000);
+            auto events = state->events(b.id, after, 5000);
             if (events.empty()) break;
             for (const auto& e : events) {
               after = e.seq;
@@ -831,56 +1059,66 @@ struct Service::Impl {
                         (d.contains("error") ? ": " + d.value("error", "") : "") + "\n";
             }
           }
-          res.set_content(text, "text/plain; charset=utf-8");
+          // The runner scrubs lines as it records them; this catches anything older.
+          if (b.owner != c.user.id) text = config::scrub(text, secrets_of(b));
+          res.set_body(std::move(text), "text/plain; charset=utf-8");
         });
-    get(fmt::format("/api/v1/builds/{}/events", kIdPattern), Access::kUser,
-        [this](const httplib::Request& req, httplib::Response& res, const Caller&) {
-          stream_events(req, res, req.matches[1].str());
+    add("GET", "/api/v1/builds/:id/events", Access::kUser,
+        [this](HttpRequest& req, HttpResponse& res, const Caller& c) {
+          stream_events(req, res, c);
         });
-    get(fmt::format("/api/v1/builds/{}/artifacts/([^/]+)", kIdPattern), Access::kUser,
-        [this](const httplib::Request& req, httplib::Response& res, const Caller&) {
-          download(req, res, req.matches[1].str(), req.matches[2].str());
-        });
+    add("GET", "/api/v1/builds/:id/artifacts/:name", Access::kUser,
+        [this](HttpRequest& req, HttpResponse& res, const Caller& c) { download(req, res, c); });
 
-    get("/api/v1/keysets", Access::kUser,
-        [this](const httplib::Request&, httplib::Response& res, const Caller&) {
+    add("GET", "/api/v1/keysets", Access::kUser,
+        [this](HttpRequest&, HttpResponse& res, const Caller&) {
           send_json(res, 200, {{"keysets", keysets->list()}});
         });
-    post("/api/v1/keysets", Access::kAdmin,
-         [this](const httplib::Request& req, httplib::Response& res, const Caller&) {
-           json body = parse_body(req);
-           std::string name = string_field(body, "name");
-           std::map<std::string, std::string> files;
-           if (!body.contains("files") || !body["files"].is_object())
-             throw Error(
-                 ErrorKind::kInvalidInput,
-                 "Failed to read the request: files must be an object of file name to PEM text");
-           for (const auto& [file, text] : body["files"].items()) {
-             if (!text.is_string())
-               throw Error(ErrorKind::kInvalidInput,
-                           fmt::format("Failed to read the request: files.{} must be a string",
-                                       file.substr(0, 64)));
-             files.emplace(file, text.get<std::string>());
-           }
-           send_json(res, 201, keysets->create(name, files));
-         });
-    get("/api/v1/keysets/([^/]+)", Access::kUser,
-        [this](const httplib::Request& req, httplib::Response& res, const Caller&) {
-          auto d = keysets->describe(req.matches[1].str());
+    add("POST", "/api/v1/keysets", Access::kAdmin,
+        [this](HttpRequest& req, HttpResponse& res, const Caller&) {
+          json body = parse_body(req);
+          std::string name = string_field(body, "name");
+          std::map<std::string, std::string> files;
+          if (!body.contains("files") || !body["files"].is_object())
+            throw Error(
+                ErrorKind::kInvalidInput,
+                "Failed to read the request: files must be an object of file name to PEM text");
+          for (const auto& [file, text] : body["files"].items()) {
+            if (!text.is_string())
+              throw Error(ErrorKind::kInvalidInput,
+                          fmt::format("Failed to read the request: files.{:?} must be a string",
+                                      file.substr(0, 64)));
+            files.emplace(file, text.get<std::string>());
+          }
+          send_json(res, 201, keysets->create(name, files));
+        });
+    add("GET", "/api/v1/keysets/:name", Access::kUser,
+        [this](HttpRequest& req, HttpResponse& res, const Caller&) {
+          auto d = keysets->describe(req.params[0]);
           if (!d)
             throw Error(ErrorKind::kNotFound,
                         fmt::format("Failed to find key set {:?}: no such key set",
-                                    req.matches[1].str().substr(0, 64)));
+                                    req.params[0].substr(0, 64)));
           send_json(res, 200, *d);
         });
-    del("/api/v1/keysets/([^/]+)", Access::kAdmin,
-        [this](const httplib::Request& req, httplib::Response& res, const Caller&) {
-          if (!keysets->remove(req.matches[1].str()))
+    add("DELETE", "/api/v1/keysets/:name", Access::kAdmin,
+        [this](HttpRequest& req, HttpResponse& res, const Caller&) {
+          if (!keysets->remove(req.params[0]))
             throw Error(ErrorKind::kNotFound,
                         fmt::format("Failed to delete key set {:?}: no such key set",
-                                    req.matches[1].str().substr(0, 64)));
+                                    req.params[0].substr(0, 64)));
           res.status = 204;
         });
+  }
+
+  static json tokens_json(const std::vector<TokenInfo>& list) {
+    json tokens = json::array();
+    for (const auto& t : list)
+      tokens.push_back({{"id", t.id},
+                        {"name", t.name},
+                        {"createdAt", time_json(t.created_at)},
+                        {"lastUsedAt", time_json(t.last_used_at)}});
+    return tokens;
   }
 };
 
@@ -908,28 +1146,24 @@ int Service::bind() {
   if (ec != std::errc() || p != listen.data() + listen.size() || port < 0 || port > 65535)
     throw Error(ErrorKind::kInvalidInput,
                 fmt::format("Failed to listen on {:?}: the port must be 0-65535", listen));
-  if (port == 0) {
-    port = impl_->http.bind_to_any_port(host);
-    if (port < 0)
-      throw Error(ErrorKind::kIo, fmt::format("Failed to listen on {}: cannot bind", listen));
-  } else if (!impl_->http.bind_to_port(host, port)) {
-    throw Error(ErrorKind::kIo,
-                fmt::format("Failed to listen on {}: the address is in use or not local", listen));
-  }
-  return port;
+  return impl_->http->bind(host, port);
 }
 
 void Service::run() {
   impl_->runner->start(impl_->o.jobs);
-  impl_->http.listen_after_bind();
+  impl_->http->run();
   // Builds in progress go back to the queue for the next start.
   impl_->runner->stop();
 }
 
 void Service::stop() {
   impl_->stopping = true;
-  impl_->notify();
-  impl_->http.stop();
+  impl_->hub.wake_all();
+  impl_->http->stop();
+}
+
+std::string Service::answer_bytes(std::string_view raw, std::string_view client) {
+  return impl_->http->answer_bytes(raw, client);
 }
 
 }  // namespace pok8s::server

@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "pok8s/server/http.h"
 #include "pok8s/util/file.h"
 
 namespace pok8s::server {
@@ -42,6 +43,10 @@ struct ServiceOptions {
   std::chrono::seconds build_timeout{2 * 3600};
   std::chrono::seconds heartbeat_timeout{30};  // then a silent worker's build is requeued
   std::size_t max_body = 8u << 20;
+  HttpLimits http_limits;      // connections, heads, deadlines (max_body is above)
+  util::Path secret_key_file;  // "" : data_dir/secret.key (made on first start)
+  // Global options for the builds' `pok8s` processes, e.g. the outbound network policy.
+  std::vector<std::string> build_global_args;
   std::vector<Template> templates;  // replaces the defaults when not empty
   bool tls_verify = true;           // for the bases' registries
   bool allow_local_sources = false;
@@ -63,6 +68,10 @@ class Service {
   // Serves until stop() (from another thread or a signal handler's thread).
   void run();
   void stop();
+
+  // Answers raw HTTP/1.1 request bytes as a connection from `client` would be answered, without
+  // a socket (HttpServer::answer_bytes): the fuzz target drives whole requests through here.
+  std::string answer_bytes(std::string_view raw, std::string_view client);
 
  private:
   struct Impl;
