@@ -322,8 +322,18 @@ void BuildRunner::run(const BuildRecord& build) {
     request.files.emplace(name, text.get<std::string>());
   // What the build prints may quote its cloud-config; no password or token reaches the log.
   const std::vector<std::string> secrets = config::secret_values(request.spec, request.files);
+  // Nor does where this host keeps the build: its lines name paths inside the work directory.
+  const std::string work_prefix = work.string() + "/";
+  auto relative = [&](std::string text) {
+    for (auto at = text.find(work_prefix); at != std::string::npos; at = text.find(work_prefix, at))
+      text.erase(at, work_prefix.size());
+    return text;
+  };
   auto event = [&](const BuildRecord& b, std::string_view kind, const nlohmann::json& data) {
-    this->event(b, kind, data, secrets);
+    nlohmann::json shown = data;
+    for (auto& value : shown)
+      if (value.is_string()) value = relative(value.get<std::string>());
+    this->event(b, kind, shown, secrets);
   };
   config::BuildSpec spec = materialize_request(
       request, work / "request", options_.policy ? options_.policy() : RequestPolicy{});
@@ -383,7 +393,7 @@ void BuildRunner::run(const BuildRecord& build) {
       }
       return;
     }
-    if (line.starts_with("pok8s: ")) last_error = std::string(line.substr(7));
+    if (line.starts_with("pok8s: ")) last_error = relative(std::string(line.substr(7)));
     event(build, "log", {{"line", line}});
   };
 
