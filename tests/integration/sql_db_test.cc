@@ -24,6 +24,7 @@
 #include "pok8s/server/state.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/file.h"
+#include "server_testing.h"
 
 // So that a failure names the backend rather than printing its bytes.
 namespace pok8s::server {
@@ -37,6 +38,8 @@ namespace {
 namespace server = pok8s::server;
 using pok8s::Error;
 using pok8s::ErrorKind;
+using pok8s::testing::error_from;
+using pok8s::testing::first_release_database;
 using pok8s::testing::TestPostgres;
 using server::SqlDialect;
 using server::SqlRow;
@@ -69,18 +72,6 @@ std::vector<Values> values_of(const std::vector<SqlRow>& rows) {
   std::vector<Values> out;
   for (const SqlRow& row : rows) out.push_back(row.values);
   return out;
-}
-
-// Runs `action`, which must throw a pok8s::Error, and returns it.
-template <typename Action>
-Error error_from(Action&& action) {
-  try {
-    action();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "expected a pok8s::Error";
-  return Error(ErrorKind::kInternal, "no error was thrown");
 }
 
 std::int64_t count_rows(server::SqlDb& db, const std::string& table) {
@@ -520,32 +511,7 @@ TEST_P(StateOn, SealsSpecsAtRestAndStillReadsRowsFromBefore) {
 }
 
 TEST_P(StateOn, UpgradesADatabaseOfTheFirstRelease) {
-  const char* serial = GetParam() == SqlDialect::kPostgres ? "BIGSERIAL PRIMARY KEY"
-                                                           : "INTEGER PRIMARY KEY AUTOINCREMENT";
-  open_db()->exec_script(std::string(R"(
-CREATE TABLE users (
-  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL, created_at BIGINT NOT NULL);
-CREATE TABLE tokens (
-  id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id), kind TEXT NOT NULL,
-  name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, csrf TEXT, created_at BIGINT NOT NULL,
-  expires_at BIGINT, last_used_at BIGINT);
-CREATE TABLE builds (
-  id TEXT PRIMARY KEY, spec_id TEXT NOT NULL, spec TEXT NOT NULL, files TEXT NOT NULL,
-  base_pinned TEXT NOT NULL, owner TEXT NOT NULL REFERENCES users(id), state TEXT NOT NULL,
-  base TEXT NOT NULL, version TEXT NOT NULL, kubernetes TEXT NOT NULL, artifact_kinds TEXT NOT NULL,
-  created_at BIGINT NOT NULL, started_at BIGINT, finished_at BIGINT, heartbeat_at BIGINT,
-  attempts BIGINT NOT NULL DEFAULT 0, cancel_requested BIGINT NOT NULL DEFAULT 0,
-  progress BIGINT NOT NULL DEFAULT 0, step TEXT, error TEXT, worker TEXT, artifacts TEXT,
-  queue_seq BIGINT NOT NULL);
-CREATE TABLE events (
-  seq )") + serial + R"(, build_id TEXT NOT NULL, at BIGINT NOT NULL, kind TEXT NOT NULL,
-  data TEXT NOT NULL);
-INSERT INTO users VALUES ('00000000000000aa', 'admin', 'admin', 1);
-INSERT INTO builds (id, spec_id, spec, files, base_pinned, owner, state, base, version,
-  kubernetes, artifact_kinds, created_at, queue_seq)
-  VALUES ('00000000000000bb', 'old', 'apiVersion: pok8s/v1', '{}', 'b', '00000000000000aa',
-  'succeeded', 'b', 'v1', 'none', '[]', 1, 1);
-)");
+  open_db()->exec_script(first_release_database(GetParam()));
   for (int opening = 0; opening < 2; ++opening) {  // the second finds nothing to add
     auto state = open_state(true);
     server::User admin = state->users().at(0);

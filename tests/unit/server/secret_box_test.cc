@@ -11,9 +11,11 @@
 
 #include "pok8s/util/error.h"
 #include "pok8s/util/file.h"
+#include "server_testing.h"
 
 using namespace pok8s;
 using namespace pok8s::server;
+using pok8s::testing::error_from;
 
 namespace {
 
@@ -21,18 +23,6 @@ class SecretBoxTest : public ::testing::Test {
  protected:
   util::TempDir dir_ = util::TempDir::scratch();
   util::Path key_file_ = dir_.path() / "secret.key";
-
-  // The error `action` throws; fails the test when it throws none.
-  template <typename Action>
-  Error error_from(Action&& action) {
-    try {
-      action();
-    } catch (const Error& e) {
-      return e;
-    }
-    ADD_FAILURE() << "expected a pok8s::Error";
-    return Error(ErrorKind::kInternal, "none");
-  }
 };
 
 mode_t mode_of(const util::Path& path) {

@@ -13,9 +13,13 @@
 
 #include "pok8s/server/secret_box.h"
 #include "pok8s/util/file.h"
+#include "server_testing.h"
 
 using namespace pok8s;
 using namespace pok8s::server;
+
+using pok8s::testing::error_from;
+using pok8s::testing::first_release_database;
 
 namespace {
 
@@ -51,18 +55,6 @@ class State : public ::testing::Test {
     return state_.db().query(sql, params).at(0).integer(0);
   }
 };
-
-// The error `action` throws; fails the test when it throws none.
-template <typename Action>
-Error error_from(Action&& action) {
-  try {
-    action();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "expected a pok8s::Error";
-  return Error(ErrorKind::kInternal, "none");
-}
 
 int api_status(const std::function<void()>& action) {
   try {
@@ -486,37 +478,9 @@ TEST_F(SealedState, ASpecMovedToAnotherBuildDoesNotOpenAndItsBuildFails) {
 
 // --- the database ------------------------------------------------------------------------
 
-// The schema of the first release, with a user, a token and a build in it.
-void make_first_release_database(SqlDb& db) {
-  db.exec_script(R"(
-CREATE TABLE users (
-  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL, created_at BIGINT NOT NULL);
-CREATE TABLE tokens (
-  id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id), kind TEXT NOT NULL,
-  name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, csrf TEXT, created_at BIGINT NOT NULL,
-  expires_at BIGINT, last_used_at BIGINT);
-CREATE TABLE builds (
-  id TEXT PRIMARY KEY, spec_id TEXT NOT NULL, spec TEXT NOT NULL, files TEXT NOT NULL,
-  base_pinned TEXT NOT NULL, owner TEXT NOT NULL REFERENCES users(id), state TEXT NOT NULL,
-  base TEXT NOT NULL, version TEXT NOT NULL, kubernetes TEXT NOT NULL, artifact_kinds TEXT NOT NULL,
-  created_at BIGINT NOT NULL, started_at BIGINT, finished_at BIGINT, heartbeat_at BIGINT,
-  attempts BIGINT NOT NULL DEFAULT 0, cancel_requested BIGINT NOT NULL DEFAULT 0,
-  progress BIGINT NOT NULL DEFAULT 0, step TEXT, error TEXT, worker TEXT, artifacts TEXT,
-  queue_seq BIGINT NOT NULL);
-CREATE TABLE events (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT, build_id TEXT NOT NULL, at BIGINT NOT NULL,
-  kind TEXT NOT NULL, data TEXT NOT NULL);
-INSERT INTO users VALUES ('00000000000000aa', 'admin', 'admin', 1);
-INSERT INTO builds (id, spec_id, spec, files, base_pinned, owner, state, base, version,
-  kubernetes, artifact_kinds, created_at, queue_seq)
-  VALUES ('00000000000000bb', 'old', 'apiVersion: pok8s/v1', '{}', 'b', '00000000000000aa',
-  'succeeded', 'b', 'v1', 'none', '[]', 1, 1);
-)");
-}
-
 TEST(StateSchema, UpgradesADatabaseOfTheFirstRelease) {
   auto dir = util::TempDir::scratch();
-  make_first_release_database(*open_sqlite(dir.path() / "pok8s.db"));
+  open_sqlite(dir.path() / "pok8s.db")->exec_script(first_release_database(SqlDialect::kSqlite));
   ServiceState state(open_sqlite(dir.path() / "pok8s.db"));
   User admin = state.users().at(0);
   EXPECT_FALSE(admin.disabled);
