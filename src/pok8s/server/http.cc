@@ -687,7 +687,6 @@ struct HttpServer::Impl {
       }
       bool keep_alive = parser.get().keep_alive() && !stopping;
       HttpRequest req = to_request(parser.release(), client);
-      slot.release();  // the body is read: its memory is the handler's now
       bool head_only = req.method == "HEAD";
       Routed routed = route(req);
       HttpResponse res;
@@ -705,6 +704,9 @@ struct HttpServer::Impl {
           keep_alive = false;
         }
       }
+      // The body is answered: the memory it held is free for the next large one.
+      req.body = std::string();
+      slot.release();
       if (res.events && !head_only) {
         co_await send_events(stream, std::move(res));
         co_return;
