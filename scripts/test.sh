@@ -7,7 +7,17 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh test || exit 1
 jobs=$(nproc)
-step() { echo; echo "== $*"; }
+# Each step's wall time, for the summary.
+timings=()
+step_name=
+step_started=$SECONDS
+step() {
+  [ -z "$step_name" ] || timings+=("$(printf '%5d s  %s' $((SECONDS - step_started)) "$step_name")")
+  step_name=$*
+  step_started=$SECONDS
+  echo
+  echo "== $*"
+}
 # CI may show only the end of the output, so every failure is recorded as it happens and repeated,
 # with what names it, after the last step.
 failed=()
@@ -88,6 +98,16 @@ else
 fi
 
 step "Summary"
+# The ten slowest tests of the whole suite and the time of each part, so a regression shows in
+# every run (CI's budget: the whole command in 45 minutes on 2 cores).
+if [ -f build/release/ctest.log ]; then
+  echo "The ten slowest tests:"
+  sed -n 's/^ *[0-9]*\/[0-9]* Test *#[0-9]*: \([^ ]*\) [. ]*\(Passed\|\*\*\*[A-Za-z]*\|Failed\) *\([0-9.]*\) sec$/\3 \1/p' \
+    build/release/ctest.log | sort -rn | head -10 | awk '{printf "  %8.1f s  %s\n", $1, $2}'
+  grep -h 'Total Test time (real)' build/release/ctest.log | sed 's/^/  the whole suite: /'
+fi
+for t in "${timings[@]}"; do echo "  $t"; done
+echo "  test.sh in all: $((SECONDS / 60)) min $((SECONDS % 60)) s"
 if [ ${#failed[@]} -eq 0 ]; then
   echo "test.sh: every step passed"
   exit 0
