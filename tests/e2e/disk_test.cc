@@ -1,9 +1,11 @@
 // Disk images on a real base: Debian bookworm (mmdebstrap) → import → convert → pok8s build
-// --artifact raw,qcow2,vhd → boot each in QEMU (TCG) with OVMF. The cloud-config's boot stage
-// reports on the serial console what it finds and powers off; the raw disk is booted twice to
-// see what persists (COS_PERSISTENT's /home and /etc/ssh) and what does not (/etc/motd, an
-// ephemeral overlay), then reset from recovery. Then: the same bytes from an empty cache, and a
-// disk too small refused before anything is written.
+// --artifact raw,qcow2,vhd → boot in QEMU (TCG) with OVMF, and by SeaBIOS. The cloud-config's
+// boot stage reports on the serial console what it finds and powers off. One disk goes through
+// its life, each boot checking all it can: the qcow2 boots with a NoCloud disk beside it, boots
+// again to see what persists (COS_PERSISTENT's /home and /etc/ssh) and what does not (/etc/motd,
+// an ephemeral overlay), then, converted to raw to be edited offline, resets from recovery. Then:
+// fallback to passive, a self-expanding disk, the vhd by BIOS, the same bytes from an empty
+// cache, and a disk too small refused before anything is written.
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
@@ -162,6 +164,17 @@ void debugfs(const util::Path& disk, const std::string& name, const std::string&
   ASSERT_EQ(r.status, 0) << r.output;
 }
 
+// The content of `path` in the ext4 file system of partition `name`, or "" (debugfs prints
+// nothing for a file that does not exist).
+std::string debugfs_cat(const util::Path& disk, const std::string& name, const std::string& path) {
+  auto r =
+      util::run_process({"debugfs", "-R", "cat " + path,
+                         fmt::format("{}?offset={}", disk.string(), partition_offset(disk, name))});
+  EXPECT_EQ(r.status, 0) << r.output;
+  // debugfs prints its version line on stderr, which run_process merges: keep the last line.
+  return util::last_line(r.output);
+}
+
 // Replaces the active image's rootfs with 1 MiB of garbage and COS_OEM's GRUB environment
 // block with one that says `vars`.
 void break_active_and_set_grubenv(const util::Path& disk, const std::vector<std::string>& vars) {
@@ -181,13 +194,28 @@ void break_active_and_set_grubenv(const util::Path& disk, const std::vector<std:
   debugfs(disk, "COS_OEM", fmt::format("rm /grubenv\nwrite {} /grubenv\n", env.string()));
 }
 
-// One disk through its life: two boots of active (what persists), then a reset from recovery.
-TEST_F(DiskImage, RawBootsActiveKeepsOnlyPersistentPathsAndResetsFromRecovery) {
-  util::Path disk = work_->path() / "boot.raw";
-  fs::copy_file(artifact("raw"), disk);
-  Probe first = boot(disk);
+// One disk through its life: the qcow2 artifact boots twice (first with a NoCloud datasource disk
+// beside it: FAT, label CIDATA, made with mtools, whose user-data adds a stage), which shows what
+// persists; then, as raw, a reset from recovery.
+TEST_F(DiskImage, Qcow2ReadsACidataDiskKeepsOnlyPersistentPathsAndResetsFromRecovery) {
+  util::Path qcow2 = work_->path() / "boot.qcow2";
+  fs::copy_file(artifact("qcow2"), qcow2);
+  util::Path cidata = work_->path() / "cidata.img";
+  util::write_file_atomic(work_->path() / "user-data",
+                          "#cloud-config\nstages:\n  boot.after:\n    - name: from cidata\n"
+                          "      commands: [\"echo POK8S-CIDATA hello > /dev/ttyS0\"]\n");
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"mformat", "-i", cidata.string(), "-C", "-f", "1440", "-v", "CIDATA", "::"},
+           {"mcopy", "-i", cidata.string(), (work_->path() / "user-data").string(),
+            "::/user-data"}}) {
+    auto r = util::run_process(args);
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+  Probe first = boot(qcow2, cidata);
   EXPECT_EQ(first.line,
             "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes extra=none");
+  EXPECT_NE(first.serial.find("POK8S-CIDATA hello"), std::string::npos)
+      << first.serial.substr(first.serial.size() > 3000 ? first.serial.size() - 3000 : 0);
   ASSERT_TRUE(first.status.is_object()) << first.line;
   EXPECT_EQ(first.status["mode"], "active");
   EXPECT_EQ(first.status["entry"], "active");
@@ -198,17 +226,24 @@ TEST_F(DiskImage, RawBootsActiveKeepsOnlyPersistentPathsAndResetsFromRecovery) {
       << first.k8s;
 
   // /home and /etc/ssh come from COS_PERSISTENT; /etc/motd was in the tmpfs overlay.
-  Probe second = boot(disk);
+  Probe second = boot(qcow2);
   EXPECT_EQ(
       second.line,
       "POK8S-DISK root=ro version=v0.1.0 home=written ssh=written motd=0 oem=yes extra=written");
+  EXPECT_EQ(second.serial.find("POK8S-CIDATA"), std::string::npos) << "the datasource is gone";
   ASSERT_TRUE(second.status.is_object()) << second.line;
   EXPECT_EQ(second.status["mode"], "active");
   // GRUB took one try for this boot; the first boot gave its own back (pok8s-agent mark-booted).
   EXPECT_EQ(second.status["tries"], 2) << second.status.dump();
   EXPECT_EQ(second.status["fallback"], nullptr) << second.status.dump();
 
-  // The active image is broken; GRUB is told to boot recovery, whose boot stage resets.
+  // The same disk as raw, to edit offline: the active image is broken; GRUB is told to boot
+  // recovery, whose boot stage resets.
+  util::Path disk = work_->path() / "boot.raw";
+  auto converted = util::run_process(
+      {"qemu-img", "convert", "-f", "qcow2", "-O", "raw", qcow2.string(), disk.string()});
+  ASSERT_EQ(converted.status, 0) << converted.output;
+  fs::remove(qcow2);
   break_active_and_set_grubenv(
       disk, {"pok8s_entry=recovery", "pok8s_tries=3", "pok8s_max_tries=3", "pok8s_fallback="});
   {
@@ -306,32 +341,10 @@ TEST_F(DiskImage, ASelfExpandingDiskGrowsToFillItsDiskOnTheFirstBoot) {
             "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes extra=none");
   ASSERT_TRUE(p.status.is_object()) << p.line;
   EXPECT_EQ(p.status["mode"], "active") << p.status.dump();
-  // And what it writes to /home now persists.
-  EXPECT_EQ(
-      boot(disk).line,
-      "POK8S-DISK root=ro version=v0.1.0 home=written ssh=written motd=0 oem=yes extra=written");
-}
-
-// Also: a NoCloud datasource disk (FAT, label CIDATA, made with mtools) adds its user-data.
-TEST_F(DiskImage, Qcow2BootsAndReadsACidataDisk) {
-  util::Path disk = work_->path() / "boot.qcow2";
-  fs::copy_file(artifact("qcow2"), disk);
-  util::Path cidata = work_->path() / "cidata.img";
-  util::write_file_atomic(work_->path() / "user-data",
-                          "#cloud-config\nstages:\n  boot.after:\n    - name: from cidata\n"
-                          "      commands: [\"echo POK8S-CIDATA hello > /dev/ttyS0\"]\n");
-  for (const auto& args : std::vector<std::vector<std::string>>{
-           {"mformat", "-i", cidata.string(), "-C", "-f", "1440", "-v", "CIDATA", "::"},
-           {"mcopy", "-i", cidata.string(), (work_->path() / "user-data").string(),
-            "::/user-data"}}) {
-    auto r = util::run_process(args);
-    ASSERT_EQ(r.status, 0) << r.output;
-  }
-  Probe p = boot(disk, cidata);
-  EXPECT_EQ(p.line,
-            "POK8S-DISK root=ro version=v0.1.0 home=none ssh=none motd=0 oem=yes extra=none");
-  EXPECT_NE(p.serial.find("POK8S-CIDATA hello"), std::string::npos)
-      << p.serial.substr(p.serial.size() > 3000 ? p.serial.size() - 3000 : 0);
+  // And what it wrote to /home and /etc/ssh went to the COS_PERSISTENT the expansion made, where
+  // the next boot mounts them from (as the qcow2's second boot shows): read offline.
+  EXPECT_EQ(debugfs_cat(disk, "COS_PERSISTENT", "/.state/home/e2e"), "written");
+  EXPECT_EQ(debugfs_cat(disk, "COS_PERSISTENT", "/.state/etc-ssh/e2e"), "written");
 }
 
 // Built with --bios: SeaBIOS (QEMU's firmware without OVMF; no UEFI to fall back on) runs
