@@ -88,6 +88,11 @@ int run(const Options& o) {
   // The cache sits next to the output, on the same file system, so its files are handed over
   // without a copy.
   b.cache_dir = util::Path(o.output).parent_path() / ".sysimage-cache";
+  // zstd level 3 for both, not the factory's 9 and 15: the factory compresses once for every
+  // download and boot, a node for itself alone, often on a small CPU. On the Debian fixture this
+  // halves the CPU time of the whole write (28.5 to 13.9 s on 2 cores; the rootfs 8 % larger).
+  b.compression_level = 3;
+  b.initramfs_level = 3;
   b.log = [](std::string_view line) {
     std::fprintf(stderr, "%.*s\n", static_cast<int>(line.size()), line.data());
   };

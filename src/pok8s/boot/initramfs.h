@@ -25,6 +25,9 @@ struct InitramfsOptions {
   std::vector<std::string> modules;  // module names wanted (default_initramfs_modules() when
                                      // empty); a trailing "?" marks one the kernel may lack
   std::int64_t mtime = 0;            // every cpio entry's mtime (SOURCE_DATE_EPOCH)
+  // zstd's level. 15, the factory's: within a tenth of level 19's size at a third of its time
+  // (Debian's modules: 3.96 vs 3.59 MB, 2.4 vs 6.5 s), made once and booted many times.
+  int zstd_level = 15;
 };
 
 // Storage controllers, the file systems of the boot media and the rootfs, and the device

@@ -145,6 +145,7 @@ BootFiles assemble_initramfs(Build& b, bool& was_cached) {
               {"v", kInitramfsStepVersion},
               {"image", b.image.manifest_digest().str()},
               {"time", b.timestamp}};
+  if (b.options.initramfs_level) key["level"] = *b.options.initramfs_level;
   util::Path dir = b.cache / "initramfs" / util::sha256_hex(key.dump());
   BootFiles files{dir / "kernel", dir / "initrd", {}};
   util::Path version_file = dir / "kernel-version";
@@ -177,6 +178,7 @@ BootFiles assemble_initramfs(Build& b, bool& was_cached) {
   boot::InitramfsOptions o;
   o.init_binary = init_path;
   o.mtime = b.timestamp;
+  if (b.options.initramfs_level) o.zstd_level = *b.options.initramfs_level;
   boot::write_initramfs(b.flat(), kernel, o, files.initrd, files.kernel);
   // Written last: only a complete entry is a cache hit.
   util::write_file_atomic(version_file, kernel.version);

@@ -54,6 +54,8 @@ struct BuildOptions {
   // Debian rootfs than mksquashfs's defaults (128 KiB, zstd 15) with a sixth of the CPU time
   // (docs/benchmarks.md).
   std::optional<int> compression_level;
+  // The initramfs's zstd level; unset: boot::InitramfsOptions's.
+  std::optional<int> initramfs_level;
   std::uint32_t block_size = 1u << 20;
   std::optional<std::int64_t> source_date_epoch;  // default: the image's creation time
   util::Path cache_dir;                           // step results; default: the blob store's
