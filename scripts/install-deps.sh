@@ -5,8 +5,9 @@
 # uidmap's newuidmap/newgidmap let pok8s convert without root, in a user namespace. The service
 # (`pok8s serve`) needs SQLite, libpq and Boost.Beast (libboost1.81-dev, headers only); its tests
 # cpp-httplib for their clients, a PostgreSQL server, Chromium and Node.js for the web builder,
-# and wrk for its benchmark. ccache keeps compiled objects between builds and clones. Signing
-# with keys kept in a PKCS#11 token needs libengine-pkcs11-openssl; its test uses SoftHSM.
+# and wrk for its benchmark. ccache keeps compiled objects between builds and clones; lld links
+# faster than GNU ld. Signing with keys kept in a PKCS#11 token needs libengine-pkcs11-openssl;
+# its test uses SoftHSM.
 set -euo pipefail
 what=${1:-build}
 
@@ -15,7 +16,7 @@ build_pkgs=(build-essential cmake ninja-build pkg-config git ca-certificates
   libzstd-dev libgtest-dev libgmock-dev libyaml-cpp-dev libsquashfs-dev libisofs-dev libblkid-dev
   grub-common grub-efi-amd64-bin grub-pc-bin mtools uidmap libsqlite3-dev libpq-dev libcpp-httplib-dev
   libfdisk-dev e2fsprogs qemu-utils libcryptsetup-dev libtss2-dev systemd-boot-efi
-  libboost1.81-dev ccache)
+  libboost1.81-dev ccache lld)
 # Booting what the demo builds, and the Debian base it starts from.
 boot_pkgs=(qemu-system-x86 ovmf seabios)
 demo_pkgs=(mmdebstrap mount "${boot_pkgs[@]}")
