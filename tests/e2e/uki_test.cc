@@ -307,21 +307,6 @@ TEST_F(Uki, TheUkiIsSignedSmallAndCarriesTheRootHashOfItsRootfs) {
   EXPECT_EQ(verify.status, 0) << verify.output;
 }
 
-TEST_F(Uki, TheIsoEnrollsItsKeysInSetupModeThenBootsWithSecureBootEnforced) {
-  util::Path vars = enrolled_vars();
-  ASSERT_EQ(enroll_error_, "");
-  util::TempDir vm_dir = util::TempDir::scratch(work_->path());
-  QemuOptions o = secure_machine(vars);
-  o.cdrom = out(".uki.iso");
-  Qemu vm(o, vm_dir.path());
-  auto line = vm.wait_for_line("POK8S-UKI", boot_timeout(std::chrono::seconds(420)));
-  ASSERT_TRUE(line) << "no probe line; the console ended with:\n" << vm.tail(60);
-  EXPECT_EQ(*line, kExpected) << vm.tail(60);
-  EXPECT_NE(vm.serial().find("EFI stub: UEFI Secure Boot is enabled."), std::string::npos);
-  // The keys are enrolled once: this boot did not enroll again.
-  EXPECT_EQ(vm.serial().find("Enrolling secure boot keys"), std::string::npos);
-}
-
 TEST_F(Uki, TheFirmwareRefusesAChangedAnUnsignedAndAForeignSignedUki) {
   util::Path vars = enrolled_vars();
   ASSERT_EQ(enroll_error_, "");
@@ -393,7 +378,10 @@ TEST_F(Uki, AFlippedByteInTheRootfsStopsTheBootWithAVerityError) {
   EXPECT_EQ(vm.serial().find("POK8S-UKI"), std::string::npos);
 }
 
-TEST_F(Uki, InstalledFromTheIsoTheDiskBootsActiveAndFallsBackToPassiveWhenActiveFails) {
+// The live boot that installs is also the check of the ISO itself: with the keys it enrolled
+// (setup mode, enrolled_vars) and Secure Boot enforced, it boots the signed UKI to the boot stage
+// through the dm-verity root, and does not enroll again.
+TEST_F(Uki, TheEnrolledIsoBootsUnderSecureBootAndInstallsADiskThatFallsBackToPassive) {
   util::Path vars = enrolled_vars();
   ASSERT_EQ(enroll_error_, "");
   util::Path disk = work_->path() / "disk.raw";
@@ -415,6 +403,11 @@ TEST_F(Uki, InstalledFromTheIsoTheDiskBootsActiveAndFallsBackToPassiveWhenActive
     ASSERT_TRUE(done) << "the install did not finish:\n" << vm.tail(80);
     EXPECT_TRUE(vm.wait_exit(std::chrono::seconds(180))) << vm.tail(40);
     std::string serial = vm.serial();
+    auto line = vm.wait_for_line("POK8S-UKI", std::chrono::seconds(1));
+    ASSERT_TRUE(line) << "no probe line from the live boot:\n" << vm.tail(60);
+    EXPECT_EQ(*line, kExpected) << vm.tail(60);
+    EXPECT_NE(serial.find("EFI stub: UEFI Secure Boot is enabled."), std::string::npos);
+    EXPECT_EQ(serial.find("Enrolling secure boot keys"), std::string::npos);
     for (const char* step : {"install: copying systemd-boot and the signed UKIs to COS_GRUB",
                              "install: copied 1 cloud-config to COS_OEM",
                              "install: making COS_OEM and COS_PERSISTENT LUKS2, their key sealed "
