@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 cmake --preset release >/dev/null
 # pok8s and the node binaries its builds put into images; not the tests (scripts/test.sh builds
 # those). ccache, when installed, makes a rebuild of the same code take seconds.
-cmake --build --preset release --target pok8s-cli pok8s-agent pok8s-init pok8s-sysimage pok8s-luks
+cmake --build --preset release --target pok8s-factory
 data=${POK8S_SERVE_DIR:-$PWD/out/serve}
 mkdir -p "$data"
 if [ "$(id -u)" -ne 0 ] && ! grep -q "^$(id -un):" /etc/subuid 2>/dev/null; then
