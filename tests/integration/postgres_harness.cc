@@ -34,7 +34,7 @@ std::string bin(const char* tool) {
   return std::string(kPostgresBinDir) + "/" + tool;
 }
 
-std::string tail_of(const util::Path& log) {
+std::string pg_log_tail(const util::Path& log) {
   std::ifstream in(log);
   std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   return all.size() > 4000 ? all.substr(all.size() - 4000) : all;
@@ -44,7 +44,7 @@ std::string tail_of(const util::Path& log) {
   throw std::runtime_error("Failed to start the test PostgreSQL server: " + reason);
 }
 
-int free_port() {
+int pg_free_port() {
   util::UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!s.valid()) throw_errno("Failed to create a socket", errno);
   sockaddr_in addr{};
@@ -136,13 +136,13 @@ TestPostgres::TestPostgres() : dir_(util::TempDir::scratch()) {
             dir(), log, {switch_user_, uid_, gid_});
   int status = 0;
   ::waitpid(initdb, &status, 0);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) fail("initdb failed:\n" + tail_of(log));
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) fail("initdb failed:\n" + pg_log_tail(log));
 
   try {
     // Another process may take the free port before postgres binds it; then try another.
     bool started = false;
     for (int attempt = 0; attempt < 3 && !started; ++attempt) started = start_server();
-    if (!started) fail("no free port could be bound:\n" + tail_of(dir() / "postgres.log"));
+    if (!started) fail("no free port could be bound:\n" + pg_log_tail(dir() / "postgres.log"));
     create_database(kPostgresDatabase);
   } catch (...) {
     stop_server();  // the destructor does not run for a constructor that throws
@@ -156,7 +156,7 @@ TestPostgres::~TestPostgres() {
 
 bool TestPostgres::start_server() {
   util::Path log = dir() / "postgres.log";
-  port_ = free_port();
+  port_ = pg_free_port();
   postmaster_ = spawn({bin("postgres"), "-D", (dir() / "data").string(), "-k", dir().string(), "-p",
                        std::to_string(port_), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
                        "-c", "full_page_writes=off", "-c", "synchronous_commit=off"},
@@ -164,7 +164,7 @@ bool TestPostgres::start_server() {
   for (int i = 0; i < 600; ++i) {
     if (has_exited(postmaster_)) {
       postmaster_ = -1;
-      std::string said = tail_of(log);
+      std::string said = pg_log_tail(log);
       if (said.find("could not bind") != std::string::npos ||
           said.find("already in use") != std::string::npos)
         return false;
@@ -177,7 +177,7 @@ bool TestPostgres::start_server() {
     std::this_thread::sleep_for(50ms);
   }
   stop_server();
-  fail("it did not accept connections within 30 s:\n" + tail_of(log));
+  fail("it did not accept connections within 30 s:\n" + pg_log_tail(log));
 }
 
 void TestPostgres::stop_server() {

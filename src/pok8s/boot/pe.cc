@@ -10,7 +10,6 @@ namespace {
 
 constexpr std::uint16_t kPe32PlusMagic = 0x20b;
 constexpr std::uint32_t kCoffHeaderSize = 20;
-constexpr std::uint32_t kSectionHeaderSize = 40;
 constexpr std::uint32_t kDataDirectoriesOffset = 112;  // in a PE32+ optional header
 constexpr std::uint32_t kCertificateDirectory = 4;
 constexpr std::uint16_t kMaxSections = 96;  // the specification's limit

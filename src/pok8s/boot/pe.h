@@ -12,6 +12,8 @@
 namespace pok8s::boot {
 
 inline constexpr std::size_t kMaxPeImageBytes = std::size_t{1} << 30;
+// Bytes of one entry of a PE section table (IMAGE_SECTION_HEADER).
+inline constexpr std::uint32_t kSectionHeaderSize = 40;
 
 struct PeSection {
   std::string name;  // up to 8 characters

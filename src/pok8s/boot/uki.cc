@@ -15,7 +15,6 @@
 namespace pok8s::boot {
 namespace {
 
-constexpr std::uint32_t kSectionHeaderSize = 40;
 // IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ
 constexpr std::uint32_t kDataSectionFlags = 0x40000040;
 constexpr const char* kUkiSectionNames[] = {".osrel",   ".cmdline", ".uname",  ".sbat", ".splash",

@@ -18,6 +18,7 @@
 #include "pok8s/image/verity.h"
 #include "pok8s/node/kernel_cmdline.h"
 #include "pok8s/node/upgrade.h"
+#include "pok8s/util/archive_filters.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/sha256.h"
 
@@ -49,7 +50,7 @@ UkiImageFile copy_entry(archive* a, const util::Path& out, std::string name, std
       la_ssize_t n = archive_read_data(a, buf.data(), buf.size());
       if (n < 0)
         throw Error(ErrorKind::kFormat,
-                    fmt::format("Failed to read {}: {}", where, archive_error_string(a)));
+                    fmt::format("Failed to read {}: {}", where, util::archive_error_text(a)));
       if (n == 0) break;
       f.size += static_cast<std::uint64_t>(n);
       if (f.size > limit)
@@ -100,7 +101,7 @@ UkiImage write_uki_image(const util::Path& iso, const util::Path& output,
   archive_read_support_format_iso9660(a.get());
   if (archive_read_open_filename(a.get(), iso.c_str(), 64 << 10) != ARCHIVE_OK)
     throw Error(ErrorKind::kFormat, fmt::format("Failed to read the uki-iso {}: {}", iso_name,
-                                                archive_error_string(a.get())));
+                                                util::archive_error_text(a.get())));
   util::make_dirs(output);
 
   UkiImage out;
@@ -113,7 +114,7 @@ UkiImage write_uki_image(const util::Path& iso, const util::Path& output,
     if (r == ARCHIVE_EOF) break;
     if (r < ARCHIVE_WARN)
       throw Error(ErrorKind::kFormat, fmt::format("Failed to read the uki-iso {}: {}", iso_name,
-                                                  archive_error_string(a.get())));
+                                                  util::archive_error_text(a.get())));
     if (entries > kMaxIsoEntries)
       throw Error(ErrorKind::kInvalidInput,
                   fmt::format("Failed to read the uki-iso {}: more than {} entries", iso_name,

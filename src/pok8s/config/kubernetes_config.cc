@@ -15,10 +15,10 @@ struct Section {
   std::string_view name;
   KubernetesRole role;
 };
-constexpr Section kSections[] = {{"k3s", KubernetesRole::kK3sServer},
-                                 {"k3s-agent", KubernetesRole::kK3sAgent},
-                                 {"k0s", KubernetesRole::kK0sController},
-                                 {"k0s-worker", KubernetesRole::kK0sWorker}};
+constexpr Section kKubernetesSections[] = {{"k3s", KubernetesRole::kK3sServer},
+                                           {"k3s-agent", KubernetesRole::kK3sAgent},
+                                           {"k0s", KubernetesRole::kK0sController},
+                                           {"k0s-worker", KubernetesRole::kK0sWorker}};
 
 constexpr std::string_view kKeys[] = {"enabled", "args", "env", "replace_args", "replace_env"};
 // Kairos keys pok8s leaves alone: named in a warning, never dropped silently.
@@ -100,7 +100,7 @@ std::optional<KubernetesConfig> read_kubernetes_config(std::span<const CloudConf
   for (const auto& config : configs) {
     StrictYaml yaml("cloud-config", config.source,
                     {kMaxCloudConfigNodes, kMaxCloudConfigListLength, kMaxCloudConfigDepth});
-    for (const auto& section : kSections) {
+    for (const auto& section : kKubernetesSections) {
       auto it = config.sections.find(std::string(section.name));
       if (it == config.sections.end()) continue;
       Settings s = read_section(yaml, std::string(section.name), it->second, warnings);
@@ -115,7 +115,7 @@ std::optional<KubernetesConfig> read_kubernetes_config(std::span<const CloudConf
     }
   }
   std::optional<KubernetesConfig> out;
-  for (const auto& section : kSections) {
+  for (const auto& section : kKubernetesSections) {
     auto it = merged.find(section.name);
     if (it == merged.end() || !it->second.settings.enabled.value_or(false)) continue;
     const Merged& m = it->second;

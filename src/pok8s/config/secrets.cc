@@ -27,7 +27,7 @@ constexpr std::size_t kMaxDepth = 2 * kMaxCloudConfigDepth;
 
 constexpr std::string_view kCloudConfigHeader = "#cloud-config\n";
 
-constexpr std::string_view kKubernetesSections[] = {"k3s", "k3s-agent", "k0s", "k0s-worker"};
+constexpr std::string_view kSecretBearingSections[] = {"k3s", "k3s-agent", "k0s", "k0s-worker"};
 // Flags of k3s and k0s whose value is a credential (a token, a file holding one, a datastore
 // URL with a password), without their dashes.
 constexpr std::string_view kSecretFlags[] = {
@@ -141,8 +141,8 @@ class SecretWalker {
         entries(value, [&](std::string_view k, YAML::Node v) {
           if (k == "network_token") secret(v);
         });
-      } else if (std::find(std::begin(kKubernetesSections), std::end(kKubernetesSections), key) !=
-                 std::end(kKubernetesSections)) {
+      } else if (std::find(std::begin(kSecretBearingSections), std::end(kSecretBearingSections),
+                           key) != std::end(kSecretBearingSections)) {
         entries(value, [&](std::string_view k, YAML::Node v) {
           if (k == "env")
             env(v);

@@ -15,6 +15,7 @@
 #include <map>
 #include <set>
 
+#include "pok8s/image/gpt.h"  // kMiB
 #include "pok8s/util/error.h"
 #include "pok8s/util/process.h"
 
@@ -25,7 +26,6 @@ namespace {
 // The largest image write_fat_image makes: FAT16 with 32 KiB clusters stays below 2 GiB, and an
 // EFI system partition for a live ISO is a few MiB.
 constexpr std::uint64_t kMaxFatImageBytes = 1ull << 30;
-constexpr std::uint64_t kMiB = 1ull << 20;
 // FAT16 addresses at most 65524 clusters; stay clear of the FAT12/FAT16/FAT32 boundaries.
 constexpr std::uint64_t kMaxClusters = 60000;
 constexpr std::size_t kMaxLabelLength = 11;

@@ -18,7 +18,7 @@ namespace pok8s::image {
 namespace {
 
 constexpr std::uint64_t kSector = 512;
-constexpr std::size_t kMaxNameLength = 36;  // UTF-16 code units in a GPT entry's name
+constexpr std::size_t kMaxPartitionNameLength = 36;  // UTF-16 code units in a GPT entry's name
 
 [[noreturn]] void refuse(const std::string& what) {
   throw Error(ErrorKind::kInvalidInput, "Failed to plan the partition table: " + what);
@@ -92,9 +92,9 @@ std::vector<PartitionExtent> plan_gpt(const GptLayout& layout) {
   const std::uint64_t end = layout.disk_size - kMiB;
   for (std::size_t i = 0; i < layout.partitions.size(); ++i) {
     const auto& p = layout.partitions[i];
-    if (p.name.empty() || p.name.size() > kMaxNameLength)
+    if (p.name.empty() || p.name.size() > kMaxPartitionNameLength)
       refuse(fmt::format("partition {}: the name {:?} must be 1-{} characters", i + 1, p.name,
-                         kMaxNameLength));
+                         kMaxPartitionNameLength));
     for (char c : p.name)
       if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e)
         refuse(fmt::format("partition {}: the name {:?} must be printable ASCII", i + 1, p.name));

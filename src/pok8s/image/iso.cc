@@ -30,9 +30,9 @@ namespace pok8s::image {
 
 namespace {
 
-constexpr std::size_t kMaxVolumeIdLength = 32;   // ECMA-119 8.4.6
-constexpr std::size_t kMaxNameLength = 255;      // Rock Ridge names, as libisofs limits them
-constexpr std::size_t kSystemAreaBytes = 32768;  // ECMA-119: the 16 blocks before the PVD
+constexpr std::size_t kMaxVolumeIdLength = 32;        // ECMA-119 8.4.6
+constexpr std::size_t kMaxRockRidgeNameLength = 255;  // Rock Ridge names, as libisofs limits them
+constexpr std::size_t kSystemAreaBytes = 32768;       // ECMA-119: the 16 blocks before the PVD
 constexpr std::uint32_t kPartitionOffsetBlocks = 16;
 constexpr int kEfiPartitionNumber = 2;
 // The burn source delivers whole requests or nothing, so read block by block and write in
@@ -130,7 +130,7 @@ std::vector<std::string> split_iso_path(std::string_view path, const util::Path&
     std::size_t end = path.find('/', start);
     if (end == std::string_view::npos) end = path.size();
     std::string_view part = path.substr(start, end - start);
-    if (part.empty() || part == "." || part == ".." || part.size() > kMaxNameLength ||
+    if (part.empty() || part == "." || part == ".." || part.size() > kMaxRockRidgeNameLength ||
         part.find('\0') != std::string_view::npos)
       throw Error(ErrorKind::kInvalidInput, fmt::format("Failed to write ISO {}: invalid path '{}'",
                                                         out.string(), std::string(path)));
@@ -218,7 +218,7 @@ std::string write_iso(const std::vector<IsoFile>& files, const IsoOptions& optio
   iso_image_set_application_id(image.get(), "POK8S");
   iso_tree_set_follow_symlinks(image.get(), 1);
   // Refuse over-long names rather than silently rename files.
-  check(iso_image_set_truncate_mode(image.get(), 0, static_cast<int>(kMaxNameLength)),
+  check(iso_image_set_truncate_mode(image.get(), 0, static_cast<int>(kMaxRockRidgeNameLength)),
         "set name limit", ErrorKind::kInternal);
 
   IsoDir* root = iso_image_get_root(image.get());

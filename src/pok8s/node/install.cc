@@ -47,7 +47,7 @@ std::string mib(std::uint64_t bytes) {
 }
 
 // "a", "a and b", "a, b and c".
-std::string join_names(const std::vector<std::string>& names) {
+std::string english_list(const std::vector<std::string>& names) {
   std::string out;
   for (std::size_t i = 0; i < names.size(); ++i) {
     if (i > 0) out += i + 1 == names.size() ? " and " : ", ";
@@ -318,7 +318,7 @@ BlockDevice choose_install_device(std::string_view setting, std::string_view whe
     std::vector<std::string> names;
     for (const auto* d : blank) names.push_back(d->device.string());
     throw Error(ErrorKind::kInvalidInput,
-                fmt::format("{}{} are {} blank: {}", prefix, join_names(names),
+                fmt::format("{}{} are {} blank: {}", prefix, english_list(names),
                             blank.size() == 2 ? "both" : "all", set));
   }
   if (not_taken.empty()) throw Error(ErrorKind::kInvalidInput, prefix + "there are no disks");

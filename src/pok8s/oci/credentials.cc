@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 
+#include "pok8s/util/ascii.h"
 #include "pok8s/util/error.h"
 
 namespace pok8s::oci {
@@ -60,16 +61,9 @@ std::optional<std::string> base64_decode(std::string_view in) {
   return out;
 }
 
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return out;
-}
-
 // Docker Hub answers under several names; auth files use any of them.
 std::string canonical_host(std::string_view host) {
-  std::string h = lower(host);
+  std::string h = util::ascii_lower(host);
   if (h == "index.docker.io" || h == "registry-1.docker.io" || h == "registry.hub.docker.com")
     return "docker.io";
   return h;
@@ -262,7 +256,7 @@ std::vector<AuthChallenge> parse_www_authenticate(std::string_view header) {
     if (i >= n) break;
     std::string_view scheme = read_token();
     if (scheme.empty()) throw fail("expected an authentication scheme");
-    AuthChallenge challenge{lower(scheme), {}};
+    AuthChallenge challenge{util::ascii_lower(scheme), {}};
     // Parameters follow until a token that is not followed by '=' starts the next challenge.
     while (true) {
       while (i < n && (header[i] == ',' || header[i] == ' ' || header[i] == '\t')) ++i;
@@ -301,7 +295,7 @@ std::vector<AuthChallenge> parse_www_authenticate(std::string_view header) {
       } else {
         value = std::string(read_token());
       }
-      challenge.params[lower(name)] = value;
+      challenge.params[util::ascii_lower(name)] = value;
     }
     out.push_back(std::move(challenge));
   }

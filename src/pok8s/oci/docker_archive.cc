@@ -382,7 +382,7 @@ std::pair<Digest, std::int64_t> decompress_layer(const util::Path& blob, int fd,
   if (archive_read_open_fd(a.get(), in.get(), 64 << 10) != ARCHIVE_OK ||
       archive_read_next_header(a.get(), &e) != ARCHIVE_OK)
     throw Error(ErrorKind::kFormat, fmt::format("Failed to decompress {}: {}", what,
-                                                layout::archive_error_text(a.get())));
+                                                util::archive_error_text(a.get())));
   util::Sha256 hash;
   std::vector<char> buf(1 << 20);
   std::uint64_t total = 0;
@@ -390,7 +390,7 @@ std::pair<Digest, std::int64_t> decompress_layer(const util::Path& blob, int fd,
     la_ssize_t n = archive_read_data(a.get(), buf.data(), buf.size());
     if (n < 0)
       throw Error(ErrorKind::kFormat, fmt::format("Failed to decompress {}: {}", what,
-                                                  layout::archive_error_text(a.get())));
+                                                  util::archive_error_text(a.get())));
     if (n == 0) break;
     total += static_cast<std::uint64_t>(n);
     if (total > kMaxLayerBytes)

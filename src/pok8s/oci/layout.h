@@ -73,7 +73,4 @@ std::uint64_t copy_blob(const BlobStore& store, const Digest& digest, int fd,
 // Copies an open file into a BlobStore writer (the writer verifies size and digest).
 void copy_fd_to_store(int fd, BlobStore::Writer& writer, std::string_view what);
 
-// The libarchive error text of `a`, or "unknown error".
-std::string archive_error_text(archive* a);
-
 }  // namespace pok8s::oci::layout

@@ -30,18 +30,13 @@ namespace {
 constexpr std::size_t kCopyBuffer = 1 << 20;
 }
 
-std::string archive_error_text(archive* a) {
-  const char* s = a ? archive_error_string(a) : nullptr;
-  return s ? s : "unknown error";
-}
-
 TarReader::TarReader(const util::Path& path, std::string what)
     : fd_(util::open_file(path, O_RDONLY)), archive_(archive_read_new()), what_(std::move(what)) {
   if (!archive_) throw Error(ErrorKind::kInternal, "Failed to allocate a libarchive reader");
   util::support_in_process_filters(archive_);
   archive_read_support_format_tar(archive_);
   if (archive_read_open_fd(archive_, fd_.get(), 64 << 10) != ARCHIVE_OK) {
-    std::string why = archive_error_text(archive_);
+    std::string why = util::archive_error_text(archive_);
     // The destructor does not run for a constructor that throws.
     archive_read_free(archive_);
     archive_ = nullptr;
@@ -59,7 +54,7 @@ archive_entry* TarReader::next() {
   if (r == ARCHIVE_EOF) return nullptr;
   if (r < ARCHIVE_WARN)
     throw Error(ErrorKind::kFormat,
-                fmt::format("Failed to read {}: {}", what_, archive_error_text(archive_)));
+                fmt::format("Failed to read {}: {}", what_, util::archive_error_text(archive_)));
   if (++entries_ > kMaxArchiveEntries)
     throw Error(ErrorKind::kInvalidInput,
                 fmt::format("Failed to read {}: more than {} entries", what_, kMaxArchiveEntries));
@@ -70,7 +65,7 @@ std::size_t TarReader::read(std::span<std::byte> buffer) {
   la_ssize_t n = archive_read_data(archive_, buffer.data(), buffer.size());
   if (n < 0)
     throw Error(ErrorKind::kFormat,
-                fmt::format("Failed to read {}: {}", what_, archive_error_text(archive_)));
+                fmt::format("Failed to read {}: {}", what_, util::archive_error_text(archive_)));
   return static_cast<std::size_t>(n);
 }
 
@@ -131,8 +126,8 @@ void write_tar(int fd, std::vector<TarMember> members, std::string_view what) {
             [](const TarMember& a, const TarMember& b) { return a.name < b.name; });
   std::unique_ptr<archive, ArchiveWriteFree> a(archive_write_new());
   auto fail = [&](std::string_view step) {
-    throw Error(ErrorKind::kIo,
-                fmt::format("Failed to write {}: {}: {}", what, step, archive_error_text(a.get())));
+    throw Error(ErrorKind::kIo, fmt::format("Failed to write {}: {}: {}", what, step,
+                                            util::archive_error_text(a.get())));
   };
   if (archive_write_set_format_pax_restricted(a.get()) != ARCHIVE_OK ||
       archive_write_add_filter_none(a.get()) != ARCHIVE_OK ||

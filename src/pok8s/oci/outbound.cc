@@ -13,6 +13,8 @@
 #include <initializer_list>
 #include <memory>
 
+#include "pok8s/oci/curl_handles.h"
+#include "pok8s/util/ascii.h"
 #include "pok8s/util/error.h"
 
 namespace pok8s::oci {
@@ -123,16 +125,9 @@ AddressScope ipv6_scope(const Bytes& b) {
   return AddressScope::kPublic;
 }
 
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return out;
-}
-
 // A host name as compared: lowercase, without the root's trailing dot ("Docker.IO." is docker.io).
 std::string host_key(std::string_view host) {
-  std::string out = lower(host);
+  std::string out = util::ascii_lower(host);
   while (!out.empty() && out.back() == '.') out.pop_back();
   return out;
 }
@@ -148,21 +143,14 @@ OutboundPolicy& policy_storage() {
   return policy;
 }
 
-struct CurlUrlDeleter {
-  void operator()(CURLU* u) const { curl_url_cleanup(u); }
-};
-struct CurlStringDeleter {
-  void operator()(char* s) const { curl_free(s); }
-};
-
 // "HOST:PORT" of a URL, for messages.
 std::string host_port(const char* url) {
-  std::unique_ptr<CURLU, CurlUrlDeleter> u(curl_url());
+  CurlUrl u(curl_url());
   if (!url || !u || curl_url_set(u.get(), CURLUPART_URL, url, 0) != CURLUE_OK) return "the server";
   auto get = [&](CURLUPart part, unsigned flags) -> std::string {
     char* out = nullptr;
     if (curl_url_get(u.get(), part, &out, flags) != CURLUE_OK) return {};
-    std::unique_ptr<char, CurlStringDeleter> owned(out);
+    CurlString owned(out);
     return out;
   };
   std::string host = get(CURLUPART_HOST, 0);
@@ -365,7 +353,7 @@ std::string OutboundCheck::failure_reason(CURL* handle, CURLcode code,
 
 void apply_outbound_policy(CURL* handle, OutboundCheck& check, std::string_view url) {
   curl_easy_setopt(handle, CURLOPT_PROTOCOLS_STR, "http,https");
-  std::string scheme = lower(url.substr(0, std::min<std::size_t>(url.size(), 7)));
+  std::string scheme = util::ascii_lower(url.substr(0, std::min<std::size_t>(url.size(), 7)));
   // A downgrade from https to plain http would hand the transfer to anyone on the path.
   curl_easy_setopt(handle, CURLOPT_REDIR_PROTOCOLS_STR,
                    scheme == "http://" ? "http,https" : "https");

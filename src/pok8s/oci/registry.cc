@@ -20,7 +20,9 @@
 #include <vector>
 
 #include "pok8s/oci/credentials.h"
+#include "pok8s/oci/curl_handles.h"
 #include "pok8s/oci/outbound.h"
+#include "pok8s/util/ascii.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/parallel.h"
 
@@ -65,13 +67,6 @@ struct CurlEasyDeleter {
 struct CurlSlistDeleter {
   void operator()(curl_slist* l) const { curl_slist_free_all(l); }
 };
-struct CurlUrlDeleter {
-  void operator()(CURLU* u) const { curl_url_cleanup(u); }
-};
-struct CurlStringDeleter {
-  void operator()(char* s) const { curl_free(s); }
-};
-using CurlUrl = std::unique_ptr<CURLU, CurlUrlDeleter>;
 
 // One easy handle per thread, reset before each request: concurrent transfers never share a
 // handle, and consecutive requests of a thread reuse its connections. Trusted destinations get
@@ -88,13 +83,6 @@ CURL* thread_handle(bool trusted) {
   }
   curl_easy_reset(handle.get());
   return handle.get();
-}
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return out;
 }
 
 std::string trim(std::string_view s) {
@@ -124,10 +112,10 @@ std::optional<UrlParts> url_parts(const std::string& url) {
   auto get = [&](CURLUPart part, unsigned flags) -> std::string {
     char* out = nullptr;
     if (curl_url_get(u.get(), part, &out, flags) != CURLUE_OK) return {};
-    std::unique_ptr<char, CurlStringDeleter> owned(out);
+    CurlString owned(out);
     return out;
   };
-  UrlParts p{lower(get(CURLUPART_SCHEME, 0)), lower(get(CURLUPART_HOST, 0)),
+  UrlParts p{util::ascii_lower(get(CURLUPART_SCHEME, 0)), util::ascii_lower(get(CURLUPART_HOST, 0)),
              get(CURLUPART_PORT, CURLU_DEFAULT_PORT)};
   if (p.scheme != "http" && p.scheme != "https") return std::nullopt;
   return p;
@@ -151,7 +139,7 @@ std::string resolve_url(const std::string& base, const std::string& reference,
   if (curl_url_get(u.get(), CURLUPART_URL, &out, 0) != CURLUE_OK)
     throw Error(ErrorKind::kFormat,
                 fmt::format("Failed to resolve the URL \"{}\"", printable(reference, 200)));
-  std::unique_ptr<char, CurlStringDeleter> owned(out);
+  CurlString owned(out);
   std::string url = out;
   if (!url_parts(url))
     throw Error(
@@ -211,7 +199,8 @@ std::size_t on_header(char* data, std::size_t size, std::size_t count, void* use
     t->response->headers.clear();
   } else if (auto colon = line.find(':'); colon != std::string_view::npos) {
     if (t->response->headers.size() < 200)
-      t->response->headers[lower(trim(line.substr(0, colon)))] = trim(line.substr(colon + 1));
+      t->response->headers[util::ascii_lower(trim(line.substr(0, colon)))] =
+          trim(line.substr(colon + 1));
   }
   return size * count;
 }
@@ -303,7 +292,7 @@ std::string error_reason(const Response& r) {
         std::string code, text;
         if (e.contains("code") && e["code"].is_string()) code = e["code"];
         if (!r.redact && e.contains("message") && e["message"].is_string()) text = e["message"];
-        if (text.empty() && (!r.redact || is_spec_error_code(code))) text = lower(code);
+        if (text.empty() && (!r.redact || is_spec_error_code(code))) text = util::ascii_lower(code);
         if (text.empty()) continue;
         if (!reason.empty()) reason += "; ";
         reason += text;
@@ -352,7 +341,7 @@ ErrorKind kind_for_status(long status) {
 std::string content_type_of(const Response& r) {
   std::string ct = r.header("content-type");
   if (auto semi = ct.find(';'); semi != std::string::npos) ct.resize(semi);
-  return lower(trim(ct));
+  return util::ascii_lower(trim(ct));
 }
 
 constexpr std::string_view kManifestAccept =

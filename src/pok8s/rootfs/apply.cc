@@ -40,8 +40,6 @@ ApplyStats& ApplyStats::operator+=(const ApplyStats& o) {
 namespace {
 
 constexpr const char* kOwnerXattr = "user.pok8s.owner";
-// The kernel's own limit on symlinks followed in one lookup (MAXSYMLINKS).
-constexpr int kMaxSymlinks = 40;
 
 // Opens the directory `rel` (relative, "" for the root) with every symlink on the way
 // resolved as if `root_fd` were "/". Returns -1 with errno set.

@@ -15,6 +15,10 @@
 
 namespace pok8s::rootfs {
 
+// The kernel's limit on symlinks followed in one lookup (MAXSYMLINKS); every path walk over a
+// layer tree keeps to it.
+inline constexpr int kMaxSymlinks = 40;
+
 struct ApplyOptions {
   Limits limits;
   bool devices = false;                // create device nodes (only honoured as root)

@@ -8,14 +8,12 @@
 #include <deque>
 #include <set>
 
+#include "pok8s/rootfs/apply.h"
 #include "pok8s/util/error.h"
 
 namespace pok8s::rootfs {
 
 namespace {
-
-// The kernel's limit on symlinks followed in one lookup, as apply_layer meets it.
-constexpr int kMaxSymlinks = 40;
 
 std::string child_of(const std::string& dir, const std::string& name) {
   return dir.empty() ? name : dir + "/" + name;

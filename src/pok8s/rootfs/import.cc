@@ -32,11 +32,6 @@ struct ArchiveReadFree {
   void operator()(archive* a) const { archive_read_free(a); }
 };
 
-std::string error_text(archive* a) {
-  const char* s = archive_error_string(a);
-  return s ? s : "unknown error";
-}
-
 bool has_dotdot(std::string_view path) {
   for (std::size_t s = 0;;) {
     std::size_t p = path.find('/', s);
@@ -54,16 +49,16 @@ void restream_tar(LayerWriter& out, const util::Path& file, const ImportOptions&
   util::support_in_process_filters(in.get());
   archive_read_support_format_tar(in.get());
   if (archive_read_open_fd(in.get(), fd.get(), 64 << 10) != ARCHIVE_OK)
-    throw Error(ErrorKind::kFormat,
-                fmt::format("Failed to read {}: {}", file.string(), error_text(in.get())));
+    throw Error(ErrorKind::kFormat, fmt::format("Failed to read {}: {}", file.string(),
+                                                util::archive_error_text(in.get())));
   std::vector<char> buf(kCopyBuffer);
   archive_entry* e = nullptr;
   while (true) {
     int r = archive_read_next_header(in.get(), &e);
     if (r == ARCHIVE_EOF) break;
     if (r < ARCHIVE_WARN)
-      throw Error(ErrorKind::kFormat,
-                  fmt::format("Failed to read {}: {}", file.string(), error_text(in.get())));
+      throw Error(ErrorKind::kFormat, fmt::format("Failed to read {}: {}", file.string(),
+                                                  util::archive_error_text(in.get())));
     const char* raw = archive_entry_pathname(e);
     std::string name = raw ? raw : "";
     auto refuse = [&](std::string_view why) {
@@ -104,7 +99,7 @@ void restream_tar(LayerWriter& out, const util::Path& file, const ImportOptions&
     if (archive_entry_filetype(e) != AE_IFREG || archive_entry_hardlink(e)) continue;
     while (true) {
       la_ssize_t n = archive_read_data(in.get(), buf.data(), buf.size());
-      if (n < 0) refuse(fmt::format("cannot be read: {}", error_text(in.get())));
+      if (n < 0) refuse(fmt::format("cannot be read: {}", util::archive_error_text(in.get())));
       if (n == 0) break;
       out.data(buf.data(), static_cast<std::size_t>(n), rel);
     }

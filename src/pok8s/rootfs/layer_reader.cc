@@ -23,6 +23,7 @@
 #include <mutex>
 #include <thread>
 
+#include "pok8s/util/archive_filters.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/sha256.h"
 
@@ -74,12 +75,6 @@ void require_builtin_codec(Compression c, const std::string& what) {
 // the UTF-8 form when the C locale cannot represent a pax UTF-8 name.
 const char* entry_string(const char* mbs, const char* utf8) {
   return mbs ? mbs : utf8;
-}
-
-// libarchive's reason for the last failure; it has none for some failures.
-std::string_view error_text(archive* a) {
-  const char* reason = archive_error_string(a);
-  return reason ? reason : "unknown error";
 }
 
 }  // namespace
@@ -155,8 +150,8 @@ struct LayerReader::Impl {
         Chunk& c = chunks[idx];
         la_ssize_t n = archive_read_data(outer, c.data.data(), c.data.size());
         if (n < 0)
-          throw Error(ErrorKind::kFormat,
-                      fmt::format("Failed to decompress {}: {}", what, error_text(outer)));
+          throw Error(ErrorKind::kFormat, fmt::format("Failed to decompress {}: {}", what,
+                                                      util::archive_error_text(outer)));
         c.size = static_cast<std::size_t>(n);
         account(c);
         {
@@ -229,7 +224,8 @@ struct LayerReader::Impl {
   // Throws the parked callback error, else a format error with libarchive's reason.
   [[noreturn]] void fail(archive* a, const std::string& context) {
     if (callback_error) std::rethrow_exception(callback_error);
-    throw Error(ErrorKind::kFormat, fmt::format("Failed to read {}: {}", context, error_text(a)));
+    throw Error(ErrorKind::kFormat,
+                fmt::format("Failed to read {}: {}", context, util::archive_error_text(a)));
   }
 };
 

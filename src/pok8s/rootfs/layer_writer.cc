@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <vector>
 
+#include "pok8s/util/archive_filters.h"
 #include "pok8s/util/error.h"
 
 namespace pok8s::rootfs {
@@ -33,11 +34,6 @@ struct EntryFree {
   void operator()(archive_entry* e) const { archive_entry_free(e); }
 };
 using EntryPtr = std::unique_ptr<archive_entry, EntryFree>;
-
-std::string error_text(archive* a) {
-  const char* s = archive_error_string(a);
-  return s ? s : "unknown error";
-}
 
 // Walks a directory tree in sorted order, never following symlinks, into the layer.
 // The names in a directory, sorted, without "." and "..".
@@ -392,8 +388,8 @@ LayerBlobInfo LayerWriter::finish() {
 
 void LayerWriter::fail(archive* a, const std::string& step) {
   if (parked_) std::rethrow_exception(parked_);
-  throw Error(ErrorKind::kIo,
-              fmt::format("Failed to write the layer of {}: {}: {}", what_, step, error_text(a)));
+  throw Error(ErrorKind::kIo, fmt::format("Failed to write the layer of {}: {}: {}", what_, step,
+                                          util::archive_error_text(a)));
 }
 
 long LayerWriter::on_tar(archive*, void* self_ptr, const void* buf, std::size_t n) {
@@ -408,7 +404,7 @@ long LayerWriter::on_tar(archive*, void* self_ptr, const void* buf, std::size_t 
     self->diff_hash_.update(std::span(static_cast<const std::byte*>(buf), n));
     if (archive_write_data(self->gz_.get(), buf, n) != static_cast<la_ssize_t>(n))
       throw Error(ErrorKind::kIo, fmt::format("Failed to compress the layer of {}: {}", self->what_,
-                                              error_text(self->gz_.get())));
+                                              util::archive_error_text(self->gz_.get())));
   } catch (...) {
     if (!self->parked_) self->parked_ = std::current_exception();
     return -1;

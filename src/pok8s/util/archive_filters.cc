@@ -13,4 +13,9 @@ void support_in_process_filters(archive* reader) {
   archive_read_support_filter_none(reader);
 }
 
+std::string archive_error_text(archive* a) {
+  const char* reason = a ? archive_error_string(a) : nullptr;
+  return reason ? reason : "unknown error";
+}
+
 }  // namespace pok8s::util

@@ -20,9 +20,9 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kSoftHsm = "/usr/lib/softhsm/libsofthsm2.so";
-constexpr const char* kSystemdBoot = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+constexpr const char* kSystemdBootEfi = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
-void run(const std::vector<std::string>& argv) {
+void run_ok(const std::vector<std::string>& argv) {
   auto r = util::run_process(argv);
   ASSERT_EQ(r.status, 0) << argv[0] << ": " << r.output;
 }
@@ -49,9 +49,10 @@ class Pkcs11Key : public ::testing::Test {
   }
   static void import_key(const util::Path& key_file, const std::string& label) {
     util::Path p8 = dir_->path() / (label + ".p8");
-    run({"openssl", "pkcs8", "-topk8", "-nocrypt", "-in", key_file.string(), "-out", p8.string()});
-    run({"softhsm2-util", "--import", p8.string(), "--token", "pok8s", "--label", label, "--id",
-         label == "db" ? "01" : "02", "--pin", "1234"});
+    run_ok(
+        {"openssl", "pkcs8", "-topk8", "-nocrypt", "-in", key_file.string(), "-out", p8.string()});
+    run_ok({"softhsm2-util", "--import", p8.string(), "--token", "pok8s", "--label", label, "--id",
+            label == "db" ? "01" : "02", "--pin", "1234"});
   }
   static std::string uri(const std::string& object) {
     return "pkcs11:token=pok8s;object=" + object +
@@ -62,8 +63,8 @@ class Pkcs11Key : public ::testing::Test {
 
 TEST_F(Pkcs11Key, ADbKeyInATokenSignsWhatSbverifyAccepts) {
   util::Path d = dir_->path();
-  run({"softhsm2-util", "--init-token", "--free", "--label", "pok8s", "--pin", "1234", "--so-pin",
-       "5678"});
+  run_ok({"softhsm2-util", "--init-token", "--free", "--label", "pok8s", "--pin", "1234",
+          "--so-pin", "5678"});
   import_key(d / "keys/db.key", "db");
   import_key(d / "other/db.key", "other-db");
 
@@ -72,7 +73,7 @@ TEST_F(Pkcs11Key, ADbKeyInATokenSignsWhatSbverifyAccepts) {
   util::write_file_atomic(d / "hsm/db.key", uri("db"), 0600);
   ASSERT_TRUE(is_pkcs11_uri(util::read_file(d / "hsm/db.key")));
   SecureBootKeys k = load_secure_boot_keys(d / "hsm");
-  sign_pe_file(kSystemdBoot, d / "signed.efi", k.db_cert.get(), k.db_key.get());
+  sign_pe_file(kSystemdBootEfi, d / "signed.efi", k.db_cert.get(), k.db_key.get());
   auto ok = util::run_process(
       {"sbverify", "--cert", (d / "keys/db.crt").string(), (d / "signed.efi").string()});
   EXPECT_EQ(ok.status, 0) << ok.output;

@@ -18,7 +18,7 @@ std::vector<CloudConfig> parse(std::initializer_list<std::string> docs) {
   return out;
 }
 
-std::string error_of(const std::string& value) {
+std::string config_url_error_of(const std::string& value) {
   try {
     read_config_urls(parse({"#cloud-config\nhostname: x\nconfig_url: " + value + "\n"}));
   } catch (const Error& e) {
@@ -44,15 +44,15 @@ TEST(ConfigUrl, AnythingButAnHttpUrlIsRefusedNamingFileAndLine) {
   const std::string why =
       "Failed to read cloud-config c1: line 3: config_url must be an http:// or https:// URL of "
       "at most 2048 printable characters without spaces";
-  EXPECT_EQ(error_of("file:///etc/shadow"), why);
-  EXPECT_EQ(error_of("ftp://example.com/c.yaml"), why);
-  EXPECT_EQ(error_of("http://"), why);
-  EXPECT_EQ(error_of("http:///path"), why);
-  EXPECT_EQ(error_of("\"http://a b/\""), why);
-  EXPECT_EQ(error_of("\"http://a/\\u0007\""), why);
-  EXPECT_EQ(error_of("http://a/" + std::string(2048, 'x')), why);
-  EXPECT_NE(error_of("[http://a/]").find("line 3: config_url"), std::string::npos);
-  EXPECT_EQ(error_of("http://a/"), "");
+  EXPECT_EQ(config_url_error_of("file:///etc/shadow"), why);
+  EXPECT_EQ(config_url_error_of("ftp://example.com/c.yaml"), why);
+  EXPECT_EQ(config_url_error_of("http://"), why);
+  EXPECT_EQ(config_url_error_of("http:///path"), why);
+  EXPECT_EQ(config_url_error_of("\"http://a b/\""), why);
+  EXPECT_EQ(config_url_error_of("\"http://a/\\u0007\""), why);
+  EXPECT_EQ(config_url_error_of("http://a/" + std::string(2048, 'x')), why);
+  EXPECT_NE(config_url_error_of("[http://a/]").find("line 3: config_url"), std::string::npos);
+  EXPECT_EQ(config_url_error_of("http://a/"), "");
 }
 
 }  // namespace

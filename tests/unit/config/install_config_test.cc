@@ -12,19 +12,20 @@
 namespace pok8s::config {
 namespace {
 
-std::vector<CloudConfig> parse_all(const std::vector<std::pair<std::string, std::string>>& files) {
+std::vector<CloudConfig> parse_install_files(
+    const std::vector<std::pair<std::string, std::string>>& files) {
   std::vector<CloudConfig> out;
   for (const auto& [name, text] : files) out.push_back(parse_cloud_config(text, name));
   return out;
 }
 
-InstallConfig read(const std::string& text) {
-  return read_install_config(parse_all({{"/oem/90_custom.yaml", text}}));
+InstallConfig read_install(const std::string& text) {
+  return read_install_config(parse_install_files({{"/oem/90_custom.yaml", text}}));
 }
 
-std::string error_of(const std::vector<std::pair<std::string, std::string>>& files) {
+std::string install_error_of(const std::vector<std::pair<std::string, std::string>>& files) {
   try {
-    read_install_config(parse_all(files));
+    read_install_config(parse_install_files(files));
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kInvalidInput);
     return e.what();
@@ -32,12 +33,12 @@ std::string error_of(const std::vector<std::pair<std::string, std::string>>& fil
   return "";
 }
 
-std::string error_of(const std::string& text) {
-  return error_of({{"/oem/90_custom.yaml", text}});
+std::string install_error_of(const std::string& text) {
+  return install_error_of({{"/oem/90_custom.yaml", text}});
 }
 
 TEST(InstallConfig, WithoutAnInstallBlockTheDefaultsHold) {
-  InstallConfig c = read("#cloud-config\nhostname: node\n");
+  InstallConfig c = read_install("#cloud-config\nhostname: node\n");
   EXPECT_EQ(c.device, "auto");
   EXPECT_EQ(c.device_origin, "");
   EXPECT_FALSE(c.auto_install);
@@ -46,12 +47,12 @@ TEST(InstallConfig, WithoutAnInstallBlockTheDefaultsHold) {
   EXPECT_EQ(c.persistent_mib, 0u);
   EXPECT_EQ(c.firmware, "");
   EXPECT_TRUE(c.warnings.empty());
-  EXPECT_EQ(read("#cloud-config\ninstall:\n").device, "auto");
-  EXPECT_EQ(read("#cloud-config\ninstall:\n  firmware: bios\n").firmware, "bios");
+  EXPECT_EQ(read_install("#cloud-config\ninstall:\n").device, "auto");
+  EXPECT_EQ(read_install("#cloud-config\ninstall:\n  firmware: bios\n").firmware, "bios");
 }
 
 TEST(InstallConfig, ReadsTheKeysPok8sImplements) {
-  InstallConfig c = read(R"(#cloud-config
+  InstallConfig c = read_install(R"(#cloud-config
 install:
   device: /dev/vdb
   auto: true
@@ -80,7 +81,7 @@ install:
 }
 
 TEST(InstallConfig, TakesKairosDottedKeys) {
-  InstallConfig c = read(R"(#cloud-config
+  InstallConfig c = read_install(R"(#cloud-config
 install:
   partitions.oem.size: 60
   partitions.recovery:
@@ -96,12 +97,13 @@ install:
 }
 
 TEST(InstallConfig, ALaterFileOverridesAnEarlierOnesKeys) {
-  auto configs = parse_all({{"/usr/lib/pok8s/stages/00.yaml",
-                             "#cloud-config\ninstall:\n  device: /dev/vda\n  reboot: true\n"
-                             "  partitions: {oem: {size: 100}, state: {size: 9000}}\n"},
-                            {"/run/pok8s/media/config.yaml",
-                             "#cloud-config\ninstall:\n  auto: true\n  reboot: false\n"
-                             "  poweroff: true\n  partitions: {oem: {size: 200}}\n"}});
+  auto configs =
+      parse_install_files({{"/usr/lib/pok8s/stages/00.yaml",
+                            "#cloud-config\ninstall:\n  device: /dev/vda\n  reboot: true\n"
+                            "  partitions: {oem: {size: 100}, state: {size: 9000}}\n"},
+                           {"/run/pok8s/media/config.yaml",
+                            "#cloud-config\ninstall:\n  auto: true\n  reboot: false\n"
+                            "  poweroff: true\n  partitions: {oem: {size: 200}}\n"}});
   InstallConfig c = read_install_config(configs);
   EXPECT_EQ(c.device, "/dev/vda");  // the later file does not say
   EXPECT_EQ(c.device_origin, "/usr/lib/pok8s/stages/00.yaml:3");
@@ -113,7 +115,7 @@ TEST(InstallConfig, ALaterFileOverridesAnEarlierOnesKeys) {
 }
 
 TEST(InstallConfig, KairosKeysPok8sDoesNotImplementAreIgnoredWithOneWarningEach) {
-  InstallConfig c = read(R"(#cloud-config
+  InstallConfig c = read_install(R"(#cloud-config
 install:
   auto: true
   grub-entry-name: Kairos
@@ -143,89 +145,92 @@ install:
 }
 
 TEST(InstallConfig, ATypoIsRefusedNamingFileLineAndKeyWithADidYouMean) {
-  EXPECT_EQ(error_of("#cloud-config\ninstall:\n  auto: true\n  devcie: /dev/vda\n"),
+  EXPECT_EQ(install_error_of("#cloud-config\ninstall:\n  auto: true\n  devcie: /dev/vda\n"),
             "Failed to read cloud-config /oem/90_custom.yaml: line 4: unknown key \"devcie\" in "
             "install; did you mean \"device\"?");
-  EXPECT_EQ(error_of("#cloud-config\ninstall:\n  partitions:\n    persistant: {size: 10}\n"),
-            "Failed to read cloud-config /oem/90_custom.yaml: line 4: unknown partition "
-            "\"persistant\" in install.partitions (oem, recovery, state, persistent); did you "
-            "mean \"persistent\"?");
-  EXPECT_EQ(error_of("#cloud-config\ninstall:\n  partitions:\n    oem: {sise: 10}\n"),
+  EXPECT_EQ(
+      install_error_of("#cloud-config\ninstall:\n  partitions:\n    persistant: {size: 10}\n"),
+      "Failed to read cloud-config /oem/90_custom.yaml: line 4: unknown partition "
+      "\"persistant\" in install.partitions (oem, recovery, state, persistent); did you "
+      "mean \"persistent\"?");
+  EXPECT_EQ(install_error_of("#cloud-config\ninstall:\n  partitions:\n    oem: {sise: 10}\n"),
             "Failed to read cloud-config /oem/90_custom.yaml: line 4: unknown key \"sise\" in "
             "install.partitions.oem; did you mean \"size\"?");
-  EXPECT_NE(error_of("#cloud-config\ninstall:\n  partitions.oem.sizee: 60\n")
+  EXPECT_NE(install_error_of("#cloud-config\ninstall:\n  partitions.oem.sizee: 60\n")
                 .find("line 3: unknown key \"sizee\" in install.partitions.oem"),
             std::string::npos);
-  EXPECT_NE(error_of("#cloud-config\ninstall:\n  sytem.size: 60\n")
+  EXPECT_NE(install_error_of("#cloud-config\ninstall:\n  sytem.size: 60\n")
                 .find("line 3: unknown key \"sytem.size\" in install; did you mean"),
             std::string::npos);
 }
 
 TEST(InstallConfig, SettingsPok8sCannotHonourAreRefusedNotIgnored) {
-  EXPECT_NE(error_of("#cloud-config\ninstall:\n  no-format: true\n")
+  EXPECT_NE(install_error_of("#cloud-config\ninstall:\n  no-format: true\n")
                 .find("line 3: install.no-format: true is not supported by pok8s"),
             std::string::npos);
-  EXPECT_EQ(error_of("#cloud-config\ninstall:\n  firmware: coreboot\n"),
+  EXPECT_EQ(install_error_of("#cloud-config\ninstall:\n  firmware: coreboot\n"),
             "Failed to read cloud-config /oem/90_custom.yaml: line 3: install.firmware "
             "\"coreboot\" is not supported by pok8s: it installs for efi or bios");
-  EXPECT_NE(error_of("#cloud-config\ninstall:\n  part-table: msdos\n")
+  EXPECT_NE(install_error_of("#cloud-config\ninstall:\n  part-table: msdos\n")
                 .find("install.part-table \"msdos\" is not supported"),
             std::string::npos);
-  EXPECT_NE(error_of("#cloud-config\ninstall:\n  partitions: {state: {fs: xfs}}\n")
+  EXPECT_NE(install_error_of("#cloud-config\ninstall:\n  partitions: {state: {fs: xfs}}\n")
                 .find("install.partitions.state.fs \"xfs\" is not supported by pok8s (ext4)"),
             std::string::npos);
 }
 
 TEST(InstallConfig, WrongValuesAreRefused) {
-  EXPECT_NE(error_of("#cloud-config\ninstall:\n  device: sda\n")
+  EXPECT_NE(install_error_of("#cloud-config\ninstall:\n  device: sda\n")
                 .find("line 3: install.device must be auto or a device under /dev, not \"sda\""),
             std::string::npos);
-  EXPECT_NE(error_of("#cloud-config\ninstall:\n  device: /dev/../etc/passwd\n").find("under /dev"),
+  EXPECT_NE(install_error_of("#cloud-config\ninstall:\n  device: /dev/../etc/passwd\n")
+                .find("under /dev"),
             std::string::npos);
-  EXPECT_NE(error_of("#cloud-config\ninstall:\n  auto: maybe\n")
+  EXPECT_NE(install_error_of("#cloud-config\ninstall:\n  auto: maybe\n")
                 .find("install.auto must be true or false, not \"maybe\""),
             std::string::npos);
-  EXPECT_NE(error_of("#cloud-config\ninstall:\n  partitions: {oem: {size: 1G}}\n")
+  EXPECT_NE(install_error_of("#cloud-config\ninstall:\n  partitions: {oem: {size: 1G}}\n")
                 .find("install.partitions.oem.size must be a whole number of MiB"),
             std::string::npos);
-  EXPECT_NE(error_of("#cloud-config\ninstall:\n  partitions: {oem: {size: 99999999999}}\n")
+  EXPECT_NE(install_error_of("#cloud-config\ninstall:\n  partitions: {oem: {size: 99999999999}}\n")
                 .find("must be a whole number of MiB from 0 to 67108864"),
             std::string::npos);
-  EXPECT_NE(error_of("#cloud-config\ninstall:\n  partitions: {state: {size: 0}}\n")
+  EXPECT_NE(install_error_of("#cloud-config\ninstall:\n  partitions: {state: {size: 0}}\n")
                 .find("install.partitions.state.size must be more than 0"),
             std::string::npos);
-  EXPECT_NE(error_of("#cloud-config\ninstall: [auto]\n").find("install must be a map"),
+  EXPECT_NE(install_error_of("#cloud-config\ninstall: [auto]\n").find("install must be a map"),
             std::string::npos);
 }
 
 TEST(InstallConfig, RebootAndPoweroffBothTrueAreRefusedNamingWhereEachWasSet) {
-  EXPECT_EQ(error_of({{"/a.yaml", "#cloud-config\ninstall:\n  reboot: true\n"},
-                      {"/b.yaml", "#cloud-config\ninstall:\n  poweroff: true\n"}}),
+  EXPECT_EQ(install_error_of({{"/a.yaml", "#cloud-config\ninstall:\n  reboot: true\n"},
+                              {"/b.yaml", "#cloud-config\ninstall:\n  poweroff: true\n"}}),
             "Failed to read cloud-config: install.reboot (/a.yaml:3) and install.poweroff "
             "(/b.yaml:3) are both true: set only one");
 }
 
 TEST(InstallConfig, EncryptionIsNoneTpmOrPassphraseWhichNeedsOne) {
-  EXPECT_EQ(read("#cloud-config\nhostname: node\n").encryption, "none");
-  InstallConfig c = read("#cloud-config\ninstall:\n  encryption: tpm\n");
+  EXPECT_EQ(read_install("#cloud-config\nhostname: node\n").encryption, "none");
+  InstallConfig c = read_install("#cloud-config\ninstall:\n  encryption: tpm\n");
   EXPECT_EQ(c.encryption, "tpm");
   EXPECT_EQ(c.encryption_origin, "/oem/90_custom.yaml:3");
-  c = read("#cloud-config\ninstall:\n  encryption: passphrase\n  passphrase: hunter2hunter2\n");
+  c = read_install(
+      "#cloud-config\ninstall:\n  encryption: passphrase\n  passphrase: hunter2hunter2\n");
   EXPECT_EQ(c.encryption, "passphrase");
   EXPECT_EQ(c.passphrase, "hunter2hunter2");
   // A later file's mode wins; the passphrase may come from another file.
-  c = read_install_config(parse_all(
+  c = read_install_config(parse_install_files(
       {{"/a.yaml", "#cloud-config\ninstall:\n  encryption: tpm\n  passphrase: 12345678\n"},
        {"/b.yaml", "#cloud-config\ninstall:\n  encryption: passphrase\n"}}));
   EXPECT_EQ(c.encryption, "passphrase");
   EXPECT_EQ(c.passphrase, "12345678");
-  EXPECT_NE(error_of("#cloud-config\ninstall:\n  encryption: luks\n")
+  EXPECT_NE(install_error_of("#cloud-config\ninstall:\n  encryption: luks\n")
                 .find("line 3: install.encryption must be none, tpm or passphrase, not \"luks\""),
             std::string::npos);
-  EXPECT_NE(error_of("#cloud-config\ninstall:\n  passphrase: short\n")
+  EXPECT_NE(install_error_of("#cloud-config\ninstall:\n  passphrase: short\n")
                 .find("install.passphrase must be 8 to 512 characters long"),
             std::string::npos);
-  EXPECT_EQ(error_of("#cloud-config\ninstall:\n  encryption: passphrase\n"),
+  EXPECT_EQ(install_error_of("#cloud-config\ninstall:\n  encryption: passphrase\n"),
             "Failed to read cloud-config: install.encryption: passphrase (/oem/90_custom.yaml:3) "
             "needs install.passphrase");
 }

@@ -8,22 +8,24 @@
 namespace pok8s::config {
 namespace {
 
-std::vector<CloudConfig> parse_all(const std::vector<std::pair<std::string, std::string>>& files) {
+std::vector<CloudConfig> parse_k8s_files(
+    const std::vector<std::pair<std::string, std::string>>& files) {
   std::vector<CloudConfig> out;
   for (const auto& [name, text] : files) out.push_back(parse_cloud_config(text, name));
   return out;
 }
 
-std::optional<KubernetesConfig> read(const std::vector<std::pair<std::string, std::string>>& files,
-                                     std::vector<std::string>* warnings = nullptr) {
+std::optional<KubernetesConfig> read_k8s(
+    const std::vector<std::pair<std::string, std::string>>& files,
+    std::vector<std::string>* warnings = nullptr) {
   std::vector<std::string> w;
-  auto out = read_kubernetes_config(parse_all(files), warnings ? *warnings : w);
+  auto out = read_kubernetes_config(parse_k8s_files(files), warnings ? *warnings : w);
   return out;
 }
 
-std::string error_of(const std::string& text) {
+std::string k8s_error_of(const std::string& text) {
   try {
-    read({{"/oem/90_custom.yaml", text}});
+    read_k8s({{"/oem/90_custom.yaml", text}});
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kInvalidInput);
     return e.what();
@@ -32,14 +34,14 @@ std::string error_of(const std::string& text) {
 }
 
 TEST(KubernetesConfig, NothingWhenNoSectionIsEnabled) {
-  EXPECT_FALSE(read({{"a.yaml", "#cloud-config\nhostname: x\n"}}));
-  EXPECT_FALSE(read({{"a.yaml", "#cloud-config\nk3s: {args: [--debug]}\n"}}));
-  EXPECT_FALSE(read({{"a.yaml", "#cloud-config\nk3s: {enabled: true}\n"},
-                     {"b.yaml", "#cloud-config\nk3s: {enabled: false}\n"}}));
+  EXPECT_FALSE(read_k8s({{"a.yaml", "#cloud-config\nhostname: x\n"}}));
+  EXPECT_FALSE(read_k8s({{"a.yaml", "#cloud-config\nk3s: {args: [--debug]}\n"}}));
+  EXPECT_FALSE(read_k8s({{"a.yaml", "#cloud-config\nk3s: {enabled: true}\n"},
+                         {"b.yaml", "#cloud-config\nk3s: {enabled: false}\n"}}));
 }
 
 TEST(KubernetesConfig, ReadsTheEnabledSectionWithArgsAndEnv) {
-  auto k = read({{"/oem/90_custom.yaml", R"(#cloud-config
+  auto k = read_k8s({{"/oem/90_custom.yaml", R"(#cloud-config
 k3s-agent:
   enabled: true
   args: [--node-label, "role=edge worker"]
@@ -59,9 +61,9 @@ k3s-agent:
 }
 
 TEST(KubernetesConfig, ALaterFileReplacesAnEarlierOnesKeys) {
-  auto k = read({{"/usr/lib/pok8s/stages/a.yaml",
-                  "#cloud-config\nk0s: {enabled: true, args: [--single], env: {A: '1'}}\n"},
-                 {"/oem/b.yaml", "#cloud-config\nk0s: {args: [--enable-worker]}\n"}});
+  auto k = read_k8s({{"/usr/lib/pok8s/stages/a.yaml",
+                      "#cloud-config\nk0s: {enabled: true, args: [--single], env: {A: '1'}}\n"},
+                     {"/oem/b.yaml", "#cloud-config\nk0s: {args: [--enable-worker]}\n"}});
   ASSERT_TRUE(k);
   EXPECT_EQ(k->role, KubernetesRole::kK0sController);
   EXPECT_EQ(k->args, (std::vector<std::string>{"--enable-worker"}));
@@ -70,8 +72,8 @@ TEST(KubernetesConfig, ALaterFileReplacesAnEarlierOnesKeys) {
 
 TEST(KubernetesConfig, TwoEnabledSectionsAreRefusedNamingBoth) {
   try {
-    read({{"a.yaml", "#cloud-config\nk3s: {enabled: true}\n"},
-          {"b.yaml", "#cloud-config\nk0s-worker:\n  enabled: true\n"}});
+    read_k8s({{"a.yaml", "#cloud-config\nk3s: {enabled: true}\n"},
+              {"b.yaml", "#cloud-config\nk0s-worker:\n  enabled: true\n"}});
     ADD_FAILURE() << "accepted k3s and k0s-worker together";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("k3s (enabled at a.yaml:2) and k0s-worker (enabled at "
@@ -82,25 +84,26 @@ TEST(KubernetesConfig, TwoEnabledSectionsAreRefusedNamingBoth) {
 }
 
 TEST(KubernetesConfig, RefusesTyposAndBadValuesNamingFileLineAndKey) {
-  EXPECT_NE(error_of("#cloud-config\nk3s:\n  enabeld: true\n").find("did you mean \"enabled\""),
+  EXPECT_NE(k8s_error_of("#cloud-config\nk3s:\n  enabeld: true\n").find("did you mean \"enabled\""),
             std::string::npos);
-  EXPECT_NE(error_of("#cloud-config\nk3s:\n  enabled: maybe\n").find("line 3"), std::string::npos);
-  EXPECT_NE(error_of("#cloud-config\nk3s:\n  enabled: true\n  env: {\"1X\": a}\n")
+  EXPECT_NE(k8s_error_of("#cloud-config\nk3s:\n  enabled: maybe\n").find("line 3"),
+            std::string::npos);
+  EXPECT_NE(k8s_error_of("#cloud-config\nk3s:\n  enabled: true\n  env: {\"1X\": a}\n")
                 .find("\"1X\" is not an environment variable name"),
             std::string::npos);
-  EXPECT_NE(error_of("#cloud-config\nk3s:\n  env: {A: \"x\\ny\"}\n").find("k3s.env.A"),
+  EXPECT_NE(k8s_error_of("#cloud-config\nk3s:\n  env: {A: \"x\\ny\"}\n").find("k3s.env.A"),
             std::string::npos);
-  EXPECT_NE(error_of("#cloud-config\nk3s:\n  args: [\"a\\nb\"]\n").find("k3s.args[0]"),
+  EXPECT_NE(k8s_error_of("#cloud-config\nk3s:\n  args: [\"a\\nb\"]\n").find("k3s.args[0]"),
             std::string::npos);
-  EXPECT_NE(error_of("#cloud-config\nk0s: [enabled]\n").find("/oem/90_custom.yaml: line 2"),
+  EXPECT_NE(k8s_error_of("#cloud-config\nk0s: [enabled]\n").find("/oem/90_custom.yaml: line 2"),
             std::string::npos);
 }
 
 TEST(KubernetesConfig, KairosKeysPok8sDoesNotImplementAreWarnedAbout) {
   std::vector<std::string> warnings;
-  auto k =
-      read({{"/oem/x.yaml", "#cloud-config\nk3s:\n  enabled: true\n  embedded_registry: true\n"}},
-           &warnings);
+  auto k = read_k8s(
+      {{"/oem/x.yaml", "#cloud-config\nk3s:\n  enabled: true\n  embedded_registry: true\n"}},
+      &warnings);
   ASSERT_TRUE(k);
   ASSERT_EQ(warnings.size(), 1u);
   EXPECT_EQ(warnings[0],

@@ -12,21 +12,23 @@
 
 #include "pok8s/util/error.h"
 #include "pok8s/util/sha256.h"
+#include "unit/expect_error.h"
 
 namespace fs = std::filesystem;
 using namespace pok8s;
+using pok8s::testing::expect_error;
 
 namespace {
 
-constexpr std::int64_t kTimestamp = 1700000000;  // 2023-11-14 22:13:20 UTC
+constexpr std::int64_t kFatTimestamp = 1700000000;  // 2023-11-14 22:13:20 UTC
 
-struct Shell {
+struct MtoolsRun {
   int status = -1;
   std::string out;
 };
 
-Shell sh(const std::string& cmd) {
-  Shell r;
+MtoolsRun mtools(const std::string& cmd) {
+  MtoolsRun r;
   FILE* p =
       ::popen(("MTOOLSRC=/dev/null MTOOLS_SKIP_CHECK=1 TZ=UTC " + cmd + " 2>&1").c_str(), "r");
   if (!p) return r;
@@ -36,17 +38,6 @@ Shell sh(const std::string& cmd) {
   int st = ::pclose(p);
   r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
   return r;
-}
-
-template <typename F>
-void expect_error(F&& f, ErrorKind kind, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no error, expected one mentioning " << needle;
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), kind) << e.what();
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
 }
 
 class FatTest : public ::testing::Test {
@@ -67,9 +58,9 @@ class FatTest : public ::testing::Test {
 
 TEST_F(FatTest, WritesFilesThatMtoolsReadsBack) {
   fs::path img = dir_.path() / "efi.img";
-  image::write_fat_image(files_, "EFIBOOT", kTimestamp, img);
+  image::write_fat_image(files_, "EFIBOOT", kFatTimestamp, img);
 
-  Shell dir = sh("mdir -i " + img.string() + " -/ ::");
+  MtoolsRun dir = mtools("mdir -i " + img.string() + " -/ ::");
   ASSERT_EQ(dir.status, 0) << dir.out;
   EXPECT_NE(dir.out.find("Volume in drive : is EFIBOOT"), std::string::npos) << dir.out;
   EXPECT_NE(dir.out.find("Volume Serial Number is 6553-F100"), std::string::npos) << dir.out;
@@ -78,7 +69,7 @@ TEST_F(FatTest, WritesFilesThatMtoolsReadsBack) {
 
   fs::path out = dir_.path() / "out";
   fs::create_directories(out);
-  Shell copy = sh("mcopy -s -i " + img.string() + " ::/EFI ::/loader " + out.string());
+  MtoolsRun copy = mtools("mcopy -s -i " + img.string() + " ::/EFI ::/loader " + out.string());
   ASSERT_EQ(copy.status, 0) << copy.out;
   EXPECT_EQ(util::read_file(out / "EFI/BOOT/BOOTX64.EFI"), std::string(1500000, 'e'));
   EXPECT_EQ(util::read_file(out / "EFI/BOOT/grub.cfg"), "search --label COS_LIVE\n");
@@ -93,12 +84,12 @@ TEST_F(FatTest, WritesFilesThatMtoolsReadsBack) {
 
 TEST_F(FatTest, IsBitForBitReproducible) {
   fs::path first = dir_.path() / "first.img";
-  image::write_fat_image(files_, "EFIBOOT", kTimestamp, first);
+  image::write_fat_image(files_, "EFIBOOT", kFatTimestamp, first);
   struct timespec times[2] = {{1000000000, 0}, {1000000000, 0}};
   ::utimensat(AT_FDCWD, (src_ / "grub.cfg").c_str(), times, 0);
   std::vector<image::FatFile> reversed(files_.rbegin(), files_.rend());
   fs::path second = dir_.path() / "second.img";
-  image::write_fat_image(reversed, "EFIBOOT", kTimestamp, second);
+  image::write_fat_image(reversed, "EFIBOOT", kFatTimestamp, second);
   EXPECT_EQ(util::sha256_hex(util::read_file(first)), util::sha256_hex(util::read_file(second)));
 }
 
@@ -111,8 +102,8 @@ TEST_F(FatTest, FitsManySmallFilesInDeepDirectories) {
                       src_ / "grub.cfg"});
   many.push_back({"EFI/BOOT/BOOTX64.EFI", src_ / "bootx64.efi"});
   fs::path img = dir_.path() / "many.img";
-  image::write_fat_image(many, "MANY", kTimestamp, img);
-  Shell dir = sh("mdir -i " + img.string() + " -/ -b ::");
+  image::write_fat_image(many, "MANY", kFatTimestamp, img);
+  MtoolsRun dir = mtools("mdir -i " + img.string() + " -/ -b ::");
   ASSERT_EQ(dir.status, 0) << dir.out;
   std::size_t mods = 0;
   for (std::size_t pos = 0; (pos = dir.out.find(".mod", pos)) != std::string::npos; ++pos) ++mods;
@@ -126,12 +117,12 @@ TEST_F(FatTest, WritesIntoAPartitionOfADiskImage) {
     util::UniqueFd fd = util::open_file(disk, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ASSERT_EQ(::ftruncate(fd.get(), 4 << 20), 0);
   }
-  image::write_fat_partition(files_, "COS_GRUB", kTimestamp, disk, 1 << 20, 2 << 20);
+  image::write_fat_partition(files_, "COS_GRUB", kFatTimestamp, disk, 1 << 20, 2 << 20);
   std::string at = disk.string() + "@@1048576";
-  Shell r = sh("mdir -i " + at + " -/ -b ::");
+  MtoolsRun r = mtools("mdir -i " + at + " -/ -b ::");
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_NE(r.out.find("::/EFI/BOOT/BOOTX64.EFI"), std::string::npos) << r.out;
-  r = sh("minfo -i " + at + " ::");
+  r = mtools("minfo -i " + at + " ::");
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_NE(r.out.find("disk label=\"COS_GRUB   \""), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("hidden sectors: 2048"), std::string::npos) << r.out;
@@ -141,7 +132,9 @@ TEST_F(FatTest, WritesIntoAPartitionOfADiskImage) {
   EXPECT_EQ(bytes.find_last_not_of('\0') < (std::size_t{3} << 20), true);
 
   expect_error(
-      [&] { image::write_fat_partition(files_, "COS_GRUB", kTimestamp, disk, 1 << 20, 1 << 20); },
+      [&] {
+        image::write_fat_partition(files_, "COS_GRUB", kFatTimestamp, disk, 1 << 20, 1 << 20);
+      },
       ErrorKind::kInvalidInput, "the partition has 1 MiB");
 }
 
@@ -149,38 +142,38 @@ TEST_F(FatTest, RefusesBadInputAndLeavesNothingBehind) {
   fs::path out_dir = dir_.path() / "out";
   fs::create_directories(out_dir);
   fs::path img = out_dir / "efi.img";
-  expect_error([&] { image::write_fat_image(files_, "efi boot", kTimestamp, img); },
+  expect_error([&] { image::write_fat_image(files_, "efi boot", kFatTimestamp, img); },
                ErrorKind::kInvalidInput, "invalid volume label 'efi boot'");
-  expect_error([&] { image::write_fat_image(files_, "TOOLONGLABEL", kTimestamp, img); },
+  expect_error([&] { image::write_fat_image(files_, "TOOLONGLABEL", kFatTimestamp, img); },
                ErrorKind::kInvalidInput, "invalid volume label");
   auto dup = files_;
   dup.push_back({"efi/boot/bootx64.efi", src_ / "grub.cfg"});
-  expect_error([&] { image::write_fat_image(dup, "EFI", kTimestamp, img); },
+  expect_error([&] { image::write_fat_image(dup, "EFI", kFatTimestamp, img); },
                ErrorKind::kInvalidInput, "'efi/boot/bootx64.efi' is given twice");
   expect_error(
       [&] {
-        image::write_fat_image({{"EFI/../x", src_ / "grub.cfg"}}, "EFI", kTimestamp, img);
+        image::write_fat_image({{"EFI/../x", src_ / "grub.cfg"}}, "EFI", kFatTimestamp, img);
       },
       ErrorKind::kInvalidInput, "invalid path 'EFI/../x'");
   expect_error(
       [&] {
-        image::write_fat_image({{"a:b", src_ / "grub.cfg"}}, "EFI", kTimestamp, img);
+        image::write_fat_image({{"a:b", src_ / "grub.cfg"}}, "EFI", kFatTimestamp, img);
       },
       ErrorKind::kInvalidInput, "invalid path 'a:b'");
   expect_error(
       [&] {
         image::write_fat_image({{"EFI", src_ / "grub.cfg"}, {"EFI/x", src_ / "grub.cfg"}}, "EFI",
-                               kTimestamp, img);
+                               kFatTimestamp, img);
       },
       ErrorKind::kInvalidInput, "'EFI' is both a file and a directory");
   expect_error(
       [&] {
-        image::write_fat_image({{"x", src_ / "nope"}}, "EFI", kTimestamp, img);
+        image::write_fat_image({{"x", src_ / "nope"}}, "EFI", kFatTimestamp, img);
       },
       ErrorKind::kNotFound, "nope");
   expect_error(
       [&] {
-        image::write_fat_image({{"x", src_}}, "EFI", kTimestamp, img);
+        image::write_fat_image({{"x", src_}}, "EFI", kFatTimestamp, img);
       },
       ErrorKind::kInvalidInput, "is not a regular file");
   EXPECT_TRUE(fs::is_empty(out_dir));

@@ -18,9 +18,11 @@
 #include "pok8s/image/fat.h"
 #include "pok8s/util/error.h"
 #include "pok8s/util/sha256.h"
+#include "unit/expect_error.h"
 
 namespace fs = std::filesystem;
 using namespace pok8s;
+using pok8s::testing::expect_error;
 
 namespace {
 
@@ -46,18 +48,6 @@ Shell sh(const std::string& cmd) {
 
 std::string file_sha256(const fs::path& path) {
   return util::sha256_hex(util::read_file(path, 1ull << 32));
-}
-
-template <typename F>
-void expect_error(F&& f, ErrorKind kind, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no error, expected one mentioning " << needle;
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), kind) << e.what();
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
-  }
 }
 
 class IsoTest : public ::testing::Test {

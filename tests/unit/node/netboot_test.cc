@@ -16,7 +16,7 @@ namespace {
 constexpr MacAddress kMac = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
 constexpr std::uint32_t kXid = 0x01020304;
 
-std::string refusal(std::string_view url) {
+std::string netboot_refusal(std::string_view url) {
   try {
     parse_http_url(url);
   } catch (const Error& e) {
@@ -35,18 +35,19 @@ TEST(NetbootUrl, TakesAnIpv4HostPortAndPath) {
 }
 
 TEST(NetbootUrl, RefusesWhatItCannotFetchNamingTheUrl) {
-  EXPECT_EQ(refusal("https://10.0.0.1/x"),
+  EXPECT_EQ(netboot_refusal("https://10.0.0.1/x"),
             "Failed to read the URL https://10.0.0.1/x: not an "
             "http:// URL");
-  EXPECT_EQ(refusal("http://boot.example/x"),
+  EXPECT_EQ(netboot_refusal("http://boot.example/x"),
             "Failed to read the URL http://boot.example/x: its host is not an IPv4 address (the "
             "initramfs has no resolver)");
-  EXPECT_NE(refusal("http://10.0.0.1").find("it has no path"), std::string::npos);
-  EXPECT_NE(refusal("http://10.0.0.1:0/x").find("port is not a number"), std::string::npos);
-  EXPECT_NE(refusal("http://10.0.0.1:70000/x").find("port is not a number"), std::string::npos);
-  EXPECT_NE(refusal("http://u:p@10.0.0.1/x").find("user information"), std::string::npos);
-  EXPECT_NE(refusal("http://10.0.0.1/a b").find("space"), std::string::npos);
-  EXPECT_NE(refusal("http://10.0.0.1/a#b").find("fragment"), std::string::npos);
+  EXPECT_NE(netboot_refusal("http://10.0.0.1").find("it has no path"), std::string::npos);
+  EXPECT_NE(netboot_refusal("http://10.0.0.1:0/x").find("port is not a number"), std::string::npos);
+  EXPECT_NE(netboot_refusal("http://10.0.0.1:70000/x").find("port is not a number"),
+            std::string::npos);
+  EXPECT_NE(netboot_refusal("http://u:p@10.0.0.1/x").find("user information"), std::string::npos);
+  EXPECT_NE(netboot_refusal("http://10.0.0.1/a b").find("space"), std::string::npos);
+  EXPECT_NE(netboot_refusal("http://10.0.0.1/a#b").find("fragment"), std::string::npos);
 }
 
 TEST(NetbootHttpHead, ReadsStatusAndLengthOnceTheHeadIsComplete) {

@@ -23,7 +23,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-void write(const fs::path& p, const std::string& data, mode_t mode = 0644) {
+void write_file(const fs::path& p, const std::string& data, mode_t mode = 0644) {
   fs::create_directories(p.parent_path());
   std::ofstream(p, std::ios::binary) << data;
   ::chmod(p.c_str(), mode);
@@ -32,8 +32,8 @@ void write(const fs::path& p, const std::string& data, mode_t mode = 0644) {
 // A small rootfs with the things that are easy to lose: setuid bits, hardlinks, symlinks,
 // a fifo, an empty directory, a socket (to be skipped) and a user xattr where supported.
 bool make_tree(const fs::path& root) {
-  write(root / "etc/os-release", "ID=pok8s\n");
-  write(root / "bin/su", "#!/bin/true\n", 04755);
+  write_file(root / "etc/os-release", "ID=pok8s\n");
+  write_file(root / "bin/su", "#!/bin/true\n", 04755);
   fs::create_hard_link(root / "bin/su", root / "bin/su-again");
   fs::create_symlink("su", root / "bin/sh");
   fs::create_directories(root / "var/empty");
@@ -122,14 +122,14 @@ TEST_F(Tree, ImportingTheSameTreeTwiceWithSourceDateEpochGivesTheSameDigest) {
   auto s1 = store("s1");
   auto first = rootfs::import_rootfs("dir:" + root.string(), s1, opts);
   // A later touch changes nothing: every mtime is clamped to the epoch.
-  write(root / "etc/os-release", "ID=pok8s\n");
+  write_file(root / "etc/os-release", "ID=pok8s\n");
   auto s2 = store("s2");
   auto second = rootfs::import_rootfs("dir:" + root.string(), s2, opts);
   EXPECT_EQ(first.manifest_digest(), second.manifest_digest());
   EXPECT_EQ(first.config.created, "1970-01-01T00:16:40Z");
   EXPECT_EQ(first.source_name, "dir:" + root.string());
 
-  write(root / "etc/os-release", "ID=changed\n");
+  write_file(root / "etc/os-release", "ID=changed\n");
   auto third = rootfs::import_rootfs("dir:" + root.string(), s2, opts);
   EXPECT_NE(first.manifest_digest(), third.manifest_digest());
 }
@@ -180,8 +180,9 @@ TEST_F(Tree, DigestAndDiffIdDescribeTheStoredBlob) {
 }
 
 namespace {
-void make_tar(const fs::path& out, const std::vector<std::pair<std::string, std::string>>& files,
-              const std::string& symlink_name = {}, const std::string& symlink_target = {}) {
+void make_import_tar(const fs::path& out,
+                     const std::vector<std::pair<std::string, std::string>>& files,
+                     const std::string& symlink_name = {}, const std::string& symlink_target = {}) {
   archive* a = archive_write_new();
   archive_write_set_format_pax_restricted(a);
   archive_write_add_filter_xz(a);
@@ -214,7 +215,7 @@ void make_tar(const fs::path& out, const std::vector<std::pair<std::string, std:
 
 TEST_F(Tree, ReStreamsACompressedTarballIntoAGzipLayer) {
   fs::path tar = dir.path() / "rootfs.tar.xz";
-  make_tar(tar, {{"./etc/hostname", "box\n"}, {"/usr/bin/tool", "x"}}, "lib", "usr/lib");
+  make_import_tar(tar, {{"./etc/hostname", "box\n"}, {"/usr/bin/tool", "x"}}, "lib", "usr/lib");
   rootfs::ImportOptions opts;
   opts.source_date_epoch = 1000;
   auto s = store("s");
@@ -231,7 +232,7 @@ TEST_F(Tree, ReStreamsACompressedTarballIntoAGzipLayer) {
 
 TEST_F(Tree, RefusesATarballEntryWithDotDot) {
   fs::path tar = dir.path() / "evil.tar.xz";
-  make_tar(tar, {{"ok", "1"}, {"a/../../escape", "2"}});
+  make_import_tar(tar, {{"ok", "1"}, {"a/../../escape", "2"}});
   auto s = store("s");
   try {
     rootfs::import_rootfs(tar.string(), s, {});

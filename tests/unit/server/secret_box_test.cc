@@ -25,7 +25,7 @@ class SecretBoxTest : public ::testing::Test {
   util::Path key_file_ = dir_.path() / "secret.key";
 };
 
-mode_t mode_of(const util::Path& path) {
+mode_t key_mode(const util::Path& path) {
   struct stat st {};
   EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
   return st.st_mode & 07777;
@@ -101,7 +101,7 @@ TEST_F(SecretBoxTest, CreatesTheKeyFilePrivateWhateverTheUmask) {
   mode_t old = ::umask(0);
   SecretBox::load_or_create(key_file_);
   ::umask(old);
-  EXPECT_EQ(mode_of(key_file_), 0600);
+  EXPECT_EQ(key_mode(key_file_), 0600);
   EXPECT_EQ(util::read_file(key_file_).size(), SecretBox::kKeyBytes);
   // Nothing is left under a temporary name.
   std::size_t entries = 0;
