@@ -613,7 +613,14 @@ function showCloudStatus(status) {
   }
   if (cloudStatus.valid) {
     status.className = 'status ok';
-    status.textContent = '✓ valid';
+    const warnings = cloudStatus.warnings || [];
+    if (!warnings.length) {
+      status.textContent = '✓ valid';
+      return;
+    }
+    // Accepted as Kairos accepts it; what pok8s does not act on is named.
+    status.replaceChildren(`✓ valid, ${warnings.length} warning${warnings.length > 1 ? 's' : ''}:`,
+      h('ul', { testid: 'cloud-config-warnings' }, ...warnings.map((w) => h('li', {}, w))));
     return;
   }
   status.className = 'status bad';
@@ -638,8 +645,8 @@ function validateCloudConfig() {
   if (cloudStatus.pending && cloudStatus.pendingText === text) return cloudStatus.pending;
   const seq = ++cloudSeq;
   const pending = api('POST', '/cloud-config/validate', { text })
-    .then((r) => ({ valid: !!r.valid, error: r.error || '', line: r.line || null }))
-    .catch((e) => ({ valid: false, error: e.message, line: null }))
+    .then((r) => ({ valid: !!r.valid, error: r.error || '', line: r.line || null, warnings: r.warnings || [] }))
+    .catch((e) => ({ valid: false, error: e.message, line: null, warnings: [] }))
     .then((r) => {
       if (seq === cloudSeq) cloudStatus = { text, ...r, pending: null };
     });

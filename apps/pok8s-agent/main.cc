@@ -133,7 +133,10 @@ int run_stage_command(const std::string& name, const pok8s::util::Path& root,
   std::vector<config::CloudConfig> configs;
   for (const auto& file : config::expand_config_paths(sources)) {
     try {
-      if (auto c = config::load_cloud_config_file(file)) configs.push_back(std::move(*c));
+      if (auto c = config::load_cloud_config_file(file)) {
+        for (const auto& w : c->warnings) std::fprintf(stderr, "pok8s-agent: %s\n", w.c_str());
+        configs.push_back(std::move(*c));
+      }
     } catch (const Error& e) {
       std::fprintf(stderr, "pok8s-agent: %s\n", e.what());
       config_error = true;

@@ -25,7 +25,7 @@ const CLUSTER = { server: 'https://10.0.0.1:6443', token: 'K10abc::server:secret
 const MANIFEST_NAME = 'browser-test.yaml';
 const MANIFEST = 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: browser-test\n  namespace: default\ndata:\n  greeting: hello from the web builder\n';
 // An unknown key: the strict cloud-config reader names its line.
-const BROKEN_CLOUD_CONFIG = '#cloud-config\nhostname: browser-node\nhostnme: typo\n';
+const BROKEN_CLOUD_CONFIG = '#cloud-config\nhostname: browser-node\nusers: {}\n';
 const CLOUD_CONFIG = '#cloud-config\nhostname: browser-node\n';
 
 class Failure extends Error {}

@@ -83,15 +83,23 @@ TEST_F(Agent, IsAStaticExecutable) {
 }
 
 TEST_F(Agent, ValidatePrintsTheOneLineErrorAndExits2) {
-  fs::path bad = write("bad.yaml", "#cloud-config\nstages:\n  boot:\n    - comands: [ls]\n");
+  fs::path bad = write("bad.yaml", "#cloud-config\nstages:\n  boot:\n    - commands: ls\n");
   fs::path good = write("good.yaml", "#cloud-config\nstages:\n  boot:\n    - commands: [ls]\n");
   AgentRun r = agent("validate " + good.string() + " " + bad.string(), dir_.path());
   EXPECT_EQ(r.status, 2);
   EXPECT_EQ(r.out, good.string() + ": ok\n");
   EXPECT_EQ(r.err, "pok8s-agent: Failed to read cloud-config " + bad.string() +
-                       ": line 4: unknown key \"comands\" in stages.boot[0]; did you mean "
-                       "\"commands\"?\n");
+                       ": line 4: stages.boot[0].commands must be a list of strings, not a "
+                       "string\n");
   EXPECT_EQ(agent("validate " + good.string(), dir_.path()).status, 0);
+  // A typo is what Kairos ignores: accepted, and named.
+  fs::path typo = write("typo.yaml", "#cloud-config\nstages:\n  boot:\n    - comands: [ls]\n");
+  r = agent("validate " + typo.string(), dir_.path());
+  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(r.out, typo.string() + ": ok\n");
+  EXPECT_EQ(r.err, "pok8s-agent: cloud-config " + typo.string() +
+                       ": line 4: unknown key \"comands\" in stages.boot[0] is ignored; did you "
+                       "mean \"commands\"?\n");
   EXPECT_EQ(agent("validate " + (dir_.path() / "missing.yaml").string(), dir_.path()).status, 2);
 }
 
@@ -307,13 +315,12 @@ stages:
 }
 
 TEST_F(Agent, ABrokenConfigExits2ButTheOthersStillRun) {
-  write("root/oem/10-bad.yaml", "#cloud-config\nstages:\n  boot:\n    - filez: []\n");
+  write("root/oem/10-bad.yaml", "#cloud-config\nstages:\n  boot:\n    - files: {}\n");
   write("root/oem/20-good.yaml",
         "#cloud-config\nstages:\n  boot:\n    - files: [{path: /good, content: g}]\n");
   AgentRun r = agent("stage boot --root " + root().string(), dir_.path());
   EXPECT_EQ(r.status, 2);
-  EXPECT_NE(r.err.find("10-bad.yaml: line 4: unknown key \"filez\" in stages.boot[0]; did you "
-                       "mean \"files\"?"),
+  EXPECT_NE(r.err.find("10-bad.yaml: line 4: stages.boot[0].files must be a list, not a map"),
             std::string::npos)
       << r.err;
   EXPECT_EQ(read("good"), "g");

@@ -108,17 +108,18 @@ TEST_F(ConvertErrors, RefusesADownloadWithTheWrongSha256AndKeepsNothing) {
   EXPECT_NE(r.output.find("--k8s-sha256"), std::string::npos) << r.output;
 }
 
-TEST_F(ConvertErrors, BuildRefusesACloudConfigWithATypoNamingFileLineAndKey) {
+TEST_F(ConvertErrors, BuildRefusesACloudConfigWithAWrongValueNamingFileLineAndKey) {
   // An image that says it is converted: the cloud-config is checked before any work.
   std::string src = image("converted", "ID=debian\n", {"--label", "io.pok8s.version=v1"});
   util::Path config = dir.path() / "cloud.yaml";
-  util::write_file_atomic(
-      config, "#cloud-config\nstages:\n  boot:\n    - name: x\n      comands: [true]\n");
+  util::write_file_atomic(config,
+                          "#cloud-config\nstages:\n  boot:\n    - name: x\n      commands: true\n");
   util::Path out = dir.path() / "out";
   auto r = run_pok8s(cache(), {"build", src, "--artifact", "iso", "-o", out.string(), "--config",
                                config.string()});
   EXPECT_EQ(r.status, 2) << r.output;
-  EXPECT_NE(r.output.find(config.string() + ": line 5: unknown key \"comands\""), std::string::npos)
+  EXPECT_NE(r.output.find(config.string() + ": line 5: stages.boot[0].commands must be a list"),
+            std::string::npos)
       << r.output;
   expect_nothing_written(out);
 }

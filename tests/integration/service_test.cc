@@ -277,11 +277,21 @@ TEST_F(ServiceApi, ValidationReturnsTheSpecItsBuildIdAndWhatCannotBeBuilt) {
   EXPECT_FALSE(later["valid"].get<bool>());
   EXPECT_NE(later["unbuildable"].dump().find("artifacts: uki"), std::string::npos) << later;
   auto cc =
-      api_->post("/api/v1/cloud-config/validate", json{{"text", "#cloud-config\nhostnme: x\n"}})
+      api_->post("/api/v1/cloud-config/validate", json{{"text", "#cloud-config\nhostname: [x]\n"}})
           .json();
   EXPECT_FALSE(cc["valid"].get<bool>());
   EXPECT_EQ(cc["line"], 2);
-  EXPECT_NE(cc["error"].get<std::string>().find("did you mean \"hostname\""), std::string::npos);
+  EXPECT_NE(cc["error"].get<std::string>().find("hostname must be a string"), std::string::npos);
+  // A typo is what Kairos ignores: valid, and named in a warning.
+  auto typo =
+      api_->post("/api/v1/cloud-config/validate", json{{"text", "#cloud-config\nhostnme: x\n"}})
+          .json();
+  EXPECT_TRUE(typo["valid"].get<bool>());
+  ASSERT_EQ(typo["warnings"].size(), 1u) << typo;
+  EXPECT_EQ(typo["warnings"][0],
+            "cloud-config cloud-config.yaml: line 2: unknown top-level key "
+            "\"hostnme\" is kept but not read by pok8s; did you mean "
+            "\"hostname\"?");
   EXPECT_TRUE(
       api_->post("/api/v1/cloud-config/validate", json{{"text", "#cloud-config\nhostname: x\n"}})
           .json()["valid"]

@@ -1,5 +1,6 @@
-// Strict cloud-config parsing with yaml-cpp: each key is checked against the model and every
-// error names the file, the line and the key path ("stages.boot[0].files[1]").
+// Cloud-config parsing with yaml-cpp, as Kairos reads it: a known key with a wrong value is an
+// error naming the file, the line and the key path ("stages.boot[0].files[1]"); a key pok8s
+// does not read is kept or ignored as Kairos does, and named in a warning.
 #include "pok8s/config/cloud_config.h"
 
 #include <fmt/format.h>
@@ -56,7 +57,14 @@ constexpr std::string_view kSections[] = {
     "strict",  "p2p",        "kubevip", "options",    "fail_on_bundles_errors",
 };
 
-constexpr std::string_view kTopLevelKeys[] = {"stages", "users", "hostname"};
+constexpr std::string_view kTopLevelKeys[] = {"stages", "users", "hostname", "name"};
+
+// cloud-init keys Kairos accepts (yip's cloud-init loader): they become one step that runs
+// first in the boot stage.
+constexpr std::string_view kCloudInitKeys[] = {"write_files", "runcmd", "bootcmd",
+                                               "ssh_authorized_keys", "growpart"};
+constexpr std::string_view kWriteFileKeys[] = {"path",  "content", "encoding", "permissions",
+                                               "owner", "append",  "defer"};
 
 constexpr std::string_view kStepKeys[] = {
     "name",      "if",          "commands",         "files", "directories", "users", "hostname",
@@ -199,9 +207,9 @@ std::optional<std::string> decode_base64(std::string_view text) {
 }
 
 // The cloud-config half of the parser; the generic strictness comes from StrictYaml.
-class Parser : private StrictYaml {
+class CloudConfigParser : private StrictYaml {
  public:
-  explicit Parser(std::string_view source)
+  explicit CloudConfigParser(std::string_view source)
       : StrictYaml("cloud-config", source,
                    {kMaxCloudConfigNodes, kMaxCloudConfigListLength, kMaxCloudConfigDepth}) {}
 
@@ -213,6 +221,9 @@ class Parser : private StrictYaml {
     count(root);
     if (!root.IsMap())
       fail(root, fmt::format("the document must be a map, not {}", type_name(root)));
+    std::vector<std::string> kept;  // unknown keys, named in one warning
+    Step cloud_init;
+    std::vector<std::string> global_keys;
     for_each_key(
         root, "", [&](const std::string& key, const YAML::Node& key_node, const YAML::Node& value) {
           if (key == "stages") {
@@ -221,20 +232,196 @@ class Parser : private StrictYaml {
             read_top_level_users(value, config.users);
           } else if (key == "hostname") {
             config.hostname = read_hostname(value, "hostname");
-          } else if (contains(kSections, key)) {
+          } else if (key == "name") {
+            read_string(value, key);
+          } else if (contains(kCloudInitKeys, key)) {
+            if (cloud_init.line == 0) cloud_init.line = key_node.Mark().line + 1;
+            read_cloud_init_key(key, key_node, value, cloud_init, global_keys);
+          } else {
+            // Kairos passes other top-level keys to providers and bundles (cluster, kcrypt, a
+            // bundle's own settings): they are kept; a likely typo is named on its own.
             check_depth(value, key, 1);
             config.sections.emplace(key, value);
-          } else {
+            if (contains(kSections, key)) return;
             std::vector<std::string_view> known(std::begin(kTopLevelKeys), std::end(kTopLevelKeys));
             known.insert(known.end(), std::begin(kSections), std::end(kSections));
-            fail(key_node, fmt::format("unknown top-level key \"{}\"{}", printable(key),
-                                       did_you_mean(key, known)));
+            known.insert(known.end(), std::begin(kCloudInitKeys), std::end(kCloudInitKeys));
+            if (std::string hint = did_you_mean(key, known); !hint.empty())
+              warn(key_node, fmt::format("unknown top-level key \"{}\" is kept but not read by "
+                                         "pok8s{}",
+                                         printable(key), hint));
+            else
+              kept.push_back(fmt::format("{} (line {})", printable(key), key_node.Mark().line + 1));
           }
         });
+    if (!kept.empty())
+      warn(root, fmt::format("kept for providers and bundles, not read by pok8s: {}",
+                             fmt::join(kept, ", ")));
+    if (!global_keys.empty()) {
+      // yip gives the top-level keys to every cloud-init user, or to root without users.
+      if (config.users.empty())
+        warn(root,
+             "ssh_authorized_keys without users is accepted but pok8s does not act on it "
+             "yet (Kairos gives the keys to root)");
+      for (auto& user : config.users)
+        user.ssh_authorized_keys.insert(user.ssh_authorized_keys.end(), global_keys.begin(),
+                                        global_keys.end());
+    }
+    if (!cloud_init.files.empty() || !cloud_init.commands.empty()) {
+      cloud_init.name = "cloud-init keys";
+      auto& boot = config.stages["boot"];
+      boot.insert(boot.begin(), std::move(cloud_init));
+    }
+    config.warnings = take_warnings();
     return config;
   }
 
  private:
+  // An unknown key, bounded and named in a warning: Kairos ignores it.
+  void unknown(const YAML::Node& key_node, const std::string& key, const YAML::Node& value,
+               const std::string& path, std::span<const std::string_view> known,
+               std::span<const std::string_view> later = {}) {
+    check_depth(value, join(path, key), 1);
+    warn_unknown_key(key_node, key, path, known, later);
+  }
+
+  // write_files, runcmd, bootcmd (bootcmd first, as cloud-init runs it earlier), the global
+  // ssh_authorized_keys and growpart.
+  void read_cloud_init_key(const std::string& key, const YAML::Node& key_node,
+                           const YAML::Node& value, Step& step, std::vector<std::string>& keys) {
+    if (key == "write_files") {
+      if (value.IsNull()) return;
+      expect(value, YAML::NodeType::Sequence, key, "a list");
+      check_length(value, key);
+      for (std::size_t i = 0; i < value.size(); ++i) {
+        count(value[i]);
+        step.files.push_back(read_write_file(value[i], index(key, i)));
+      }
+    } else if (key == "runcmd" || key == "bootcmd") {
+      std::vector<std::string> commands = read_command_list(value, key);
+      auto at = key == "bootcmd" ? step.commands.begin() : step.commands.end();
+      step.commands.insert(at, commands.begin(), commands.end());
+    } else if (key == "ssh_authorized_keys") {
+      keys = read_string_list(value, key);
+      for (std::size_t i = 0; i < keys.size(); ++i)
+        if (keys[i].find('\n') != std::string::npos)
+          fail(value[i], fmt::format("{} must be one line", index(key, i)));
+    } else {  // growpart
+      check_depth(value, key, 1);
+      warn(key_node, "growpart is accepted but pok8s does not act on it yet");
+    }
+  }
+
+  // cloud-init's command lists: a string runs with sh -c, a list is one argv (quoted here).
+  std::vector<std::string> read_command_list(const YAML::Node& node, const std::string& path) {
+    std::vector<std::string> out;
+    if (node.IsNull()) return out;
+    expect(node, YAML::NodeType::Sequence, path, "a list");
+    check_length(node, path);
+    for (std::size_t i = 0; i < node.size(); ++i) {
+      count(node[i]);
+      std::string item = index(path, i);
+      if (!node[i].IsSequence()) {
+        out.push_back(read_string(node[i], item));
+        continue;
+      }
+      std::vector<std::string> argv = read_string_list(node[i], item);
+      std::string command;
+      for (const auto& arg : argv) {
+        if (!command.empty()) command += ' ';
+        command += shell_quote(arg);
+      }
+      out.push_back(std::move(command));
+    }
+    return out;
+  }
+
+  static std::string shell_quote(std::string_view arg) {
+    std::string out = "'";
+    for (char c : arg) {
+      if (c == '\'')
+        out += "'\\''";
+      else
+        out += c;
+    }
+    return out + "'";
+  }
+
+  // A cloud-init write_files entry: owner is "user:group", permissions a string like "0644"
+  // (default 0644, as cloud-init), encoding b64/base64.
+  FileSpec read_write_file(const YAML::Node& node, const std::string& path) {
+    FileSpec file;
+    expect(node, YAML::NodeType::Map, path, "a map");
+    std::optional<YAML::Node> content;
+    for_each_key(
+        node, path,
+        [&](const std::string& key, const YAML::Node& key_node, const YAML::Node& value) {
+          std::string sub = join(path, key);
+          if (key == "path") {
+            file.path = read_path(value, sub);
+          } else if (key == "content") {
+            file.content = read_string(value, sub);
+            content = value;
+          } else if (key == "encoding") {
+            file.encoding = read_encoding(value, sub);
+          } else if (key == "permissions") {
+            file.permissions = read_mode(value, sub);
+          } else if (key == "owner") {
+            std::string owner = read_string(value, sub);
+            auto colon = owner.find(':');
+            file.owner = id_or_name(value, sub, owner.substr(0, colon));
+            if (colon != std::string::npos)
+              file.group = id_or_name(value, sub, owner.substr(colon + 1));
+          } else if (key == "append" || key == "defer") {
+            if (read_bool(value, sub))
+              warn(key_node,
+                   fmt::format("{}: true is accepted but pok8s does not act on it yet", sub));
+          } else {
+            unknown(key_node, key, value, path, kWriteFileKeys);
+          }
+        });
+    if (file.path.empty()) fail(node, fmt::format("{} has no path", path));
+    if (!file.permissions) file.permissions = 0644;
+    decode_content(file, content ? *content : node, path);
+    return file;
+  }
+
+  FileEncoding read_encoding(const YAML::Node& value, const std::string& sub) {
+    std::string enc = read_string(value, sub);
+    if (enc.empty() || enc == "none") return FileEncoding::kNone;
+    if (enc == "base64" || enc == "b64") return FileEncoding::kBase64;
+    if (enc == "gzip" || enc == "gz" || enc == "gz+base64" || enc == "gzip+base64" ||
+        enc == "gz+b64" || enc == "gzip+b64")
+      fail(value, fmt::format("{} \"{}\" is not supported by pok8s (none or base64)", sub, enc));
+    fail(value, fmt::format("{} must be none or base64, not \"{}\"", sub, printable(enc)));
+  }
+
+  void decode_content(FileSpec& file, const YAML::Node& at, const std::string& path) {
+    if (file.encoding != FileEncoding::kBase64) return;
+    auto decoded = decode_base64(file.content);
+    if (!decoded) fail(at, fmt::format("{}.content is not valid base64", path));
+    file.content = std::move(*decoded);
+  }
+
+  IdOrName id_or_name(const YAML::Node& node, const std::string& path, const std::string& s) {
+    IdOrName out;
+    if (s.empty()) return out;
+    if (is_decimal_digits(s)) {
+      std::uint32_t value = 0;
+      auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
+      if (ec != std::errc() || end != s.data() + s.size() || value == 0xffffffffu)
+        fail(node, fmt::format("{} must be a number from 0 to 4294967294, not \"{}\"", path,
+                               printable(s)));
+      out.id = value;
+    } else if (is_valid_account_name(s)) {
+      out.name = s;
+    } else {
+      fail(node, fmt::format("{} must be a uid/gid or a user/group name, not \"{}\"", path,
+                             printable(s)));
+    }
+    return out;
+  }
+
   std::uint32_t read_id(const YAML::Node& node, const std::string& path) {
     std::string s = read_string(node, path);
     std::uint32_t value = 0;
@@ -313,6 +500,7 @@ class Parser : private StrictYaml {
         node, "stages",
         [&](const std::string& stage, const YAML::Node& key_node, const YAML::Node& steps) {
           if (!is_known_stage(stage)) {
+            // yip runs any stage it is asked for; neither Kairos nor pok8s asks for this one.
             std::vector<std::string> names;
             for (auto base : kStageBases) {
               names.emplace_back(base);
@@ -320,7 +508,7 @@ class Parser : private StrictYaml {
               names.push_back(std::string(base) + ".after");
             }
             std::vector<std::string_view> views(names.begin(), names.end());
-            fail(key_node, fmt::format("unknown stage \"{}\" in stages{}", printable(stage),
+            warn(key_node, fmt::format("stage \"{}\" is never run{}", printable(stage),
                                        did_you_mean(stage, views)));
           }
           std::string path = join("stages", stage);
@@ -396,7 +584,7 @@ class Parser : private StrictYaml {
                 fail(k, fmt::format("{} has an invalid key \"{}\"", sub, printable(name)));
             });
           } else {
-            unknown_key(key_node, key, path, kStepKeys, kUnsupportedStepKeys);
+            unknown(key_node, key, value, path, kStepKeys, kUnsupportedStepKeys);
           }
         });
     return step;
@@ -422,47 +610,30 @@ class Parser : private StrictYaml {
     FileSpec file;
     expect(node, YAML::NodeType::Map, path, "a map");
     std::optional<YAML::Node> content;
-    for_each_key(
-        node, path,
-        [&](const std::string& key, const YAML::Node& key_node, const YAML::Node& value) {
-          std::string sub = join(path, key);
-          if (key == "path") {
-            file.path = read_path(value, sub);
-          } else if (key == "content") {
-            file.content = read_string(value, sub);
-            content = value;
-          } else if (key == "encoding") {
-            std::string enc = read_string(value, sub);
-            if (enc.empty() || enc == "none")
-              file.encoding = FileEncoding::kNone;
-            else if (enc == "base64" || enc == "b64")
-              file.encoding = FileEncoding::kBase64;
-            else if (enc == "gzip" || enc == "gz" || enc == "gz+base64" || enc == "gzip+base64" ||
-                     enc == "gz+b64" || enc == "gzip+b64")
-              fail(value,
-                   fmt::format("{} \"{}\" is not supported by pok8s (none or base64)", sub, enc));
-            else
-              fail(value,
-                   fmt::format("{} must be none or base64, not \"{}\"", sub, printable(enc)));
-          } else if (key == "permissions") {
-            file.permissions = read_mode(value, sub);
-          } else if (key == "owner") {
-            file.owner = read_id_or_name(value, sub);
-          } else if (key == "owner_string") {  // yip's name for an owner given by name
-            file.owner = read_id_or_name(value, sub);
-          } else if (key == "group") {
-            file.group = read_id_or_name(value, sub);
-          } else {
-            unknown_key(key_node, key, path, kFileKeys);
-          }
-        });
+    for_each_key(node, path,
+                 [&](const std::string& key, const YAML::Node& key_node, const YAML::Node& value) {
+                   std::string sub = join(path, key);
+                   if (key == "path") {
+                     file.path = read_path(value, sub);
+                   } else if (key == "content") {
+                     file.content = read_string(value, sub);
+                     content = value;
+                   } else if (key == "encoding") {
+                     file.encoding = read_encoding(value, sub);
+                   } else if (key == "permissions") {
+                     file.permissions = read_mode(value, sub);
+                   } else if (key == "owner") {
+                     file.owner = read_id_or_name(value, sub);
+                   } else if (key == "owner_string") {  // yip's name for an owner given by name
+                     file.owner = read_id_or_name(value, sub);
+                   } else if (key == "group") {
+                     file.group = read_id_or_name(value, sub);
+                   } else {
+                     unknown(key_node, key, value, path, kFileKeys);
+                   }
+                 });
     if (file.path.empty()) fail(node, fmt::format("{} has no path", path));
-    if (file.encoding == FileEncoding::kBase64) {
-      auto decoded = decode_base64(file.content);
-      if (!decoded)
-        fail(content ? *content : node, fmt::format("{}.content is not valid base64", path));
-      file.content = std::move(*decoded);
-    }
+    decode_content(file, content ? *content : node, path);
     return file;
   }
 
@@ -481,7 +652,7 @@ class Parser : private StrictYaml {
                    else if (key == "group")
                      dir.group = read_id_or_name(value, sub);
                    else
-                     unknown_key(key_node, key, path, kDirectoryKeys);
+                     unknown(key_node, key, value, path, kDirectoryKeys);
                  });
     if (dir.path.empty()) fail(node, fmt::format("{} has no path", path));
     return dir;
@@ -528,7 +699,7 @@ class Parser : private StrictYaml {
                    } else if (key == "lock_passwd") {
                      user.lock_passwd = read_bool(value, sub);
                    } else {
-                     unknown_key(key_node, key, path, kUserKeys, kUnsupportedUserKeys);
+                     unknown(key_node, key, value, path, kUserKeys, kUnsupportedUserKeys);
                    }
                  });
     return user;
@@ -563,11 +734,10 @@ class Parser : private StrictYaml {
                      list = &spec.start;
                    else if (key == "mask")
                      list = &spec.mask;
-                   else if (key == "overrides")
-                     fail(key_node,
-                          fmt::format("key \"overrides\" in {} is not supported by pok8s", path));
-                   else
-                     unknown_key(key_node, key, path, kSystemctlKeys);
+                   if (!list) {
+                     constexpr std::string_view kLater[] = {"overrides"};
+                     return unknown(key_node, key, value, path, kSystemctlKeys, kLater);
+                   }
                    *list = read_string_list(value, sub);
                    for (std::size_t i = 0; i < list->size(); ++i)
                      if (!is_valid_unit_name((*list)[i]))
@@ -618,7 +788,7 @@ CloudConfig parse_cloud_config(std::string_view text, std::string_view source_na
   if (text.find('\0') != std::string_view::npos)
     throw Error(ErrorKind::kInvalidInput,
                 fmt::format("Failed to read cloud-config {}: it contains a NUL byte", source_name));
-  return Parser(source_name).parse(text);
+  return CloudConfigParser(source_name).parse(text);
 }
 
 std::vector<ConfigFile> expand_config_paths(const std::vector<util::Path>& paths) {
@@ -664,9 +834,9 @@ std::vector<std::string> ignored_section_warnings(const CloudConfig& config) {
   // accepted and left alone.
   constexpr std::string_view kRead[] = {"install",   "upgrade", "reset",      "k3s",
                                         "k3s-agent", "k0s",     "k0s-worker", "config_url"};
-  std::vector<std::string> out;
+  std::vector<std::string> out = config.warnings;
   for (const auto& [key, node] : config.sections)
-    if (!contains(kRead, key))
+    if (contains(kSections, key) && !contains(kRead, key))
       out.push_back(
           fmt::format("cloud-config {}: line {}: {} is ignored: pok8s does not implement "
                       "it yet",

@@ -1,5 +1,6 @@
 // The cloud-config model (Kairos conventions: `#cloud-config`, top-level `users`, yip-style
-// `stages`) and its strict parser: any unknown key or wrong type is an error naming file and line.
+// `stages`, the cloud-init keys Kairos accepts) and its parser. A wrong value of a known key is
+// an error naming file and line; what Kairos accepts and pok8s does not act on is a warning.
 #pragma once
 
 #include <yaml-cpp/yaml.h>
@@ -93,9 +94,12 @@ struct CloudConfig {
   std::map<std::string, std::vector<Step>> stages;
   std::vector<UserSpec> users;  // applied in the initramfs stage
   std::string hostname;         // applied in the initramfs stage
-  // Sections other parts of pok8s read (install, upgrade, reset, k3s, …), kept as parsed YAML so
-  // their readers can still report lines. Only keys listed by known_sections() are accepted.
+  // Top-level sections other parts of pok8s read (install, upgrade, reset, k3s, …) and those
+  // Kairos leaves to providers and bundles (cluster, kcrypt, …), kept as parsed YAML so their
+  // readers can still report lines.
   std::map<std::string, YAML::Node> sections;
+  // "cloud-config FILE: line N: ..." for each key accepted and not acted on, in file order.
+  std::vector<std::string> warnings;
 };
 
 // The stages a config may name: these bases, each optionally with ".before" or ".after".
@@ -131,9 +135,9 @@ std::optional<CloudConfig> load_cloud_config_file(const ConfigFile& file);
 // All of expand_config_paths, in order; the first bad file throws.
 std::vector<CloudConfig> load_cloud_configs(const std::vector<util::Path>& paths);
 
-// One warning line for each Kairos section of `config` that pok8s accepts but does not act on
-// (upgrade, reset, bundles, p2p, ...), so that none is dropped without a word: "cloud-config
-// FILE: line N: KEY is ignored: pok8s does not implement it yet".
+// The parser's warnings, then one line for each Kairos section of `config` that pok8s accepts
+// but does not act on (bundles, p2p, ...), so that none is dropped without a word:
+// "cloud-config FILE: line N: KEY is ignored: pok8s does not implement it yet".
 std::vector<std::string> ignored_section_warnings(const CloudConfig& config);
 
 // Checks one file named by a user (`pok8s build --config FILE`, `pok8s-agent validate FILE`):

@@ -3,6 +3,8 @@
 #include "pok8s/config/strict_yaml.h"
 
 #include <algorithm>
+#include <optional>
+#include <set>
 
 #include "pok8s/util/error.h"
 
@@ -12,11 +14,62 @@ StrictYaml::StrictYaml(std::string_view what, std::string_view source, StrictYam
     : what_(what), source_(source), limits_(limits) {}
 
 YAML::Node StrictYaml::load(std::string_view text) const {
+  YAML::Node root;
   try {
-    return YAML::Load(std::string(text));
+    root = YAML::Load(std::string(text));
   } catch (const YAML::Exception& e) {
     fail_at(e.mark.line, e.msg);
   }
+  std::size_t visits = 0;
+  apply_merge_keys(root, visits, 0);
+  return root;
+}
+
+// YAML 1.1's merge key, which yaml-cpp 0.7 leaves as an ordinary key named "<<" (hand-written:
+// no YAML library in Debian for C++ applies it). A map's plain "<<" entry, a map or a list of
+// maps, adds each of their keys the map does not set itself, the first map in the list winning;
+// the entry is then removed. Aliases can make a small document a large graph, so visits count
+// against the node limit.
+void StrictYaml::apply_merge_keys(YAML::Node node, std::size_t& visits, std::size_t depth) const {
+  if (++visits > limits_.max_nodes)
+    fail(node, fmt::format("more than {} YAML nodes", limits_.max_nodes));
+  if (depth > 4 * limits_.max_depth + 64)
+    fail(node, fmt::format("the document nests deeper than {} levels", 4 * limits_.max_depth + 64));
+  if (node.IsSequence()) {
+    for (auto item : node) apply_merge_keys(item, visits, depth + 1);
+    return;
+  }
+  if (!node.IsMap()) return;
+  std::optional<YAML::Node> merge;
+  std::set<std::string> own;
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    apply_merge_keys(it->second, visits, depth + 1);
+    if (!it->first.IsScalar()) continue;
+    if (it->first.Scalar() == "<<" && it->first.Tag() == "?")
+      merge = it->second;
+    else
+      own.insert(it->first.Scalar());
+  }
+  if (!merge) return;
+  std::vector<YAML::Node> sources;
+  if (merge->IsMap()) {
+    sources.push_back(*merge);
+  } else if (merge->IsSequence()) {
+    for (auto item : *merge) {
+      if (!item.IsMap())
+        fail(item, fmt::format("a merge key (<<) takes maps, not {}", type_name(item)));
+      sources.push_back(item);
+    }
+  } else {
+    fail(*merge,
+         fmt::format("a merge key (<<) takes a map or a list of maps, not {}", type_name(*merge)));
+  }
+  node.remove("<<");
+  for (const auto& source : sources)
+    for (auto it = source.begin(); it != source.end(); ++it) {
+      if (!it->first.IsScalar() || it->first.Scalar() == "<<") continue;
+      if (own.insert(it->first.Scalar()).second) node.force_insert(it->first, it->second);
+    }
 }
 
 void StrictYaml::fail_at(int line, const std::string& message) const {
@@ -74,6 +127,23 @@ void StrictYaml::unknown_key(const YAML::Node& key_node, const std::string& key,
     fail(key_node, fmt::format("key \"{}\"{} is not supported by pok8s", key, in(path)));
   fail(key_node,
        fmt::format("unknown key \"{}\"{}{}", printable(key), in(path), did_you_mean(key, known)));
+}
+
+void StrictYaml::warn(const YAML::Node& at, const std::string& message) {
+  int line = at.Mark().line;
+  warnings_.push_back(line >= 0
+                          ? fmt::format("{} {}: line {}: {}", what_, source_, line + 1, message)
+                          : fmt::format("{} {}: {}", what_, source_, message));
+}
+
+void StrictYaml::warn_unknown_key(const YAML::Node& key_node, const std::string& key,
+                                  const std::string& path, std::span<const std::string_view> known,
+                                  std::span<const std::string_view> unsupported) {
+  if (contains(unsupported, key))
+    return warn(key_node, fmt::format("key \"{}\"{} is accepted but pok8s does not act on it yet",
+                                      key, in(path)));
+  warn(key_node, fmt::format("unknown key \"{}\"{} is ignored{}", printable(key), in(path),
+                             did_you_mean(key, known)));
 }
 
 void StrictYaml::expect(const YAML::Node& node, YAML::NodeType::value type, const std::string& path,

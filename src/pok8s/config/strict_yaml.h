@@ -28,7 +28,8 @@ class StrictYaml {
  public:
   StrictYaml(std::string_view what, std::string_view source, StrictYamlLimits limits);
 
-  // Parses `text` into a node tree; a YAML syntax error becomes the one-line error.
+  // Parses `text` into a node tree, with YAML 1.1 merge keys ("<<: *defaults") applied; a YAML
+  // syntax error becomes the one-line error.
   YAML::Node load(std::string_view text) const;
 
   const std::string& source() const { return source_; }
@@ -57,6 +58,16 @@ class StrictYaml {
                                 const std::string& path, std::span<const std::string_view> known,
                                 std::span<const std::string_view> unsupported = {}) const;
 
+  // What the reader accepts but does not act on, as lines "WHAT SOURCE: line N: MESSAGE".
+  void warn(const YAML::Node& at, const std::string& message);
+  // The warning twin of unknown_key, for formats whose reference ignores unknown keys: "unknown
+  // key "x" in PATH is ignored; did you mean "y"?", or "key "x" in PATH is accepted but pok8s
+  // does not act on it yet" for a key listed in `unsupported`.
+  void warn_unknown_key(const YAML::Node& key_node, const std::string& key, const std::string& path,
+                        std::span<const std::string_view> known,
+                        std::span<const std::string_view> unsupported = {});
+  std::vector<std::string> take_warnings() { return std::move(warnings_); }
+
   void expect(const YAML::Node& node, YAML::NodeType::value type, const std::string& path,
               const char* what) const;
 
@@ -73,6 +84,9 @@ class StrictYaml {
   std::string source_;
   StrictYamlLimits limits_;
   std::size_t nodes_ = 0;
+  std::vector<std::string> warnings_;
+
+  void apply_merge_keys(YAML::Node node, std::size_t& visits, std::size_t depth) const;
 };
 
 bool contains(std::span<const std::string_view> list, std::string_view key);

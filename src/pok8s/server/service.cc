@@ -950,7 +950,8 @@ struct Service::Impl {
                   ErrorKind::kInvalidInput,
                   "Failed to read cloud-config cloud-config.yaml: line 1: the first line must be "
                   "#cloud-config");
-            config::parse_cloud_config(text, "cloud-config.yaml");
+            config::CloudConfig parsed = config::parse_cloud_config(text, "cloud-config.yaml");
+            verdict["warnings"] = config::ignored_section_warnings(parsed);
           } catch (const Error& e) {
             verdict["valid"] = false;
             verdict["error"] = e.what();

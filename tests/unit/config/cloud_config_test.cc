@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 #include "pok8s/util/error.h"
 #include "pok8s/util/file.h"
@@ -169,50 +170,160 @@ TEST(CloudConfig, RefusesAMissingHeader) {
   EXPECT_EQ(error_of("#cloud-config  \r\n"), "");
 }
 
-TEST(CloudConfig, NamesFileLineAndPathOfATypoInAStep) {
-  EXPECT_EQ(error_of("#cloud-config\nstages:\n  boot:\n    - name: x\n\n\n      comands: [ls]\n"),
-            "Failed to read cloud-config /oem/x.yaml: line 7: unknown key \"comands\" in "
-            "stages.boot[0]; did you mean \"commands\"?");
+// The parse warnings of `text`, which must parse.
+std::vector<std::string> warnings_of(const std::string& text) {
+  return parse(text).warnings;
 }
 
-TEST(CloudConfig, NamesTyposAtEveryLevel) {
-  EXPECT_EQ(error_of("#cloud-config\nstage:\n  boot: []\n"),
-            "Failed to read cloud-config /oem/x.yaml: line 2: unknown top-level key \"stage\"; "
-            "did you mean \"stages\"?");
-  EXPECT_EQ(error_of("#cloud-config\nstages:\n  bot: []\n"),
-            "Failed to read cloud-config /oem/x.yaml: line 3: unknown stage \"bot\" in stages; "
-            "did you mean \"boot\"?");
-  EXPECT_EQ(error_of("#cloud-config\nstages:\n  boot:\n    - files:\n        - path: /a\n"
-                     "          premissions: 0644\n"),
-            "Failed to read cloud-config /oem/x.yaml: line 6: unknown key \"premissions\" in "
-            "stages.boot[0].files[0]; did you mean \"permissions\"?");
-  EXPECT_EQ(error_of("#cloud-config\nstages:\n  boot:\n    - directories:\n        - path: /a\n"
-                     "          ownr: 1\n"),
-            "Failed to read cloud-config /oem/x.yaml: line 6: unknown key \"ownr\" in "
-            "stages.boot[0].directories[0]; did you mean \"owner\"?");
-  EXPECT_EQ(error_of("#cloud-config\nstages:\n  boot:\n    - users:\n        bob:\n"
-                     "          passwrd: x\n"),
-            "Failed to read cloud-config /oem/x.yaml: line 6: unknown key \"passwrd\" in "
-            "stages.boot[0].users.bob; did you mean \"passwd\"?");
-  EXPECT_EQ(error_of("#cloud-config\nusers:\n  - name: a\n    group: [x]\n"),
-            "Failed to read cloud-config /oem/x.yaml: line 4: unknown key \"group\" in users[0]; "
-            "did you mean \"groups\"?");
-  EXPECT_EQ(error_of("#cloud-config\nstages:\n  boot:\n    - systemctl:\n        enabled: [a]\n"),
-            "Failed to read cloud-config /oem/x.yaml: line 5: unknown key \"enabled\" in "
-            "stages.boot[0].systemctl; did you mean \"enable\"?");
+std::string at(int line) {
+  return fmt::format("cloud-config /oem/x.yaml: line {}: ", line);
+}
+
+using Lines = std::vector<std::string>;
+
+TEST(CloudConfig, ATypoInAStepIsIgnoredAsKairosDoesAndNamedWithFileLineAndPath) {
+  auto c = parse("#cloud-config\nstages:\n  boot:\n    - name: x\n\n\n      comands: [ls]\n");
+  EXPECT_EQ(c.warnings, Lines{at(7) + "unknown key \"comands\" in stages.boot[0] is ignored; did "
+                                      "you mean \"commands\"?"});
+  ASSERT_EQ(c.stages["boot"].size(), 1u);
+  EXPECT_TRUE(c.stages["boot"][0].commands.empty());
+}
+
+TEST(CloudConfig, NamesTyposAtEveryLevelInWarnings) {
+  EXPECT_EQ(warnings_of("#cloud-config\nstage:\n  boot: []\n"),
+            Lines{at(2) + "unknown top-level key \"stage\" is kept but not read by pok8s; did "
+                          "you mean \"stages\"?"});
+  EXPECT_EQ(warnings_of("#cloud-config\nstages:\n  bot: []\n"),
+            Lines{at(3) + "stage \"bot\" is never run; did you mean \"boot\"?"});
+  EXPECT_EQ(warnings_of("#cloud-config\nstages:\n  boot:\n    - files:\n        - path: /a\n"
+                        "          premissions: 0644\n"),
+            Lines{at(6) + "unknown key \"premissions\" in stages.boot[0].files[0] is ignored; "
+                          "did you mean \"permissions\"?"});
+  EXPECT_EQ(warnings_of("#cloud-config\nstages:\n  boot:\n    - directories:\n        - path: /a\n"
+                        "          ownr: 1\n"),
+            Lines{at(6) + "unknown key \"ownr\" in stages.boot[0].directories[0] is ignored; "
+                          "did you mean \"owner\"?"});
+  EXPECT_EQ(warnings_of("#cloud-config\nstages:\n  boot:\n    - users:\n        bob:\n"
+                        "          passwrd: x\n"),
+            Lines{at(6) + "unknown key \"passwrd\" in stages.boot[0].users.bob is ignored; did "
+                          "you mean \"passwd\"?"});
+  EXPECT_EQ(warnings_of("#cloud-config\nusers:\n  - name: a\n    group: [x]\n"),
+            Lines{at(4) + "unknown key \"group\" in users[0] is ignored; did you mean "
+                          "\"groups\"?"});
+  EXPECT_EQ(
+      warnings_of("#cloud-config\nstages:\n  boot:\n    - systemctl:\n        enabled: [a]\n"),
+      Lines{at(5) + "unknown key \"enabled\" in stages.boot[0].systemctl is ignored; did "
+                    "you mean \"enable\"?"});
 }
 
 TEST(CloudConfig, GivesNoHintForAFarOffKey) {
-  EXPECT_EQ(error_of("#cloud-config\nstages:\n  boot:\n    - zzzzzz: 1\n"),
-            "Failed to read cloud-config /oem/x.yaml: line 4: unknown key \"zzzzzz\" in "
-            "stages.boot[0]");
+  EXPECT_EQ(warnings_of("#cloud-config\nstages:\n  boot:\n    - zzzzzz: 1\n"),
+            Lines{at(4) + "unknown key \"zzzzzz\" in stages.boot[0] is ignored"});
 }
 
-TEST(CloudConfig, NamesYipFeaturesItDoesNotImplement) {
+TEST(CloudConfig, NamesYipFeaturesItDoesNotActOnYet) {
   EXPECT_EQ(
-      error_of("#cloud-config\nstages:\n  boot:\n    - dns:\n        nameservers: [1.1.1.1]\n"),
-      "Failed to read cloud-config /oem/x.yaml: line 4: key \"dns\" in stages.boot[0] is "
-      "not supported by pok8s");
+      warnings_of("#cloud-config\nstages:\n  boot:\n    - dns:\n        nameservers: [1.1.1.1]\n"),
+      Lines{at(4) + "key \"dns\" in stages.boot[0] is accepted but pok8s does not act on it yet"});
+  EXPECT_EQ(warnings_of("#cloud-config\nstages:\n  boot:\n    - systemctl:\n        overrides:\n"
+                        "          - service: a.service\n"),
+            Lines{at(5) + "key \"overrides\" in stages.boot[0].systemctl is accepted but pok8s "
+                          "does not act on it yet"});
+}
+
+TEST(CloudConfig, KeepsProviderAndBundleSectionsAndNamesThemInOneWarning) {
+  auto c = parse(R"(#cloud-config
+hostname: node
+cluster:
+  cluster_token: abc
+  role: worker
+metallb:
+  version: 0.13.7
+kcrypt:
+  challenger: {server: "http://10.0.0.1"}
+)");
+  EXPECT_EQ(c.warnings, Lines{at(2) + "kept for providers and bundles, not read by pok8s: "
+                                      "cluster (line 3), metallb (line 6), kcrypt (line 8)"});
+  ASSERT_TRUE(c.sections.contains("cluster"));
+  EXPECT_EQ(c.sections["cluster"]["role"].as<std::string>(), "worker");
+  EXPECT_TRUE(c.sections.contains("metallb"));
+  // A stray key inside a file entry is ignored, as Kairos does, and named.
+  EXPECT_EQ(warnings_of("#cloud-config\nstages:\n  boot:\n    - files:\n        - path: /a\n"
+                        "          name: the a file\n"),
+            Lines{at(6) + "unknown key \"name\" in stages.boot[0].files[0] is ignored"});
+}
+
+TEST(CloudConfig, AppliesYamlMergeKeys) {
+  auto c = parse(R"(#cloud-config
+x-defaults: &file
+  permissions: 0600
+  owner: 0
+stages:
+  boot:
+    - files:
+        - <<: *file
+          path: /etc/a
+          content: a
+        - <<: [{permissions: 0640}, *file]
+          path: /etc/b
+          permissions: 0644
+)");
+  const auto& files = c.stages["boot"][0].files;
+  ASSERT_EQ(files.size(), 2u);
+  EXPECT_EQ(files[0].permissions, 0600u);
+  EXPECT_EQ(files[0].owner.id, 0u);
+  EXPECT_EQ(files[1].permissions, 0644u);  // the map's own key wins
+  EXPECT_EQ(error_of("#cloud-config\nstages:\n  <<: 3\n"),
+            "Failed to read cloud-config /oem/x.yaml: line 3: a merge key (<<) takes a map or a "
+            "list of maps, not a string");
+}
+
+TEST(CloudConfig, TurnsCloudInitKeysIntoTheFirstBootStep) {
+  auto c = parse(R"(#cloud-config
+name: my node
+users:
+  - name: kairos
+    ssh_authorized_keys: [ssh-ed25519 AAAA kairos]
+ssh_authorized_keys:
+  - ssh-ed25519 BBBB ops
+stages:
+  boot:
+    - commands: [echo yip]
+runcmd:
+  - echo run
+  - [touch, "/tmp/it's here"]
+bootcmd:
+  - echo early
+write_files:
+  - path: /etc/motd
+    content: aGVsbG8=
+    encoding: b64
+    owner: root:adm
+  - path: /etc/x.conf
+    content: x
+    permissions: '0600'
+)");
+  EXPECT_TRUE(c.warnings.empty()) << c.warnings[0];
+  ASSERT_EQ(c.stages["boot"].size(), 2u);
+  const Step& first = c.stages["boot"][0];
+  EXPECT_EQ(first.line, 6);  // the first cloud-init key
+  EXPECT_EQ(first.commands, (Lines{"echo early", "echo run", "'touch' '/tmp/it'\\''s here'"}));
+  ASSERT_EQ(first.files.size(), 2u);
+  EXPECT_EQ(first.files[0].content, "hello");
+  EXPECT_EQ(first.files[0].owner.name, "root");
+  EXPECT_EQ(first.files[0].group.name, "adm");
+  EXPECT_EQ(first.files[0].permissions, 0644u);
+  EXPECT_EQ(first.files[1].permissions, 0600u);
+  EXPECT_EQ(c.stages["boot"][1].commands, Lines{"echo yip"});
+  ASSERT_EQ(c.users.size(), 1u);
+  EXPECT_EQ(c.users[0].ssh_authorized_keys,
+            (Lines{"ssh-ed25519 AAAA kairos", "ssh-ed25519 BBBB ops"}));
+  EXPECT_EQ(warnings_of("#cloud-config\nwrite_files:\n  - path: /a\n    append: true\n"),
+            Lines{at(4) + "write_files[0].append: true is accepted but pok8s does not act on it "
+                          "yet"});
+  EXPECT_EQ(error_of("#cloud-config\nruncmd: ls\n"),
+            "Failed to read cloud-config /oem/x.yaml: line 2: runcmd must be a list, not a "
+            "string");
 }
 
 TEST(CloudConfig, RefusesWrongTypes) {

@@ -56,7 +56,7 @@ TEST_F(Merge, NothingToMergeIsAnEmptyDocument) {
 }
 
 TEST_F(Merge, ABrokenFileIsRefusedNamingFileAndLine) {
-  file("10.yaml", "#cloud-config\nhostnme: x\n");
+  file("10.yaml", "#cloud-config\nstages: [x]\n");
   try {
     merge_cloud_config_files(expand_config_paths({dir_.path()}));
     FAIL() << "a broken file was merged";
