@@ -16,9 +16,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::string_view text(reinterpret_cast<const char*>(data), size);
   try {
     auto config = pok8s::config::parse_cloud_config(text, "fuzz.yaml");
-    // What the parser accepted, the runner relies on: clean absolute paths, known stages.
+    // What the parser accepted, the runner relies on: clean absolute paths; a stage no one runs
+    // is named in a warning.
     for (const auto& [stage, steps] : config.stages) {
-      if (!pok8s::config::is_known_stage(stage)) __builtin_trap();
+      if (!pok8s::config::is_known_stage(stage) && config.warnings.empty()) __builtin_trap();
       for (const auto& step : steps) {
         for (const auto& file : step.files)
           if (file.path.empty() || file.path[0] != '/' ||
