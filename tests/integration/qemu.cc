@@ -104,6 +104,21 @@ std::vector<std::string> qemu_argv(const QemuOptions& options, const util::Path&
 
 }  // namespace
 
+std::size_t kernel_message_start(std::string_view line) {
+  auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  for (std::size_t at = line.find('['); at != std::string_view::npos; at = line.find('[', at + 1)) {
+    std::size_t i = at + 1;
+    while (i < line.size() && line[i] == ' ') ++i;
+    std::size_t whole = i;
+    while (i < line.size() && digit(line[i])) ++i;
+    if (i == whole || i >= line.size() || line[i] != '.') continue;
+    std::size_t fraction = ++i;
+    while (i < line.size() && digit(line[i])) ++i;
+    if (i - fraction == 6 && i < line.size() && line[i] == ']') return at;
+  }
+  return std::string_view::npos;
+}
+
 std::chrono::seconds boot_timeout(std::chrono::seconds base) {
   double scale = 1.0;
   if (const char* s = std::getenv("POK8S_BOOT_TIMEOUT_SCALE")) scale = std::atof(s);
@@ -233,6 +248,9 @@ std::optional<std::string> Qemu::wait_for_line(std::string_view marker,
     return std::nullopt;
   auto at = output_.find(marker);
   std::string line = output_.substr(at, output_.find('\n', at) - at);
+  // The kernel prints to the same console: a message ("[   55.009503]  vda: vda1 vda2") may
+  // land in the middle of the guest's line, before its newline. It is cut off.
+  if (auto kernel = kernel_message_start(line); kernel != std::string::npos) line.resize(kernel);
   while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
   return line;
 }

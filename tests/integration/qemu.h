@@ -94,6 +94,11 @@ inline constexpr const char* kOvmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 inline constexpr const char* kOvmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 inline constexpr const char* kOvmfSecureBootCode = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 
+// Where a kernel log message ("[", spaces, seconds, ".", six digits, "]") starts in `line`, or
+// npos. The kernel prints to the same console as the guest's programs, so one of its messages
+// can land in the middle of their line; wait_for_line cuts it off.
+std::size_t kernel_message_start(std::string_view line);
+
 // How long a boot may take under TCG before a test gives up: generous, and scaled by
 // POK8S_BOOT_TIMEOUT_SCALE on slow machines. Never an assertion about speed.
 std::chrono::seconds boot_timeout(std::chrono::seconds base);

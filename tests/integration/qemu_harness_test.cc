@@ -8,6 +8,16 @@
 namespace pok8s::testing {
 namespace {
 
+TEST(QemuHarness, FindsAKernelMessageInsideAGuestLine) {
+  EXPECT_EQ(kernel_message_start("pok8s-agent: install: installed to /dev/vda[   55.009503]  vda: "
+                                 "vda1 vda2"),
+            std::string_view("pok8s-agent: install: installed to /dev/vda").size());
+  EXPECT_EQ(kernel_message_start("[    0.000000] Linux version"), 0u);
+  EXPECT_EQ(kernel_message_start("POK8S-STATUS {\"a\":[1.5],\"b\":[12.123456 ]}"),
+            std::string_view::npos);
+  EXPECT_EQ(kernel_message_start("[12.12345]"), std::string_view::npos);
+}
+
 TEST(QemuHarness, ReadsOvmfConsoleFromSerial) {
   auto dir = util::TempDir::scratch();
   QemuOptions options;
