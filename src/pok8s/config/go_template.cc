@@ -27,6 +27,7 @@
 
 #include "pok8s/util/error.h"
 #include "pok8s/util/hex.h"
+#include "pok8s/util/json_depth.h"
 
 namespace pok8s::config {
 namespace {
@@ -914,25 +915,9 @@ void json_encode(Printer& p, const Value& v, bool escape_html, int indent, int d
 // json.Unmarshal into interface{}: every number is a float64. Deeper than kMaxValueDepth is an
 // error (Go's limit is 10000); so is what does not parse.
 std::optional<Value> json_decode(std::string_view text, Heap& heap, std::string& error) {
-  int depth = 0;
-  bool in_string = false;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (in_string) {
-      if (c == '\\')
-        ++i;
-      else if (c == '"')
-        in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > kMaxValueDepth) {
-        error = fmt::format("JSON nested deeper than {} levels", kMaxValueDepth);
-        return std::nullopt;
-      }
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
+  if (util::json_nests_deeper_than(text, kMaxValueDepth)) {
+    error = fmt::format("JSON nested deeper than {} levels", kMaxValueDepth);
+    return std::nullopt;
   }
   heap.charge(text.size() * 8);  // the parser's own tree
   auto j = nlohmann::json::parse(text, nullptr, false);

@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "pok8s/util/error.h"
+#include "pok8s/util/json_depth.h"
 
 namespace pok8s::oci {
 
@@ -24,23 +25,8 @@ constexpr int kMaxJsonDepth = 64;
 json parse_json(std::string_view bytes, std::uint64_t limit, std::string_view where) {
   if (bytes.size() > limit)
     bad(where, fmt::format("{} bytes exceeds the limit of {}", bytes.size(), limit));
-  int depth = 0;
-  bool in_string = false;
-  for (std::size_t i = 0; i < bytes.size(); ++i) {
-    char c = bytes[i];
-    if (in_string) {
-      if (c == '\\')
-        ++i;
-      else if (c == '"')
-        in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > kMaxJsonDepth) bad(where, fmt::format("nested deeper than {}", kMaxJsonDepth));
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
+  if (util::json_nests_deeper_than(bytes, kMaxJsonDepth))
+    bad(where, fmt::format("nested deeper than {}", kMaxJsonDepth));
   try {
     json j = json::parse(bytes.begin(), bytes.end());
     if (!j.is_object()) bad(where, "the document is not a JSON object");
