@@ -12,6 +12,7 @@
 
 #include "pok8s/config/strict_yaml.h"
 #include "pok8s/util/error.h"
+#include "pok8s/util/process.h"
 
 namespace pok8s::config {
 namespace {
@@ -329,22 +330,11 @@ class CloudConfigParser : private StrictYaml {
       std::string command;
       for (const auto& arg : argv) {
         if (!command.empty()) command += ' ';
-        command += shell_quote(arg);
+        command += util::single_quote(arg);
       }
       out.push_back(std::move(command));
     }
     return out;
-  }
-
-  static std::string shell_quote(std::string_view arg) {
-    std::string out = "'";
-    for (char c : arg) {
-      if (c == '\'')
-        out += "'\\''";
-      else
-        out += c;
-    }
-    return out + "'";
   }
 
   // A cloud-init write_files entry: owner is "user:group", permissions a string like "0644"
@@ -357,16 +347,8 @@ class CloudConfigParser : private StrictYaml {
         node, path,
         [&](const std::string& key, const YAML::Node& key_node, const YAML::Node& value) {
           std::string sub = join(path, key);
-          if (key == "path") {
-            file.path = read_path(value, sub);
-          } else if (key == "content") {
-            file.content = read_string(value, sub);
-            content = value;
-          } else if (key == "encoding") {
-            file.encoding = read_encoding(value, sub);
-          } else if (key == "permissions") {
-            file.permissions = read_mode(value, sub);
-          } else if (key == "owner") {
+          if (read_file_key(file, content, key, value, sub)) return;
+          if (key == "owner") {
             std::string owner = read_string(value, sub);
             auto colon = owner.find(':');
             file.owner = id_or_name(value, sub, owner.substr(0, colon));
@@ -380,10 +362,27 @@ class CloudConfigParser : private StrictYaml {
             unknown(key_node, key, value, path, kWriteFileKeys);
           }
         });
-    if (file.path.empty()) fail(node, fmt::format("{} has no path", path));
     if (!file.permissions) file.permissions = 0644;
-    decode_content(file, content ? *content : node, path);
+    finish_file(file, node, content, path);
     return file;
+  }
+
+  // The keys yip's files and cloud-init's write_files share; false for another key.
+  bool read_file_key(FileSpec& file, std::optional<YAML::Node>& content, const std::string& key,
+                     const YAML::Node& value, const std::string& sub) {
+    if (key == "path") {
+      file.path = read_path(value, sub);
+    } else if (key == "content") {
+      file.content = read_string(value, sub);
+      content = value;
+    } else if (key == "encoding") {
+      file.encoding = read_encoding(value, sub);
+    } else if (key == "permissions") {
+      file.permissions = read_mode(value, sub);
+    } else {
+      return false;
+    }
+    return true;
   }
 
   FileEncoding read_encoding(const YAML::Node& value, const std::string& sub) {
@@ -396,23 +395,23 @@ class CloudConfigParser : private StrictYaml {
     fail(value, fmt::format("{} must be none or base64, not \"{}\"", sub, printable(enc)));
   }
 
-  void decode_content(FileSpec& file, const YAML::Node& at, const std::string& path) {
+  // A file needs a path; base64 content is decoded here.
+  void finish_file(FileSpec& file, const YAML::Node& node, const std::optional<YAML::Node>& content,
+                   const std::string& path) {
+    if (file.path.empty()) fail(node, fmt::format("{} has no path", path));
     if (file.encoding != FileEncoding::kBase64) return;
     auto decoded = decode_base64(file.content);
-    if (!decoded) fail(at, fmt::format("{}.content is not valid base64", path));
+    if (!decoded)
+      fail(content ? *content : node, fmt::format("{}.content is not valid base64", path));
     file.content = std::move(*decoded);
   }
 
+  // A uid/gid or a user/group name: `s` is the value at `node`, or a part of it.
   IdOrName id_or_name(const YAML::Node& node, const std::string& path, const std::string& s) {
     IdOrName out;
     if (s.empty()) return out;
     if (is_decimal_digits(s)) {
-      std::uint32_t value = 0;
-      auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
-      if (ec != std::errc() || end != s.data() + s.size() || value == 0xffffffffu)
-        fail(node, fmt::format("{} must be a number from 0 to 4294967294, not \"{}\"", path,
-                               printable(s)));
-      out.id = value;
+      out.id = parse_id(node, path, s);
     } else if (is_valid_account_name(s)) {
       out.name = s;
     } else {
@@ -423,7 +422,10 @@ class CloudConfigParser : private StrictYaml {
   }
 
   std::uint32_t read_id(const YAML::Node& node, const std::string& path) {
-    std::string s = read_string(node, path);
+    return parse_id(node, path, read_string(node, path));
+  }
+
+  std::uint32_t parse_id(const YAML::Node& node, const std::string& path, const std::string& s) {
     std::uint32_t value = 0;
     auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
     if (!is_decimal_digits(s) || ec != std::errc() || end != s.data() + s.size() ||
@@ -457,18 +459,7 @@ class CloudConfigParser : private StrictYaml {
   }
 
   IdOrName read_id_or_name(const YAML::Node& node, const std::string& path) {
-    IdOrName out;
-    std::string s = read_string(node, path);
-    if (s.empty()) return out;
-    if (is_decimal_digits(s)) {
-      out.id = read_id(node, path);
-    } else if (is_valid_account_name(s)) {
-      out.name = s;
-    } else {
-      fail(node, fmt::format("{} must be a uid/gid or a user/group name, not \"{}\"", path,
-                             printable(s)));
-    }
-    return out;
+    return id_or_name(node, path, read_string(node, path));
   }
 
   std::string read_account_name(const YAML::Node& node, const std::string& path) {
@@ -613,16 +604,8 @@ class CloudConfigParser : private StrictYaml {
     for_each_key(node, path,
                  [&](const std::string& key, const YAML::Node& key_node, const YAML::Node& value) {
                    std::string sub = join(path, key);
-                   if (key == "path") {
-                     file.path = read_path(value, sub);
-                   } else if (key == "content") {
-                     file.content = read_string(value, sub);
-                     content = value;
-                   } else if (key == "encoding") {
-                     file.encoding = read_encoding(value, sub);
-                   } else if (key == "permissions") {
-                     file.permissions = read_mode(value, sub);
-                   } else if (key == "owner") {
+                   if (read_file_key(file, content, key, value, sub)) return;
+                   if (key == "owner") {
                      file.owner = read_id_or_name(value, sub);
                    } else if (key == "owner_string") {  // yip's name for an owner given by name
                      file.owner = read_id_or_name(value, sub);
@@ -632,8 +615,7 @@ class CloudConfigParser : private StrictYaml {
                      unknown(key_node, key, value, path, kFileKeys);
                    }
                  });
-    if (file.path.empty()) fail(node, fmt::format("{} has no path", path));
-    decode_content(file, content ? *content : node, path);
+    finish_file(file, node, content, path);
     return file;
   }
 
